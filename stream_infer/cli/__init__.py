@@ -1,0 +1,40 @@
+"""The `stream-infer` command line. Each sub-command lives in its own module; this one wires them."""
+
+from __future__ import annotations
+
+import click
+
+from stream_infer import __version__
+from stream_infer.cli.demo_cmd import demo
+from stream_infer.cli.kafka_cmd import kafka
+from stream_infer.logs import setup_logging
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="stream-infer")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="warning",
+    show_default=True,
+    envvar="STREAM_INFER_LOG_LEVEL",
+    help="Log verbosity (env STREAM_INFER_LOG_LEVEL).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    envvar="STREAM_INFER_LOG_FORMAT",
+    help="text for terminals, json (one object per line) for log shippers.",
+)
+def main(log_level: str, log_format: str) -> None:
+    """Streaming ML inference over Apache Kafka: Faust agents, micro-batches, ONNX Runtime.
+
+    KAFKA_BOOTSTRAP_SERVERS is honoured wherever a broker address is needed.
+    """
+    setup_logging(log_level, log_format)
+
+
+main.add_command(kafka)
+main.add_command(demo)

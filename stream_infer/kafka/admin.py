@@ -1,0 +1,102 @@
+"""Admin-API helpers: the bootstrap address, topic creation, and consumer-group lag.
+
+Lag here means exactly what Kafka's own `kafka-consumer-groups --describe` reports:
+log-end offset minus the group's committed offset, per partition. A partition the group never
+committed has no committed offset; its lag is then undefined (reported as None), as the tool
+shows "-".
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+
+
+def bootstrap_servers(explicit: str | None = None) -> str:
+    """The broker list to use: an explicit value, else $KAFKA_BOOTSTRAP_SERVERS, else the local default."""
+    return explicit or os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or DEFAULT_BOOTSTRAP
+
+
+_client_log = logging.getLogger("stream_infer.kafka.client")
+
+
+def admin_client(bootstrap: str) -> AdminClient:
+    # librdkafka's own log goes through Python logging, so it obeys --log-level like everything else.
+    return AdminClient({"bootstrap.servers": bootstrap, "logger": _client_log})
+
+
+def create_topics(
+    bootstrap: str,
+    names: list[str],
+    *,
+    partitions: int = 1,
+    replication: int = 1,
+    config: dict[str, str] | None = None,
+    timeout: float = 30.0,
+) -> None:
+    """Create topics and wait for the result; topics that already exist are left as they are."""
+    admin = admin_client(bootstrap)
+    futures = admin.create_topics(
+        [NewTopic(n, num_partitions=partitions, replication_factor=replication, config=config or {}) for n in names],
+        operation_timeout=timeout,
+        request_timeout=timeout,
+    )
+    for name, future in futures.items():
+        try:
+            future.result(timeout=timeout)
+        except KafkaException as err:
+            if err.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                raise RuntimeError(f"could not create topic {name!r}: {err.args[0].str()}") from err
+
+
+def topic_partitions(bootstrap: str, topics: list[str], timeout: float = 10.0) -> list[TopicPartition]:
+    """Every partition of the named topics, sorted by (topic, partition)."""
+    metadata = admin_client(bootstrap).list_topics(timeout=timeout)
+    result = []
+    for topic in topics:
+        meta = metadata.topics.get(topic)
+        if meta is None or meta.error is not None:
+            raise RuntimeError(f"topic {topic!r} does not exist on {bootstrap}")
+        result.extend(TopicPartition(topic, p) for p in meta.partitions)
+    return sorted(result, key=lambda tp: (tp.topic, tp.partition))
+
+
+@dataclass(frozen=True)
+class PartitionLag:
+    topic: str
+    partition: int
+    committed: int | None  # None: the group never committed this partition
+    log_end: int
+
+    @property
+    def lag(self) -> int | None:
+        return None if self.committed is None else max(0, self.log_end - self.committed)
+
+
+def group_lag(bootstrap: str, group: str, topics: list[str] | None = None, timeout: float = 10.0) -> list[PartitionLag]:
+    """Per-partition committed offset, log-end offset and lag of a consumer group.
+
+    With `topics`, every partition of those topics is reported (uncommitted ones with lag None);
+    without, the partitions the group has committed offsets for.
+    """
+    admin = admin_client(bootstrap)
+    wanted = topic_partitions(bootstrap, topics, timeout) if topics else None
+    request = ConsumerGroupTopicPartitions(group, wanted) if wanted else ConsumerGroupTopicPartitions(group)
+    committed_result = admin.list_consumer_group_offsets([request], request_timeout=timeout)[group].result(timeout)
+    committed = {
+        (tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else None) for tp in committed_result.topic_partitions
+    }
+    partitions = wanted or [TopicPartition(t, p) for t, p in committed]
+    if not partitions:
+        return []
+    ends = admin.list_offsets({tp: OffsetSpec.latest() for tp in partitions}, request_timeout=timeout)
+    result = []
+    for tp, future in ends.items():
+        result.append(PartitionLag(tp.topic, tp.partition, committed.get((tp.topic, tp.partition)), future.result(timeout).offset))
+    return sorted(result, key=lambda p: (p.topic, p.partition))

@@ -1,0 +1,422 @@
+"""A local Apache Kafka (KRaft, no ZooKeeper) run from Maven-fetched jars, for development and tests.
+
+Each node runs as combined broker+controller in its own JVM, bound to 127.0.0.1 only. A state
+directory holds everything: per-node config, data and `server.log`, and `cluster.json` recording
+the ports and PIDs so that `down` and `status` (in another process) find what `up` started.
+
+Contract of :func:`up`: returns only once the cluster answers a metadata request listing every
+node; data in the state directory survives `down` unless wiped.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from stream_infer.kafka.jars import KafkaSetupError, ensure_jars, java_command, kafka_version
+
+log = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+DEFAULT_PORT = 9092
+STATE_FILE = "cluster.json"
+# KRaft election plus log loading takes a few seconds on 2 cores; 90 s leaves room for a cold JVM
+# on a loaded CI machine without hiding a broker that will never come up.
+READY_TIMEOUT_S = 90.0
+
+
+def default_state_dir() -> Path:
+    """$STREAM_INFER_STATE_DIR, else $XDG_STATE_HOME/stream-infer/kafka."""
+    if env := os.environ.get("STREAM_INFER_STATE_DIR"):
+        return Path(env)
+    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(xdg) / "stream-infer" / "kafka"
+
+
+@dataclass
+class Node:
+    node_id: int
+    port: int
+    controller_port: int
+    pid: int | None = None
+
+    def directory(self, state_dir: Path) -> Path:
+        return state_dir / f"node-{self.node_id}"
+
+
+@dataclass
+class Cluster:
+    state_dir: Path
+    cluster_id: str
+    nodes: list[Node] = field(default_factory=list)
+    version: str = ""
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(f"{HOST}:{n.port}" for n in self.nodes)
+
+    def save(self) -> None:
+        data = asdict(self)
+        data["state_dir"] = str(self.state_dir)
+        tmp = self.state_dir / (STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.replace(self.state_dir / STATE_FILE)  # atomic: a reader never sees half a file
+
+    @classmethod
+    def load(cls, state_dir: Path) -> Cluster | None:
+        path = state_dir / STATE_FILE
+        if not path.exists():
+            return None
+        data = json.loads(path.read_text())
+        nodes = [Node(**n) for n in data.pop("nodes")]
+        data["state_dir"] = state_dir
+        return cls(nodes=nodes, **data)
+
+
+# --- ports -------------------------------------------------------------------------------------
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(exclude: set[int]) -> int:
+    """A port the OS says is free now (bind to 0), not already chosen for another listener."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((HOST, 0))
+            port = sock.getsockname()[1]
+        if port not in exclude:
+            return port
+
+
+def plan_ports(base_port: int, nodes: int) -> list[tuple[int, int]]:
+    """(client, controller) ports per node. base_port 0: all free; else base, base+1, ... for clients."""
+    chosen: set[int] = set()
+    plan = []
+    for i in range(nodes):
+        if base_port == 0:
+            client = free_port(chosen)
+        else:
+            client = base_port + i
+            if not port_is_free(client):
+                raise KafkaSetupError(
+                    f"port {client} on {HOST} is already in use (another Kafka?). "
+                    "Stop it, choose another with --port N, or use --port 0 for free ports."
+                )
+        chosen.add(client)
+        controller = free_port(chosen)
+        chosen.add(controller)
+        plan.append((client, controller))
+    return plan
+
+
+# --- processes ---------------------------------------------------------------------------------
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped by its parent) counts as dead.
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    return True
+
+
+def _is_our_broker(pid: int, node_dir: Path) -> bool:
+    """Guard against PID reuse: only signal a process whose command line names this node's config."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return pid_alive(pid)  # no /proc (not Linux): trust the recorded PID
+    return str(node_dir / "server.properties") in cmdline
+
+
+def _node_properties(node: Node, cluster: Cluster) -> str:
+    n = len(cluster.nodes)
+    replication = min(3, n)
+    min_isr = min(2, n)
+    voters = ",".join(f"{x.node_id}@{HOST}:{x.controller_port}" for x in cluster.nodes)
+    data_dir = node.directory(cluster.state_dir) / "data"
+    return "\n".join(
+        [
+            "# Written by `stream-infer kafka up`; rewritten on every start.",
+            "process.roles=broker,controller",
+            f"node.id={node.node_id}",
+            f"controller.quorum.voters={voters}",
+            f"listeners=PLAINTEXT://{HOST}:{node.port},CONTROLLER://{HOST}:{node.controller_port}",
+            f"advertised.listeners=PLAINTEXT://{HOST}:{node.port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            f"log.dirs={data_dir}",
+            "num.partitions=1",
+            f"default.replication.factor={replication}",
+            f"offsets.topic.replication.factor={replication}",
+            # 50 offsets partitions (the default) make the first consumer group wait seconds for
+            # their creation; a development broker needs far fewer.
+            "offsets.topic.num.partitions=10",
+            f"transaction.state.log.replication.factor={replication}",
+            f"transaction.state.log.min.isr={min_isr}",
+            f"share.coordinator.state.topic.replication.factor={replication}",
+            f"share.coordinator.state.topic.min.isr={min_isr}",
+            # Tests start many short-lived groups: do not delay the first rebalance by 3 s.
+            "group.initial.rebalance.delay.ms=0",
+            "auto.create.topics.enable=true",
+            "",
+        ]
+    )
+
+
+def _log4j_properties(node_dir: Path) -> str:
+    return "\n".join(
+        [
+            "status = warn",
+            "appender.file.type = File",
+            "appender.file.name = file",
+            f"appender.file.fileName = {node_dir / 'server.log'}",
+            "appender.file.layout.type = PatternLayout",
+            "appender.file.layout.pattern = [%d] %p %m (%c)%n",
+            "rootLogger.level = INFO",
+            "rootLogger.appenderRef.file.ref = file",
+            # The request logger is noisy at INFO and says nothing a developer needs.
+            "logger.request.name = kafka.request.logger",
+            "logger.request.level = WARN",
+            "",
+        ]
+    )
+
+
+def _java_base(java: str, jars: Path, node_dir: Path) -> list[str]:
+    return [
+        java,
+        "-Xms256m",
+        "-Xmx1g",
+        "-XX:+UseG1GC",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={node_dir / 'log4j2.properties'}",
+        f"-Dkafka.logs.dir={node_dir}",
+        "-cp",
+        str(jars / "*"),
+    ]
+
+
+def _format_storage(java: str, jars: Path, cluster: Cluster) -> None:
+    """Format each node's log dir once (KRaft requires it); already formatted dirs are left alone."""
+    procs = []
+    for node in cluster.nodes:
+        node_dir = node.directory(cluster.state_dir)
+        if (node_dir / "data" / "meta.properties").exists():
+            continue
+        cmd = _java_base(java, jars, node_dir) + [
+            "kafka.tools.StorageTool", "format",
+            f"--cluster-id={cluster.cluster_id}",
+            "-c", str(node_dir / "server.properties"),
+            "--ignore-formatted",
+        ]
+        procs.append((node, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
+    for node, proc in procs:  # in parallel: each is a JVM start of ~2 s
+        out, _ = proc.communicate(timeout=120)
+        if proc.returncode != 0:
+            raise KafkaSetupError(f"formatting node {node.node_id}'s storage failed:\n{out.strip()[-2000:]}")
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    if not path.exists():
+        return f"({path} does not exist)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _metadata_brokers(bootstrap: str, timeout: float) -> int:
+    """How many brokers a metadata request returns (0 if the cluster does not answer)."""
+    from confluent_kafka.admin import AdminClient
+
+    # log_level 0: "connection refused" while the broker boots is the expected answer, not news.
+    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.connection.setup.timeout.ms": 2000, "log_level": 0})
+    try:
+        return len(admin.list_topics(timeout=timeout).brokers)
+    except Exception:  # KafkaException on timeout: "not ready yet" is the answer
+        return 0
+
+
+def _new_cluster_id() -> str:
+    # Kafka's cluster id: a UUID as URL-safe base64 without padding (what `kafka-storage random-uuid`
+    # prints), made here to avoid one more JVM start. Like Kafka, never start with "-": the storage
+    # tool would read such an id as an option.
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
+def running_cluster(state_dir: Path) -> Cluster | None:
+    """The cluster recorded in state_dir if any of its nodes is alive, else None."""
+    cluster = Cluster.load(state_dir)
+    if cluster and any(pid_alive(n.pid) for n in cluster.nodes):
+        return cluster
+    return None
+
+
+def up(state_dir: Path, *, port: int = DEFAULT_PORT, nodes: int = 1, timeout: float = READY_TIMEOUT_S) -> tuple[Cluster, bool]:
+    """Start (or find running) a local cluster. Returns (cluster, started_now)."""
+    if nodes < 1:
+        raise KafkaSetupError("--nodes must be at least 1")
+    state_dir = state_dir.resolve()
+    existing = running_cluster(state_dir)
+    if existing:
+        if _metadata_brokers(existing.bootstrap, timeout=5) == 0:
+            raise KafkaSetupError(
+                f"a Kafka recorded in {state_dir} is running but does not answer; "
+                f"run `stream-infer kafka down --state-dir {state_dir}` and start again.\n"
+                + _tail(existing.nodes[0].directory(state_dir) / "server.log")
+            )
+        return existing, False
+
+    java = java_command()
+    jars = ensure_jars()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    previous = Cluster.load(state_dir)
+    if previous and len(previous.nodes) != nodes:
+        raise KafkaSetupError(
+            f"{state_dir} holds a {len(previous.nodes)}-node cluster; start it with --nodes "
+            f"{len(previous.nodes)}, or wipe it first (`stream-infer kafka down --wipe --state-dir {state_dir}`)."
+        )
+    # A restart keeps the cluster id (the data is formatted with it) and, when free, the ports.
+    reuse = previous and port in (0, previous.nodes[0].port) and all(
+        port_is_free(n.port) and port_is_free(n.controller_port) for n in previous.nodes
+    )
+    if reuse:
+        cluster = previous
+    else:
+        plan = plan_ports(port, nodes)
+        cluster = Cluster(
+            state_dir=state_dir,
+            cluster_id=previous.cluster_id if previous else _new_cluster_id(),
+            nodes=[Node(node_id=i + 1, port=c, controller_port=k) for i, (c, k) in enumerate(plan)],
+        )
+    cluster.version = kafka_version()
+
+    for node in cluster.nodes:
+        node_dir = node.directory(state_dir)
+        node_dir.mkdir(parents=True, exist_ok=True)
+        (node_dir / "server.properties").write_text(_node_properties(node, cluster))
+        (node_dir / "log4j2.properties").write_text(_log4j_properties(node_dir))
+    _format_storage(java, jars, cluster)
+
+    for node in cluster.nodes:
+        node_dir = node.directory(state_dir)
+        with open(node_dir / "stdout.log", "ab") as out:
+            proc = subprocess.Popen(
+                _java_base(java, jars, node_dir) + ["kafka.Kafka", str(node_dir / "server.properties")],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # survives the CLI's exit and its Ctrl-C
+            )
+        node.pid = proc.pid
+    cluster.save()
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        dead = [n for n in cluster.nodes if not pid_alive(n.pid)]
+        if dead:
+            node_dir = dead[0].directory(state_dir)
+            down(state_dir)
+            raise KafkaSetupError(
+                f"Kafka node {dead[0].node_id} exited during start-up; the end of its log "
+                f"({node_dir / 'server.log'}):\n{_tail(node_dir / 'server.log')}\n{_tail(node_dir / 'stdout.log', 10)}"
+            )
+        if _metadata_brokers(cluster.bootstrap, timeout=2) >= nodes:
+            return cluster, True
+        time.sleep(0.3)
+    log_path = cluster.nodes[0].directory(state_dir) / "server.log"
+    down(state_dir)
+    raise KafkaSetupError(
+        f"Kafka did not answer a metadata request within {timeout:.0f} s; it was stopped. "
+        f"The end of {log_path}:\n{_tail(log_path)}"
+    )
+
+
+def down(state_dir: Path, *, wipe: bool = False, timeout: float = 30.0) -> int:
+    """Stop every node recorded in state_dir: SIGTERM, then SIGKILL after `timeout`. Returns nodes stopped."""
+    state_dir = state_dir.resolve()
+    cluster = Cluster.load(state_dir)
+    stopped = 0
+    if cluster:
+        # Signal all nodes at once so the controller quorum is there for each one's controlled shutdown.
+        targets = [n for n in cluster.nodes if pid_alive(n.pid) and _is_our_broker(n.pid, n.directory(state_dir))]
+        for node in targets:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(node.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while any(pid_alive(n.pid) for n in targets) and time.monotonic() < deadline:
+            _reap(targets)
+            time.sleep(0.2)
+        for node in targets:
+            if pid_alive(node.pid):
+                log.warning("node %s did not stop within %.0f s: killing it", node.node_id, timeout)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(node.pid, signal.SIGKILL)
+        _reap(targets)
+        stopped = len(targets)
+        for node in cluster.nodes:
+            node.pid = None
+        if state_dir.exists():
+            cluster.save()
+    if wipe and state_dir.exists():
+        shutil.rmtree(state_dir)
+    return stopped
+
+
+def _reap(nodes: list[Node]) -> None:
+    """Collect exited children (when `up` ran in this process), so they do not linger as zombies."""
+    for node in nodes:
+        if node.pid:
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(node.pid, os.WNOHANG)
+
+
+def status(state_dir: Path) -> dict:
+    """A description of the recorded cluster: version, bootstrap, and per node alive/port/pid."""
+    state_dir = state_dir.resolve()
+    cluster = Cluster.load(state_dir)
+    if cluster is None:
+        return {"state_dir": str(state_dir), "running": False, "nodes": []}
+    alive = [pid_alive(n.pid) for n in cluster.nodes]
+    answering = _metadata_brokers(cluster.bootstrap, timeout=3) if any(alive) else 0
+    return {
+        "state_dir": str(state_dir),
+        "version": cluster.version or kafka_version(),
+        "bootstrap": cluster.bootstrap,
+        "running": all(alive) and answering >= len(cluster.nodes),
+        "brokers_answering": answering,
+        "nodes": [
+            {"node_id": n.node_id, "port": n.port, "controller_port": n.controller_port, "pid": n.pid, "alive": a}
+            for n, a in zip(cluster.nodes, alive)
+        ],
+    }
