@@ -54,3 +54,6 @@ def setup_logging(level: str = "warning", fmt: str = "text") -> None:
     # aiokafka and faust log every rebalance step at INFO; ours is the story an operator needs.
     for noisy in ("aiokafka", "faust", "mode", "kafka"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # librdkafka warns about every transient retry (coordinator loading, leader moves) that it then
+    # resolves itself; its errors still show.
+    logging.getLogger("stream_infer.kafka.client").setLevel(max(logging.ERROR, root.level))

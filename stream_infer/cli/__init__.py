@@ -7,6 +7,8 @@ import click
 from stream_infer import __version__
 from stream_infer.cli.demo_cmd import demo
 from stream_infer.cli.kafka_cmd import kafka
+from stream_infer.cli.replay_cmd import replay
+from stream_infer.cli.worker_cmd import worker
 from stream_infer.logs import setup_logging
 
 
@@ -38,3 +40,5 @@ def main(log_level: str, log_format: str) -> None:
 
 main.add_command(kafka)
 main.add_command(demo)
+main.add_command(worker)
+main.add_command(replay)

@@ -1,0 +1,205 @@
+"""The worker's configuration file (TOML), validated on load.
+
+Contract: :func:`load_config` returns a fully validated :class:`Config` or raises
+:class:`ConfigError` whose message names the offending key (``pipelines[0].batching.max_wait_ms``)
+and the problem. Relative file paths (model, schema) are resolved against the config file's folder,
+so a config works from any working directory. ``KAFKA_BOOTSTRAP_SERVERS`` overrides
+``kafka.bootstrap_servers``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """The config file cannot be used; the message names the key and the problem."""
+
+
+class _Strict(BaseModel):
+    # A typo in a key is an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaConfig(_Strict):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    group_id: str = Field("stream-infer", description="Consumer group and Faust app id; workers sharing it split partitions.")
+    replication_factor: int = Field(1, ge=1, description="For the topics the worker creates (state changelogs).")
+    producer: dict[str, str | int | bool] = Field(default_factory=dict, description="Extra librdkafka producer settings.")
+
+
+class WorkerConfig(_Strict):
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(6066, ge=0, le=65535)
+    data_dir: str = ".stream-infer/worker"
+    checkpoint_interval_ms: int = Field(500, ge=10, le=60_000, description="How often state and offsets are checkpointed.")
+
+
+class FeatureSpec(_Strict):
+    """How an event becomes one row of the model's input matrix.
+
+    Row layout: one-hot columns first (in `one_hot` order, categories in listed order), then the
+    numeric `fields` in order. With `window` > 1 the row is the key's last `window` rows of the
+    numeric fields, oldest first, flattened; a key with fewer rows so far is left-padded with its
+    first row.
+    """
+
+    fields: list[str] = Field(min_length=1)
+    one_hot: dict[str, list[str]] = Field(default_factory=dict)
+    window: int = Field(1, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _window_has_no_categoricals(self) -> FeatureSpec:
+        if self.window > 1 and self.one_hot:
+            raise ValueError("one_hot features are not supported together with window > 1")
+        return self
+
+    @property
+    def width(self) -> int:
+        """Number of columns of the model input."""
+        return self.window * len(self.fields) + sum(len(c) for c in self.one_hot.values())
+
+
+class BatchingConfig(_Strict):
+    max_batch_size: int = Field(256, ge=1, le=65_536)
+    max_wait_ms: float = Field(20.0, ge=0, le=60_000, description="The oldest waiting event is flushed after this long.")
+
+
+class TopicsConfig(_Strict):
+    predictions: str
+    alerts: str | None = None
+    dead_letters: str
+    review: str | None = None
+
+
+class AlertRule(_Strict):
+    """Alert on one key when `score` breaches `threshold` on `consecutive` events in a row; then stay
+    silent for that key (one alert per episode) until `rearm_after` non-breaching events in a row."""
+
+    name: str
+    score: str = Field(description="Name of the prediction output the rule reads.")
+    direction: Literal["above", "below"]
+    threshold: float
+    consecutive: int = Field(1, ge=1, le=1000)
+    rearm_after: int = Field(1, ge=1, le=100_000)
+    severity: Literal["info", "warning", "critical"] = "warning"
+
+
+class OutputSpec(_Strict):
+    """Turns the model's raw outputs into named prediction fields.
+
+    regression: `score_name` = outputs[`output`][:, 0].
+    classification: `score_name` = outputs[`output`][:, `positive_class`], plus `label` = score >= threshold,
+    and `review` = review_low <= score < threshold (when review_low is set).
+    """
+
+    kind: Literal["regression", "classification"]
+    output: str
+    score_name: str
+    positive_class: int = Field(1, ge=0)
+    threshold: float | None = None
+    review_low: float | None = None
+
+    @model_validator(mode="after")
+    def _classification_needs_threshold(self) -> OutputSpec:
+        if self.kind == "classification" and self.threshold is None:
+            raise ValueError("classification outputs need a threshold")
+        if self.review_low is not None and self.threshold is not None and self.review_low >= self.threshold:
+            raise ValueError("review_low must be below threshold")
+        return self
+
+
+class EngineConfig(_Strict):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    intra_op_threads: int = Field(1, ge=0, le=256, description="0 lets ONNX Runtime choose.")
+
+
+class PipelineConfig(_Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")
+    input_topic: str
+    schema_file: Path = Field(alias="schema", description="JSON Schema of the input event.")
+    key_field: str
+    model: Path
+    max_message_bytes: int = Field(65_536, ge=64)
+    features: FeatureSpec
+    batching: BatchingConfig = BatchingConfig()
+    topics: TopicsConfig
+    outputs: OutputSpec
+    alert: AlertRule | None = None
+    engine: EngineConfig = EngineConfig()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _alert_needs_topic(self) -> PipelineConfig:
+        if self.alert is not None and self.topics.alerts is None:
+            raise ValueError("an alert rule needs topics.alerts")
+        if self.outputs.review_low is not None and self.topics.review is None:
+            raise ValueError("outputs.review_low needs topics.review")
+        if self.alert is not None and self.alert.score != self.outputs.score_name:
+            raise ValueError(f"alert.score {self.alert.score!r} is not an output (have {self.outputs.score_name!r})")
+        return self
+
+    @property
+    def stateful(self) -> bool:
+        """Whether the pipeline keeps per-key state (windows or alert debounce) across events."""
+        return self.features.window > 1 or (self.alert is not None and self.alert.consecutive > 1)
+
+
+class Config(_Strict):
+    kafka: KafkaConfig = KafkaConfig()
+    worker: WorkerConfig = WorkerConfig()
+    pipelines: list[PipelineConfig] = Field(min_length=1)
+
+    @field_validator("pipelines")
+    @classmethod
+    def _unique(cls, pipelines: list[PipelineConfig]) -> list[PipelineConfig]:
+        for attr in ("name", "input_topic"):
+            seen = [getattr(p, attr) for p in pipelines]
+            dupes = {x for x in seen if seen.count(x) > 1}
+            if dupes:
+                raise ValueError(f"pipeline {attr}s must be unique; repeated: {sorted(dupes)}")
+        return pipelines
+
+
+def _key_path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def load_config(path: str | Path) -> Config:
+    """Read, validate and resolve a config file. Raises ConfigError with key and problem."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path} is not valid TOML: {err}") from None
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        more = f" (and {err.error_count() - 1} more problem(s))" if err.error_count() > 1 else ""
+        raise ConfigError(f"{path}: {_key_path(first['loc'])}: {first['msg']}{more}") from None
+
+    base = path.resolve().parent
+    pipelines = [
+        p.model_copy(update={"model": (base / p.model).resolve(), "schema_file": (base / p.schema_file).resolve()})
+        for p in config.pipelines
+    ]
+    kafka = config.kafka
+    if env := os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        kafka = kafka.model_copy(update={"bootstrap_servers": env})
+    for i, p in enumerate(pipelines):
+        for label, file in (("model", p.model), ("schema", p.schema_file)):
+            if not file.is_file():
+                raise ConfigError(f"{path}: pipelines[{i}].{label}: file {file} does not exist")
+    return config.model_copy(update={"pipelines": pipelines, "kafka": kafka})

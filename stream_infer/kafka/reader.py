@@ -1,0 +1,69 @@
+"""Read whole topics from the beginning, without a consumer group: for the demo, bench and tests."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from stream_infer.kafka.admin import topic_partitions
+
+
+@dataclass
+class ReadRecord:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+    headers: dict[str, bytes]
+
+    def json(self):
+        return orjson.loads(self.value)
+
+
+@dataclass
+class TopicReader:
+    """Assigns every partition of `topics` from the beginning and accumulates what arrives."""
+
+    bootstrap: str
+    topics: list[str]
+    records: dict[str, list[ReadRecord]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "stream-infer-reader",
+                                   "enable.auto.commit": False, "isolation.level": "read_committed",
+                                   "logger": logging.getLogger("stream_infer.kafka.client")})
+        parts = topic_partitions(self.bootstrap, self.topics)
+        self._consumer.assign([TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING) for tp in parts])
+        self.records = {t: [] for t in self.topics}
+
+    def poll(self, seconds: float = 0.5, on_record: Callable[[ReadRecord], None] | None = None) -> int:
+        got = 0
+        for msg in self._consumer.consume(5000, timeout=seconds):
+            if msg.error() is not None:
+                continue
+            record = ReadRecord(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
+                                msg.timestamp()[1], {k: v for k, v in (msg.headers() or [])})
+            self.records[record.topic].append(record)
+            got += 1
+            if on_record is not None:
+                on_record(record)
+        return got
+
+    def until(self, done: Callable[[], bool], timeout: float, on_record=None) -> bool:
+        """Poll until done() holds (True) or timeout passes (False)."""
+        deadline = time.monotonic() + timeout
+        while not done():
+            if time.monotonic() > deadline:
+                return False
+            self.poll(0.2, on_record)
+        return True
+
+    def close(self) -> None:
+        self._consumer.close()

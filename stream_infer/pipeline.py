@@ -1,0 +1,254 @@
+"""One pipeline's batch path: decode -> featurize -> infer -> post-process -> produce -> checkpoint.
+
+This module composes the stages; it knows Kafka only through two narrow interfaces (an
+:class:`~stream_infer.kafka.producer.AsyncProducer` for outputs and a
+:class:`~stream_infer.kafka.changelog.Changelog` for state) and the model only through
+:class:`~stream_infer.engine.InferenceEngine`.
+
+Contract (what the tests hold it to):
+
+* every input record yields a prediction or a dead letter, produced with acks=all, before the
+  record is handed back to the caller as `done` (only then may its offset be committed);
+* batches are processed one at a time, so outputs of one key keep input order;
+* with state, a record becomes `done` only after a checkpoint covering it is written, so after a
+  crash the restored state and the resume offset agree (see :mod:`stream_infer.kafka.changelog`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+
+from stream_infer import metrics
+from stream_infer.config import PipelineConfig
+from stream_infer.decode import DeadLetter, EventDecoder, InputRecord
+from stream_infer.engine import InferenceEngine
+from stream_infer.features import Featurizer
+from stream_infer.kafka.changelog import Changelog
+from stream_infer.kafka.producer import AsyncProducer, OutMessage
+from stream_infer.postprocess import AlertTracker, score_fields
+from stream_infer.state import StateStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BatchResult:
+    predictions: int = 0
+    alerts: int = 0
+    dead_letters: int = 0
+    skipped: int = 0
+
+
+@dataclass
+class _Progress:
+    """Offsets processed (outputs acknowledged) but not yet checkpointed, per partition."""
+
+    frontier: dict[int, int] = field(default_factory=dict)  # partition -> next offset to process
+
+    def advance(self, records: Sequence[InputRecord]) -> None:
+        for record in records:
+            if record.offset >= self.frontier.get(record.partition, -1):
+                self.frontier[record.partition] = record.offset + 1
+
+
+class Pipeline:
+    def __init__(self, config: PipelineConfig, producer: AsyncProducer, changelog: Changelog | None) -> None:
+        self.config = config
+        self.name = config.name
+        self.decoder = EventDecoder(config.schema_file, max_message_bytes=config.max_message_bytes)
+        self.featurizer = Featurizer(config.features)
+        self.engine = InferenceEngine(
+            config.model,
+            width=config.features.width,
+            outputs=[config.outputs.output],
+            device=config.engine.device,
+            intra_op_threads=config.engine.intra_op_threads,
+        )
+        self.model = {"name": self.engine.name, "version": self.engine.version}
+        self.alerts = AlertTracker(config.alert, config.name) if config.alert else None
+        self.producer = producer
+        # Set by the worker once the changelog topic exists; stays None for stateless pipelines.
+        self.changelog = changelog
+        self.store = StateStore()
+        self.loaded: set[int] = set()  # partitions whose state is restored (and owned)
+        self.resume_at: dict[int, int] = {}  # partition -> checkpoint offset; below it: already done
+        self.progress = _Progress()
+        # One thread: ONNX Runtime parallelises inside a run (intra_op_threads); batches stay ordered.
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{self.name}")
+        metrics.MODEL.labels(self.name).info(
+            {"name": self.engine.name, "version": self.engine.version, "provider": self.engine.provider}
+        )
+
+    # --- state ownership ------------------------------------------------------------------------
+
+    async def ensure_restored(self, partitions: set[int]) -> None:
+        missing = sorted(partitions - self.loaded)
+        if not missing:
+            return
+        if self.changelog is not None:
+            started = time.perf_counter()
+            restored = await asyncio.get_running_loop().run_in_executor(self.executor, self.changelog.restore, missing)
+            for partition, (states, offset) in restored.items():
+                self.store.load_partition(partition, states)
+                if offset is not None:
+                    self.resume_at[partition] = offset
+            log.info(
+                "restored state",
+                extra={"pipeline": self.name, "partitions": missing, "keys": sum(len(s) for s, _ in restored.values()),
+                       "checkpoints": {p: o for p, (_, o) in restored.items()}, "seconds": round(time.perf_counter() - started, 3)},
+            )
+        self.loaded.update(missing)
+
+    def drop_partitions(self, partitions: set[int]) -> None:
+        """Partitions revoked: forget their state; the next owner restores it from the changelog."""
+        for partition in partitions:
+            self.store.drop_partition(partition)
+            self.loaded.discard(partition)
+            self.resume_at.pop(partition, None)
+            self.progress.frontier.pop(partition, None)
+
+    # --- the batch path -------------------------------------------------------------------------
+
+    async def process(self, records: Sequence[InputRecord], arrivals: Sequence[float]) -> BatchResult:
+        result = BatchResult()
+        await self.ensure_restored({r.partition for r in records})
+        if self.resume_at:
+            keep = [i for i, r in enumerate(records) if r.offset >= self.resume_at.get(r.partition, -1)]
+            result.skipped = len(records) - len(keep)
+            if result.skipped:
+                metrics.REPLAYS_SKIPPED.labels(self.name).inc(result.skipped)
+                records_all = records
+                records, arrivals = [records[i] for i in keep], [arrivals[i] for i in keep]
+                self.progress.advance(records_all)
+        metrics.EVENTS.labels(self.name).inc(len(records) + result.skipped)
+        if not records:
+            return result
+
+        decoded = self.decoder.decode(records)
+        dead = decoded.dead
+        arrival_of = dict(zip((id(r) for r in records), arrivals))
+        messages: list[OutMessage] = []
+        if decoded.events:
+            rows = self.featurizer.numeric_rows(decoded.events)
+            finite = np.isfinite(rows).all(axis=1)
+            if not finite.all():
+                for i in np.nonzero(~finite)[0]:
+                    dead.append(DeadLetter(decoded.records[i], "non_finite_number", "a feature is NaN/Infinity or beyond float32 range"))
+                keep_idx = np.nonzero(finite)[0]
+                rows = rows[keep_idx]
+                decoded.records = [decoded.records[i] for i in keep_idx]
+                decoded.events = [decoded.events[i] for i in keep_idx]
+            if decoded.events:
+                messages, n_alerts = await self._predict(decoded.records, decoded.events, rows, arrival_of, dead)
+                result.alerts = n_alerts
+                result.predictions = len(decoded.records) if messages else 0
+        messages.extend(self._dead_letter_messages(dead))
+        await self.producer.send_batch(messages)
+        self.progress.advance(records)
+        result.dead_letters = len(dead)
+        self._count(result, dead)
+        return result
+
+    async def _predict(self, records, events, rows, arrival_of, dead) -> tuple[list[OutMessage], int]:
+        keys = [r.key.decode("utf-8", "replace") for r in records]
+        if self.config.features.window > 1:
+            matrix = self.featurizer.windowed(keys, [r.partition for r in records], rows, self.store)
+        else:
+            matrix = self.featurizer.stateless(events, rows)
+        started = time.perf_counter()
+        try:
+            raw = await asyncio.get_running_loop().run_in_executor(self.executor, self.engine.run, matrix)
+        except Exception as err:  # a model failing on valid input is data too: keep going, say why
+            log.error("model failed on a batch; its events go to the dead-letter topic", extra={"pipeline": self.name, "error": str(err)})
+            dead.extend(DeadLetter(r, "model_error", str(err)[:500]) for r in records)
+            return [], 0
+        metrics.INFERENCE_SECONDS.labels(self.name).observe(time.perf_counter() - started)
+        fields = score_fields(raw, self.config.outputs)
+        alerts = []
+        if self.alerts is not None:
+            alerts = self.alerts.apply(keys, records, fields[self.config.outputs.score_name], self.store, self.model)
+        return self._output_messages(records, keys, fields, alerts, arrival_of), len(alerts)
+
+    def _output_messages(self, records, keys, fields, alerts, arrival_of) -> list[OutMessage]:
+        topics = self.config.topics
+        now = time.monotonic()
+        columns = {name: values.tolist() for name, values in fields.items()}
+        names = list(columns)
+        base = {"schema_version": 1, "pipeline": self.name, "model": self.model}
+        messages: list[OutMessage] = []
+        review = columns.get("review")
+        for i, record in enumerate(records):
+            prediction = {
+                **base,
+                "key": keys[i],
+                "outputs": {name: columns[name][i] for name in names},
+                "source": record.source,
+                "latency_ms": round((now - arrival_of[id(record)]) * 1000, 3),
+            }
+            value = orjson.dumps(prediction)
+            messages.append((topics.predictions, record.key, value, None))
+            if review is not None and review[i]:
+                messages.append((topics.review, record.key, value, None))
+        for i, alert in alerts:
+            messages.append((topics.alerts, records[i].key, orjson.dumps(alert), None))
+        return messages
+
+    def _dead_letter_messages(self, dead: list[DeadLetter]) -> list[OutMessage]:
+        out = []
+        for letter in dead:
+            r = letter.record
+            headers = list(r.headers) + [
+                ("x-dlq-reason", letter.reason.encode()),
+                ("x-dlq-detail", letter.detail.encode("utf-8", "replace")[:1000]),
+                ("x-dlq-pipeline", self.name.encode()),
+                ("x-source-topic", r.topic.encode()),
+                ("x-source-partition", str(r.partition).encode()),
+                ("x-source-offset", str(r.offset).encode()),
+                ("x-source-timestamp-ms", str(r.timestamp_ms).encode()),
+            ]
+            out.append((self.config.topics.dead_letters, r.key, r.value if r.value is not None else b"", headers))
+        return out
+
+    def _count(self, result: BatchResult, dead: list[DeadLetter]) -> None:
+        metrics.PREDICTIONS.labels(self.name).inc(result.predictions)
+        if self.alerts is not None and result.alerts:
+            metrics.ALERTS.labels(self.name, self.alerts.rule.name).inc(result.alerts)
+        for letter in dead:
+            metrics.DEAD_LETTERS.labels(self.name, letter.reason).inc()
+
+    # --- checkpoint -----------------------------------------------------------------------------
+
+    async def checkpoint(self) -> dict[int, int]:
+        """Make processed offsets safe to commit; returns partition -> offset to commit.
+
+        Stateless pipelines have nothing to persist. Stateful ones first write the changed keys and
+        the offsets they are consistent with, in one transaction.
+        """
+        offsets = {p: o for p, o in self.progress.frontier.items() if p in self.loaded}
+        if not offsets:
+            return {}
+        if self.changelog is not None:
+            snapshots = {
+                p: {k: (None if s is None else s.to_bytes()) for k, s in keys.items()}
+                for p, keys in self.store.take_dirty().items()
+                if p in self.loaded
+            }
+            await asyncio.get_running_loop().run_in_executor(self.executor, self.changelog.write_checkpoint, snapshots, offsets)
+            metrics.CHECKPOINTS.labels(self.name).inc()
+        else:
+            self.store.take_dirty()  # nothing to persist, but neutral alert states are released
+        self.progress.frontier = {}
+        return offsets
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)
+        if self.changelog is not None:
+            self.changelog.close()
