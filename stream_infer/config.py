@@ -31,6 +31,10 @@ class KafkaConfig(_Strict):
     group_id: str = Field("stream-infer", description="Consumer group and Faust app id; workers sharing it split partitions.")
     replication_factor: int = Field(1, ge=1, description="For the topics the worker creates (state changelogs).")
     producer: dict[str, str | int | bool] = Field(default_factory=dict, description="Extra librdkafka producer settings.")
+    session_timeout_ms: int = Field(
+        10_000, ge=3_000, le=300_000,
+        description="A worker that stops heartbeating (crash, kill -9) keeps its partitions this long before the group moves them.",
+    )
 
 
 class WorkerConfig(_Strict):

@@ -45,11 +45,11 @@ class AlertTracker:
         """Update each key's alert state in input order; return (event index, alert record) pairs."""
         rule = self.rule
         breach = self.breaches(scores)
-        # Only breaching events and events of keys with an open run/episode can change anything.
-        candidates = np.nonzero(breach)[0].tolist()
+        # Only keys that breach in this batch, or enter it with an open run/episode, can change:
+        # all their events are walked (a later non-breach must reset a run begun in this batch).
         open_keys = store.open_alerts
-        if open_keys:
-            candidates = sorted(set(candidates) | {i for i, k in enumerate(keys) if k in open_keys})
+        involved = {keys[i] for i in np.nonzero(breach)[0].tolist()} | (open_keys & set(keys))
+        candidates = [i for i, k in enumerate(keys) if k in involved] if involved else []
         alerts = []
         for i in candidates:
             record = records[i]

@@ -126,6 +126,8 @@ class Worker:
             topic_allow_declare=False,  # topics are the operator's; the worker never alters them
             consumer_auto_offset_reset="earliest",
             broker_commit_interval=cfg.worker.checkpoint_interval_ms / 1000,
+            broker_session_timeout=cfg.kafka.session_timeout_ms / 1000,
+            broker_heartbeat_interval=min(3.0, cfg.kafka.session_timeout_ms / 3000),
             # Faust's own per-stream buffer; with our batcher's bound it caps events held in memory.
             stream_buffer_maxsize=max(r.batcher.capacity for r in self.runners.values()),
         )
