@@ -14,6 +14,8 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
+import fastjsonschema
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
@@ -206,4 +208,8 @@ def load_config(path: str | Path) -> Config:
         for label, file in (("model", p.model), ("schema", p.schema_file)):
             if not file.is_file():
                 raise ConfigError(f"{path}: pipelines[{i}].{label}: file {file} does not exist")
+        try:
+            fastjsonschema.compile(orjson.loads(p.schema_file.read_bytes()))
+        except (orjson.JSONDecodeError, fastjsonschema.JsonSchemaDefinitionException, TypeError, ValueError) as err:
+            raise ConfigError(f"{path}: pipelines[{i}].schema: file {p.schema_file} is not a valid JSON Schema: {err}") from None
     return config.model_copy(update={"pipelines": pipelines, "kafka": kafka})

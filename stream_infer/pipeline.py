@@ -60,7 +60,7 @@ class _Progress:
 
 
 class Pipeline:
-    def __init__(self, config: PipelineConfig, producer: AsyncProducer, changelog: Changelog | None) -> None:
+    def __init__(self, config: PipelineConfig, producer: AsyncProducer | None, changelog: Changelog | None) -> None:
         self.config = config
         self.name = config.name
         self.decoder = EventDecoder(config.schema_file, max_message_bytes=config.max_message_bytes)
@@ -74,7 +74,7 @@ class Pipeline:
         )
         self.model = {"name": self.engine.name, "version": self.engine.version}
         self.alerts = AlertTracker(config.alert, config.name) if config.alert else None
-        self.producer = producer
+        self.producer = producer  # set by the worker once Kafka is reachable
         # Set by the worker once the changelog topic exists; stays None for stateless pipelines.
         self.changelog = changelog
         self.store = StateStore()

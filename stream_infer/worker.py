@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import faust
+from confluent_kafka import KafkaException
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from stream_infer import metrics
@@ -75,21 +76,29 @@ class Worker:
         self.config = config
         self.ready = False
         self.warm = False
-        bootstrap = config.kafka.bootstrap_servers
-        self.producer = AsyncProducer(bootstrap, dict(config.kafka.producer))
+        # Everything that needs no broker first: a bad model or schema fails start-up at once.
+        pipelines = [Pipeline(pc, producer=None, changelog=None) for pc in config.pipelines]
         _check_port_free(config.worker.web_host, config.worker.web_port)
+        self.producer = AsyncProducer(config.kafka.bootstrap_servers, dict(config.kafka.producer))
         self.runners: dict[str, _Runner] = {}
-        for pc in config.pipelines:
-            self.runners[pc.name] = _Runner(
-                pipeline=self._build_pipeline(pc),
-                batcher=MicroBatcher(pc.batching.max_batch_size, pc.batching.max_wait_ms / 1000),
-                checkpoint_every=config.worker.checkpoint_interval_ms / 1000,
-            )
+        try:
+            for pipeline in pipelines:
+                pipeline.producer = self.producer
+                self._connect(pipeline)
+                pc = pipeline.config
+                self.runners[pc.name] = _Runner(
+                    pipeline=pipeline,
+                    batcher=MicroBatcher(pc.batching.max_batch_size, pc.batching.max_wait_ms / 1000),
+                    checkpoint_every=config.worker.checkpoint_interval_ms / 1000,
+                )
+        except KafkaException as err:
+            self.producer.close(timeout=1)
+            raise StartupError(f"cannot reach Kafka at {config.kafka.bootstrap_servers}: {err.args[0].str()}") from None
         self.app = self._build_app()
 
-    def _build_pipeline(self, pc: PipelineConfig) -> Pipeline:
-        # Model and schema first: a bad model fails start-up before any broker round trip.
-        pipeline = Pipeline(pc, self.producer, changelog=None)
+    def _connect(self, pipeline: Pipeline) -> None:
+        """The broker steps of a pipeline: output topics, state changelog, warm-up."""
+        pc = pipeline.config
         bootstrap = self.config.kafka.bootstrap_servers
         partitions = input_partitions(bootstrap, pc.input_topic)
         outputs = [t for t in (pc.topics.predictions, pc.topics.alerts, pc.topics.dead_letters, pc.topics.review) if t]
@@ -108,7 +117,6 @@ class Worker:
                    "provider": pipeline.engine.provider, "input": pc.input_topic, "partitions": partitions,
                    "stateful": pc.stateful, "warm_up_s": round(seconds, 3)},
         )
-        return pipeline
 
     def _build_app(self) -> faust.App:
         cfg = self.config
