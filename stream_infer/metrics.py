@@ -25,7 +25,7 @@ INFERENCE_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2),
 )
 BATCH_WAIT_SECONDS = Histogram(
-    "stream_infer_batcher_wait_seconds", "Time the oldest event of a batch waited in the batcher", ["pipeline"],
+    "stream_infer_batcher_wait_seconds", "Time a batch waited between being fetched and being processed", ["pipeline"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1),
 )
 READY = Gauge("stream_infer_ready", "1 once models are warm and partitions assigned")

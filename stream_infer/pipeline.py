@@ -48,6 +48,25 @@ class BatchResult:
 
 
 @dataclass
+class Checkpoint:
+    """Input offsets (partition -> next offset) and the serialised key states consistent with them."""
+
+    offsets: dict[int, int]
+    snapshots: dict[int, dict[str, bytes | None]]
+
+
+@dataclass
+class PreparedBatch:
+    """A batch after decode and featurize: what inference needs, and what is already decided."""
+
+    records: list[InputRecord] = field(default_factory=list)  # valid events' records, in input order
+    keys: list[str] = field(default_factory=list)
+    matrix: np.ndarray | None = None  # None: nothing to infer
+    dead: list[DeadLetter] = field(default_factory=list)
+    skipped: int = 0
+
+
+@dataclass
 class _Progress:
     """Offsets processed (outputs acknowledged) but not yet checkpointed, per partition."""
 
@@ -81,8 +100,12 @@ class Pipeline:
         self.loaded: set[int] = set()  # partitions whose state is restored (and owned)
         self.resume_at: dict[int, int] = {}  # partition -> checkpoint offset; below it: already done
         self.progress = _Progress()
+        # Records whose outputs are queued but not known to be acknowledged yet.
+        self.unacknowledged: list[InputRecord] = []
         # One thread: ONNX Runtime parallelises inside a run (intra_op_threads); batches stay ordered.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{self.name}")
+        # Checkpoint writes wait on the broker; on their own thread they never delay a batch's inference.
+        self.changelog_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"changelog-{self.name}")
         metrics.MODEL.labels(self.name).info(
             {"name": self.engine.name, "version": self.engine.version, "provider": self.engine.provider}
         )
@@ -117,69 +140,102 @@ class Pipeline:
 
     # --- the batch path -------------------------------------------------------------------------
 
-    async def process(self, records: Sequence[InputRecord], arrivals: Sequence[float]) -> BatchResult:
-        result = BatchResult()
-        await self.ensure_restored({r.partition for r in records})
-        if self.resume_at:
-            keep = [i for i, r in enumerate(records) if r.offset >= self.resume_at.get(r.partition, -1)]
-            result.skipped = len(records) - len(keep)
-            if result.skipped:
-                metrics.REPLAYS_SKIPPED.labels(self.name).inc(result.skipped)
-                records_all = records
-                records, arrivals = [records[i] for i in keep], [arrivals[i] for i in keep]
-                self.progress.advance(records_all)
-        metrics.EVENTS.labels(self.name).inc(len(records) + result.skipped)
-        if not records:
-            return result
-
-        decoded = self.decoder.decode(records)
-        dead = decoded.dead
-        arrival_of = dict(zip((id(r) for r in records), arrivals))
-        messages: list[OutMessage] = []
-        if decoded.events:
-            rows = self.featurizer.numeric_rows(decoded.events)
-            finite = np.isfinite(rows).all(axis=1)
-            if not finite.all():
-                for i in np.nonzero(~finite)[0]:
-                    dead.append(DeadLetter(decoded.records[i], "non_finite_number", "a feature is NaN/Infinity or beyond float32 range"))
-                keep_idx = np.nonzero(finite)[0]
-                rows = rows[keep_idx]
-                decoded.records = [decoded.records[i] for i in keep_idx]
-                decoded.events = [decoded.events[i] for i in keep_idx]
-            if decoded.events:
-                messages, n_alerts = await self._predict(decoded.records, decoded.events, rows, arrival_of, dead)
-                result.alerts = n_alerts
-                result.predictions = len(decoded.records) if messages else 0
-        messages.extend(self._dead_letter_messages(dead))
-        await self.producer.send_batch(messages)
-        self.progress.advance(records)
-        result.dead_letters = len(dead)
-        self._count(result, dead)
+    async def process(self, records: Sequence[InputRecord], arrival: float) -> BatchResult:
+        """The whole batch path; returns once every output is acknowledged by the broker."""
+        result = await self.submit(records, arrival)
+        await self.wait_acknowledged()
         return result
 
-    async def _predict(self, records, events, rows, arrival_of, dead) -> tuple[list[OutMessage], int]:
-        keys = [r.key.decode("utf-8", "replace") for r in records]
-        if self.config.features.window > 1:
-            matrix = self.featurizer.windowed(keys, [r.partition for r in records], rows, self.store)
-        else:
-            matrix = self.featurizer.stateless(events, rows)
-        started = time.perf_counter()
-        try:
-            raw = await asyncio.get_running_loop().run_in_executor(self.executor, self.engine.run, matrix)
-        except Exception as err:  # a model failing on valid input is data too: keep going, say why
-            log.error("model failed on a batch; its events go to the dead-letter topic", extra={"pipeline": self.name, "error": str(err)})
-            dead.extend(DeadLetter(r, "model_error", str(err)[:500]) for r in records)
-            return [], 0
-        metrics.INFERENCE_SECONDS.labels(self.name).observe(time.perf_counter() - started)
-        fields = score_fields(raw, self.config.outputs)
-        alerts = []
-        if self.alerts is not None:
-            alerts = self.alerts.apply(keys, records, fields[self.config.outputs.score_name], self.store, self.model)
-        return self._output_messages(records, keys, fields, alerts, arrival_of), len(alerts)
+    async def submit(self, records: Sequence[InputRecord], arrival: float) -> BatchResult:
+        """Decode, featurize, infer, post-process and hand the outputs to the producer; returns
+        without waiting for the broker's acknowledgement, so the next batch can start meanwhile.
 
-    def _output_messages(self, records, keys, fields, alerts, arrival_of) -> list[OutMessage]:
+        `arrival` is when the batch was fetched (monotonic clock): `latency_ms` counts from it. The
+        batch's offsets count as processed only after :meth:`wait_acknowledged`: checkpoints call
+        it first. Memory stays bounded: the producer's queue is bounded, and the worker checks
+        :meth:`AsyncProducer.pending` before fetching more.
+        """
+        await self.ensure_restored({r.partition for r in records})
+        batch = self.prepare(records)
+        raw, error = None, None
+        if batch.matrix is not None:
+            started = time.perf_counter()
+            try:
+                raw = await asyncio.get_running_loop().run_in_executor(self.executor, self.engine.run, batch.matrix)
+            except Exception as err:  # a model failing on valid input is data too: keep going, say why
+                error = err
+            metrics.INFERENCE_SECONDS.labels(self.name).observe(time.perf_counter() - started)
+        messages, result = self.finish(batch, raw, error, arrival)
+        self.producer.send_batch(messages)
+        self.unacknowledged.extend(records)
+        return result
+
+    async def wait_acknowledged(self) -> None:
+        """Wait until every submitted batch's outputs are acknowledged (then their offsets count
+        as processed); raises DeliveryError if any output failed."""
+        if self.unacknowledged:
+            await self.producer.wait_acknowledged()
+            self.progress.advance(self.unacknowledged)
+            self.unacknowledged = []
+
+    def prepare(self, records: Sequence[InputRecord]) -> PreparedBatch:
+        """Skip replays below a restored checkpoint, decode, validate, featurize (updates state)."""
+        batch = PreparedBatch()
+        if self.resume_at:
+            keep = [r for r in records if r.offset >= self.resume_at.get(r.partition, -1)]
+            batch.skipped = len(records) - len(keep)
+            if batch.skipped:
+                metrics.REPLAYS_SKIPPED.labels(self.name).inc(batch.skipped)
+                self.progress.advance(records)
+                records = keep
+        metrics.EVENTS.labels(self.name).inc(len(records) + batch.skipped)
+        if not records:
+            return batch
+        decoded = self.decoder.decode(records)
+        batch.dead = decoded.dead
+        if not decoded.events:
+            return batch
+        rows = self.featurizer.numeric_rows(decoded.events)
+        finite = np.isfinite(rows).all(axis=1)
+        if not finite.all():
+            for i in np.nonzero(~finite)[0]:
+                batch.dead.append(DeadLetter(decoded.records[i], "non_finite_number", "a feature is NaN/Infinity or beyond float32 range"))
+            keep_idx = np.nonzero(finite)[0]
+            rows = rows[keep_idx]
+            decoded.records = [decoded.records[i] for i in keep_idx]
+            decoded.events = [decoded.events[i] for i in keep_idx]
+            if not decoded.events:
+                return batch
+        batch.records = decoded.records
+        batch.keys = [r.key.decode("utf-8", "replace") for r in decoded.records]
+        if self.config.features.window > 1:
+            batch.matrix = self.featurizer.windowed(batch.keys, [r.partition for r in batch.records], rows, self.store)
+        else:
+            batch.matrix = self.featurizer.stateless(decoded.events, rows)
+        return batch
+
+    def finish(self, batch: PreparedBatch, raw: dict | None, error: Exception | None, arrival: float) -> tuple[list[OutMessage], BatchResult]:
+        """Scores, alerts and every output message of a batch (predictions, alerts, review, DLQ)."""
+        result = BatchResult(skipped=batch.skipped)
+        messages: list[OutMessage] = []
+        if error is not None:
+            log.error("model failed on a batch; its events go to the dead-letter topic", extra={"pipeline": self.name, "error": str(error)})
+            batch.dead.extend(DeadLetter(r, "model_error", str(error)[:500]) for r in batch.records)
+        elif raw is not None:
+            fields = score_fields(raw, self.config.outputs)
+            alerts = []
+            if self.alerts is not None:
+                alerts = self.alerts.apply(batch.keys, batch.records, fields[self.config.outputs.score_name], self.store, self.model)
+            messages = self._output_messages(batch.records, batch.keys, fields, alerts, arrival)
+            result.predictions, result.alerts = len(batch.records), len(alerts)
+        messages.extend(self._dead_letter_messages(batch.dead))
+        result.dead_letters = len(batch.dead)
+        self._count(result, batch.dead)
+        return messages, result
+
+    def _output_messages(self, records, keys, fields, alerts, arrival: float) -> list[OutMessage]:
         topics = self.config.topics
-        now = time.monotonic()
+        latency_ms = round((time.monotonic() - arrival) * 1000, 3)
         columns = {name: values.tolist() for name, values in fields.items()}
         names = list(columns)
         base = {"schema_version": 1, "pipeline": self.name, "model": self.model}
@@ -191,7 +247,7 @@ class Pipeline:
                 "key": keys[i],
                 "outputs": {name: columns[name][i] for name in names},
                 "source": record.source,
-                "latency_ms": round((now - arrival_of[id(record)]) * 1000, 3),
+                "latency_ms": latency_ms,
             }
             value = orjson.dumps(prediction)
             messages.append((topics.predictions, record.key, value, None))
@@ -226,29 +282,36 @@ class Pipeline:
 
     # --- checkpoint -----------------------------------------------------------------------------
 
-    async def checkpoint(self) -> dict[int, int]:
-        """Make processed offsets safe to commit; returns partition -> offset to commit.
+    def snapshot(self) -> Checkpoint | None:
+        """Take what the next checkpoint persists: call between batches (state matches offsets).
 
-        Stateless pipelines have nothing to persist. Stateful ones first write the changed keys and
-        the offsets they are consistent with, in one transaction.
+        Returns None when nothing was processed since the last one. Cheap: serialising the keys
+        changed since then; the write itself (:meth:`persist`) happens outside the batch lock.
         """
         offsets = {p: o for p, o in self.progress.frontier.items() if p in self.loaded}
+        dirty = self.store.take_dirty()  # for stateless pipelines: releases neutral alert states
         if not offsets:
-            return {}
+            return None
+        self.progress.frontier = {}
+        snapshots = {}
         if self.changelog is not None:
             snapshots = {
                 p: {k: (None if s is None else s.to_bytes()) for k, s in keys.items()}
-                for p, keys in self.store.take_dirty().items()
+                for p, keys in dirty.items()
                 if p in self.loaded
             }
-            await asyncio.get_running_loop().run_in_executor(self.executor, self.changelog.write_checkpoint, snapshots, offsets)
+        return Checkpoint(offsets, snapshots)
+
+    async def persist(self, checkpoint: Checkpoint) -> None:
+        """Write a stateful pipeline's checkpoint (one transaction); then its offsets may be committed."""
+        if self.changelog is not None:
+            await asyncio.get_running_loop().run_in_executor(
+                self.changelog_executor, self.changelog.write_checkpoint, checkpoint.snapshots, checkpoint.offsets
+            )
             metrics.CHECKPOINTS.labels(self.name).inc()
-        else:
-            self.store.take_dirty()  # nothing to persist, but neutral alert states are released
-        self.progress.frontier = {}
-        return offsets
 
     def close(self) -> None:
+        self.changelog_executor.shutdown(wait=True)
         self.executor.shutdown(wait=True)
         if self.changelog is not None:
             self.changelog.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from pathlib import Path
 
 import numpy as np
@@ -155,8 +156,12 @@ class _RecordingProducer:
     def __init__(self) -> None:
         self.messages: list[tuple] = []
 
-    async def send_batch(self, messages) -> None:
+    def send_batch(self, messages) -> int:
         self.messages.extend(messages)
+        return len(messages)
+
+    async def wait_acknowledged(self) -> None:
+        return None
 
 
 @pytest.mark.parametrize("dataset", list(PIPELINE_OF))
@@ -173,7 +178,7 @@ def test_pipeline_dead_letters_every_bad_event_with_its_listed_reason(dataset: s
         bad = list(_bad(dataset))
         inputs = [(k, v) for k, v in good[:10]] + [(k, v) for _, k, v in bad] + [(k, v) for k, v in good[10:]]
         records = [_record(k, v, offset) for offset, (k, v) in enumerate(inputs)]
-        asyncio.run(pipeline.process(records, [0.0] * len(records)))
+        asyncio.run(pipeline.process(records, time.monotonic()))
     finally:
         pipeline.close()
     dead = [m for m in producer.messages if m[0] == config.topics.dead_letters]

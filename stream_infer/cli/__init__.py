@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from stream_infer import __version__
+from stream_infer.cli.bench_cmd import bench
 from stream_infer.cli.demo_cmd import demo
 from stream_infer.cli.kafka_cmd import kafka
 from stream_infer.cli.replay_cmd import replay
@@ -42,3 +43,4 @@ main.add_command(kafka)
 main.add_command(demo)
 main.add_command(worker)
 main.add_command(replay)
+main.add_command(bench)

@@ -1,0 +1,339 @@
+"""`stream-infer bench`: the service against two yardsticks, in one run, on one local broker.
+
+* service:   the worker as users run it (one process, the `engines` pipeline);
+* per_event: the same worker with max_batch_size = 1 (inference per event, the naive way);
+* ceiling:   a minimal loop with no framework (:mod:`stream_infer.bench.ceiling`).
+
+Each drains a backlog preloaded into a 6-partition topic. Throughput is read the way operators
+read it: from the consumer group's committed offsets, sampled every 0.25 s, over the middle of the
+drain (20% to 80% of the backlog) so start-up and the tail do not count. Latency is measured on a
+second topic at offered loads of 10 events/s and 10/50/80% of the service's measured maximum:
+end-to-end = the prediction's broker append time (LogAppendTime, i.e. when it was acknowledged)
+minus the input record's create time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import orjson
+from confluent_kafka import ConsumerGroupTopicPartitions, Producer
+
+from stream_infer.kafka import local
+from stream_infer.kafka.admin import admin_client, create_topics
+from stream_infer.kafka.reader import TopicReader
+from stream_infer.training.data import CMAPSS_COLUMNS, load_cmapss
+from stream_infer.workerproc import WorkerProcess
+
+log = logging.getLogger(__name__)
+_client_log = logging.getLogger("stream_infer.kafka.client")
+
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.toml"
+PARTITIONS = 6
+
+
+@dataclass
+class Plan:
+    """How big a run is. `quick` fits in about 3 minutes; the full run in about 12."""
+
+    backlog: int
+    ceiling_backlog: int
+    per_event_seconds: float
+    latency_seconds: float
+    rss_backlog: int  # the service drains this many in all (RSS bound is checked over it)
+
+    @classmethod
+    def make(cls, quick: bool) -> Plan:
+        if quick:
+            return cls(backlog=150_000, ceiling_backlog=150_000, per_event_seconds=8, latency_seconds=8, rss_backlog=150_000)
+        return cls(backlog=1_000_000, ceiling_backlog=1_000_000, per_event_seconds=20, latency_seconds=20, rss_backlog=5_000_000)
+
+
+# --- events ----------------------------------------------------------------------------------
+
+
+def engine_events(count: int) -> list[tuple[bytes, bytes]]:
+    """`count` engine events: C-MAPSS train in cycle order, repeated with new unit ids (a fleet)."""
+    data = load_cmapss("train")
+    order = np.lexsort((data[:, 0], data[:, 1]))  # by cycle, then unit
+    base = []
+    for i in order:
+        row = data[i]
+        event = {"schema_version": 1, "unit": int(row[0]), "cycle": int(row[1])}
+        event.update(zip(CMAPSS_COLUMNS[2:], row[2:].tolist()))
+        base.append(event)
+    out = []
+    rep = 0
+    while len(out) < count:
+        for event in base:
+            if len(out) >= count:
+                break
+            unit = event["unit"] + 1000 * rep
+            out.append((str(unit).encode(), orjson.dumps(dict(event, unit=unit))))
+        rep += 1
+    return out
+
+
+def preload(bootstrap: str, topic: str, count: int, chunk: int = 200_000) -> float:
+    """Produce `count` events as fast as possible (generated in chunks: memory stays small)."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50, "batch.size": 1_000_000,
+                         "compression.type": "lz4", "queue.buffering.max.messages": 500_000, "logger": _client_log})
+    started = time.monotonic()
+    sent = 0
+    template = engine_events(min(count, chunk))
+    while sent < count:
+        for key, value in template[: count - sent]:
+            while True:
+                try:
+                    producer.produce(topic, key=key, value=value)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+            sent += 1
+        producer.poll(0)
+    producer.flush(120)
+    return time.monotonic() - started
+
+
+# --- process measurements --------------------------------------------------------------------
+
+
+def proc_stats(pid: int) -> dict:
+    """CPU seconds (user+system), current and peak RSS in MB, from /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        cpu = (int(stat[11]) + int(stat[12])) / ticks
+        status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+        rss = int(status["VmRSS"].split()[0]) / 1024
+        peak = int(status["VmHWM"].split()[0]) / 1024
+        return {"cpu_s": round(cpu, 2), "rss_mb": round(rss, 1), "peak_rss_mb": round(peak, 1)}
+    except (OSError, KeyError, IndexError):
+        return {}
+
+
+@dataclass
+class Progress:
+    """Committed offsets of a group (summed over partitions) over time, plus the process's RSS."""
+
+    bootstrap: str
+    group: str
+    pid: int
+    samples: list[tuple[float, int, float]] = field(default_factory=list)  # (t, committed, rss_mb)
+
+    def __post_init__(self) -> None:
+        self._admin = admin_client(self.bootstrap)
+
+    def committed(self) -> int:
+        request = ConsumerGroupTopicPartitions(self.group)
+        result = self._admin.list_consumer_group_offsets([request], request_timeout=10)[self.group].result(10)
+        return sum(tp.offset for tp in result.topic_partitions if tp.offset > 0)
+
+    def sample(self) -> int:
+        value = self.committed()
+        self.samples.append((time.monotonic(), value, proc_stats(self.pid).get("rss_mb", 0.0)))
+        return value
+
+    def run_until(self, done: Callable[[int], bool], timeout: float, alive: Callable[[], bool], every: float = 0.25) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if done(self.sample()) or not alive():
+                return
+            time.sleep(every)
+        raise RuntimeError(f"group {self.group} did not finish within {timeout:.0f} s")
+
+    def rate_between(self, low: int, high: int) -> float:
+        """Events/s while the committed count went from `low` to `high` (interpolated)."""
+        t = np.array([s[0] for s in self.samples])
+        c = np.array([s[1] for s in self.samples], dtype=np.float64)
+        if c[-1] < high:
+            high = c[-1]
+        t_low, t_high = np.interp(low, c, t), np.interp(high, c, t)
+        return float((high - low) / max(t_high - t_low, 1e-9))
+
+    def rate_window(self, skip: float) -> float:
+        """Events/s over the samples after the first `skip` seconds."""
+        start = self.samples[0][0] + skip
+        window = [s for s in self.samples if s[0] >= start]
+        if len(window) < 2:
+            window = self.samples[-2:]
+        return (window[-1][1] - window[0][1]) / max(window[-1][0] - window[0][0], 1e-9)
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, bootstrap: str, workdir: Path, plan: Plan, echo: Callable[[str], None]) -> None:
+        self.bootstrap = bootstrap
+        self.workdir = workdir
+        self.plan = plan
+        self.echo = echo
+        self.run_id = f"bench{int(time.time())}"
+        self.input = f"{self.run_id}.engines"
+        self.results: dict = {"plan": plan.__dict__, "throughput_eps": {}, "process": {}, "latency_ms": {}}
+
+    def config(self, mode: str, *, input_topic: str | None = None, batch: int | None = None) -> Path:
+        """A config with only the engines pipeline, on this run's topics, with its own group."""
+        text = DEMO_CONFIG.read_text()
+        text = text[: text.index("# AI4I 2020")]  # engines only
+        base = DEMO_CONFIG.parent
+        text = text.replace('"../../schemas/', f'"{(base / "../../schemas").resolve()}/').replace('"../models/', f'"{(base / "../models").resolve()}/')
+        text = text.replace('group_id = "stream-infer-demo"', f'group_id = "{self.run_id}-{mode}"')
+        text = text.replace('input_topic = "engines.telemetry"', f'input_topic = "{input_topic or self.input}"')
+        for name in ("predictions", "alerts", "telemetry.dlq"):
+            text = text.replace(f'"engines.{name}"', f'"{self.run_id}-{mode}.{name}"')
+        if batch is not None:
+            text = text.replace("max_batch_size = 256", f"max_batch_size = {batch}")
+        path = self.workdir / f"{mode}.toml"
+        path.write_text(text)
+        return path
+
+    def run(self) -> dict:
+        plan = self.plan
+        create_topics(self.bootstrap, [self.input], partitions=PARTITIONS)
+        seconds = preload(self.bootstrap, self.input, plan.rss_backlog)
+        self.echo(f"preloaded {plan.rss_backlog:,} events in {seconds:.1f} s")
+        self._drain("ceiling", plan.ceiling_backlog)
+        self._drain("service", plan.backlog, total=plan.rss_backlog)
+        self._per_event()
+        self._latency()
+        return self.results
+
+    def _drain(self, mode: str, measure: int, total: int | None = None) -> None:
+        total = total or measure
+        group = f"{self.run_id}-{mode}"
+        config = self.config(mode)
+        if mode == "ceiling":
+            env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=self.bootstrap)
+            log_file = open(self.workdir / "ceiling.log", "wb")
+            proc = subprocess.Popen([sys.executable, "-m", "stream_infer.bench.ceiling", "-c", str(config), "--group", group,
+                                     "--idle", "3"], env=env, stdout=log_file, stderr=subprocess.STDOUT)
+            pid, alive, stop = proc.pid, lambda: proc.poll() is None, proc.terminate
+        else:
+            worker = WorkerProcess(config, self.bootstrap, self.workdir / mode).start()
+            worker.wait_ready()
+            pid, alive, stop = worker.proc.pid, lambda: worker.proc.poll() is None, worker.stop
+        progress = Progress(self.bootstrap, group, pid)
+        progress.run_until(lambda c: c >= total, timeout=1800, alive=alive)
+        stats = proc_stats(pid)
+        stop()
+        eps = progress.rate_between(int(0.2 * measure), int(0.8 * measure))
+        self.results["throughput_eps"][mode] = round(eps)
+        self.results["process"][mode] = {**stats, "events": progress.samples[-1][1]}
+        if mode == "service":
+            self.results["service_rss_mb"] = [(round(t - progress.samples[0][0], 2), c, r) for t, c, r in progress.samples]
+        self.echo(f"{mode:<9} {eps:>9,.0f} events/s   cpu {stats.get('cpu_s', 0):.1f} s   peak RSS {stats.get('peak_rss_mb', 0):.0f} MB"
+                  + (f" (drained {total:,})" if total != measure else ""))
+
+    def _per_event(self) -> None:
+        group = f"{self.run_id}-per_event"
+        worker = WorkerProcess(self.config("per_event", batch=1), self.bootstrap, self.workdir / "per_event").start()
+        worker.wait_ready()
+        progress = Progress(self.bootstrap, group, worker.proc.pid)
+        started = time.monotonic()
+        progress.run_until(lambda c: time.monotonic() - started > self.plan.per_event_seconds, timeout=600,
+                           alive=lambda: worker.proc.poll() is None)
+        stats = proc_stats(worker.proc.pid)
+        worker.stop()
+        eps = progress.rate_window(skip=2.0)
+        self.results["throughput_eps"]["per_event"] = round(eps)
+        self.results["process"]["per_event"] = stats
+        self.echo(f"per_event {eps:>9,.0f} events/s   cpu {stats.get('cpu_s', 0):.1f} s   peak RSS {stats.get('peak_rss_mb', 0):.0f} MB")
+
+    def _latency(self) -> None:
+        topic = f"{self.run_id}.latency"
+        create_topics(self.bootstrap, [topic], partitions=PARTITIONS)
+        predictions = f"{self.run_id}-latency.predictions"
+        # The prediction's append time on the broker is when it was acknowledged.
+        create_topics(self.bootstrap, [predictions], partitions=PARTITIONS, config={"message.timestamp.type": "LogAppendTime"})
+        worker = WorkerProcess(self.config("latency", input_topic=topic), self.bootstrap, self.workdir / "latency").start()
+        worker.wait_ready()
+        service = self.results["throughput_eps"]["service"]
+        loads = {"10eps": 10.0, "10pct": 0.1 * service, "50pct": 0.5 * service, "80pct": 0.8 * service}
+        reader = TopicReader(self.bootstrap, [predictions])
+        events = engine_events(int(max(loads.values()) * self.plan.latency_seconds) + 1000)
+        try:
+            for name, rate in loads.items():
+                duration = self.plan.latency_seconds if rate > 100 else max(self.plan.latency_seconds, 20.0)
+                count = max(int(rate * duration), 50)
+                before = len(reader.records[predictions])
+                _paced(self.bootstrap, topic, events[:count], rate)
+                reader.until(lambda: len(reader.records[predictions]) - before >= count, 120)
+                new = reader.records[predictions][before:]
+                lat = np.array([r.timestamp_ms - r.json()["source"]["timestamp_ms"] for r in new], dtype=np.float64)
+                pct = {f"p{q}": round(float(np.percentile(lat, q)), 1) for q in (50, 95, 99)}
+                self.results["latency_ms"][name] = {"offered_eps": round(rate, 1), "events": int(len(lat)), **pct}
+                self.echo(f"latency at {name:<6} ({rate:>8,.0f} ev/s): p50 {pct['p50']:.1f} ms  p95 {pct['p95']:.1f} ms  p99 {pct['p99']:.1f} ms")
+        finally:
+            reader.close()
+            worker.stop()
+
+
+def _paced(bootstrap: str, topic: str, events: list[tuple[bytes, bytes]], rate: float) -> None:
+    """Produce at `rate` events/s against a schedule; linger 0 so the create time is the send time."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0, "acks": 1, "logger": _client_log})
+    started = time.monotonic()
+    for i, (key, value) in enumerate(events):
+        delay = started + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        producer.produce(topic, key=key, value=value)
+        producer.poll(0)
+    producer.flush(60)
+
+
+def targets(results: dict, max_wait_ms: float) -> dict:
+    """The issue's targets, as booleans with the figures they compare."""
+    tp = results["throughput_eps"]
+    lat = results["latency_ms"]
+    return {
+        "service_vs_ceiling": round(tp["service"] / tp["ceiling"], 3),
+        "service_vs_per_event": round(tp["service"] / max(tp["per_event"], 1), 1),
+        "ok_service_ge_0.7_ceiling": tp["service"] >= 0.7 * tp["ceiling"],
+        "ok_service_ge_20x_per_event": tp["service"] >= 20 * tp["per_event"],
+        "ok_p99_at_50pct_le_max_wait_plus_25ms": lat["50pct"]["p99"] <= max_wait_ms + 25,
+        "ok_p99_at_10eps_le_15ms": lat["10eps"]["p99"] <= 15,
+        "ok_service_rss_lt_400mb": results["process"]["service"].get("peak_rss_mb", 1e9) < 400,
+    }
+
+
+def run_bench(*, quick: bool, out_dir: Path, echo: Callable[[str], None] = print) -> dict:
+    plan = Plan.make(quick)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="stream-infer-bench-") as tmp:
+        workdir = Path(tmp)
+        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        started = time.monotonic()
+        if not bootstrap:
+            cluster, _ = local.up(workdir / "kafka", port=0)
+            bootstrap = cluster.bootstrap
+        try:
+            bench = Bench(bootstrap, workdir, plan, echo)
+            results = bench.run()
+        finally:
+            if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+                local.down(workdir / "kafka", wipe=True)
+    results["targets"] = targets(results, max_wait_ms=20.0)
+    results["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0], "platform": sys.platform}
+    results["seconds"] = round(time.monotonic() - started, 1)
+    results["quick"] = quick
+    (out_dir / "bench.json").write_text(json.dumps(results, indent=2))
+    try:
+        from stream_infer.bench.plot import plot
+
+        plot(results, out_dir / "bench.png")
+    except ImportError:
+        echo("matplotlib not installed: no PNG (pip install -e '.[bench]')")
+    return results
+

@@ -1,0 +1,44 @@
+"""`stream-infer bench`: throughput, latency and memory of the service against two yardsticks."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+import orjson
+
+
+@click.command()
+@click.option("--quick", is_flag=True, help="A short run (about 3 minutes): smaller backlog, shorter windows.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON object on stdout (progress on stderr).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-results"),
+              show_default=True, help="Where bench.json and bench.png are written.")
+def bench(quick: bool, as_json: bool, out_dir: Path) -> None:
+    """Measure the worker (service), the worker at max_batch_size=1 (per_event) and a no-framework
+    loop (ceiling) on a local Kafka; latency at 10 events/s and 10/50/80% of the service's maximum.
+
+    Uses $KAFKA_BOOTSTRAP_SERVERS if set, else starts (and stops) a local broker.
+    """
+    from stream_infer.bench.harness import run_bench
+
+    echo = (lambda line: click.echo(line, err=True)) if as_json else click.echo
+    try:
+        results = run_bench(quick=quick, out_dir=out_dir, echo=echo)
+    except RuntimeError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(orjson.dumps({k: v for k, v in results.items() if k != "service_rss_mb"}).decode())
+        return
+    tp, t = results["throughput_eps"], results["targets"]
+    click.echo("")
+    click.echo(f"{'mode':<10}{'events/s':>10}{'cpu s':>8}{'peak RSS MB':>13}")
+    for mode in ("service", "per_event", "ceiling"):
+        p = results["process"].get(mode, {})
+        click.echo(f"{mode:<10}{tp[mode]:>10,}{p.get('cpu_s', 0):>8.1f}{p.get('peak_rss_mb', 0):>13.0f}")
+    click.echo(f"service/ceiling {t['service_vs_ceiling']}, service/per_event {t['service_vs_per_event']}")
+    for name, v in results["latency_ms"].items():
+        click.echo(f"latency {name:<6} offered {v['offered_eps']:>8,.0f} ev/s: p50 {v['p50']} ms, p95 {v['p95']} ms, p99 {v['p99']} ms")
+    click.echo("targets: " + ", ".join(f"{k[3:]}={'yes' if v else 'NO'}" for k, v in t.items() if k.startswith("ok_")))
+    click.echo(f"wrote {out_dir / 'bench.json'} and {out_dir / 'bench.png'} in {results['seconds']} s")

@@ -1,0 +1,118 @@
+"""Consume in batches: confluent-kafka's consumer, driven from one dedicated thread.
+
+Why not Faust's per-event stream: profiling the first worker (see README, Performance) showed the
+event loop idle most of the time while Faust handed events one by one through its aiokafka thread
+and stream machinery; the pipeline's throughput was a small fraction of a plain loop's. Here
+librdkafka prefetches in the background and each call hands the pipeline a whole batch.
+
+Contract of :meth:`BatchConsumer.next_batch` (call it from the consumer thread only):
+
+* returns at once whatever is already fetched, up to `max_size` messages (under load: full
+  batches with no waiting);
+* when nothing is fetched, blocks until the first message arrives (or `poll_timeout`), then takes
+  whatever else is already there: a lone event is handed over immediately, not after max_wait;
+* with `linger` > 0 it waits up to `linger` for the batch to fill, never past `max_wait` after
+  its first message: the knob the batching controller turns toward throughput.
+
+Rebalance callbacks run inside `next_batch`, on the consumer thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+
+log = logging.getLogger(__name__)
+_client_log = logging.getLogger("stream_infer.kafka.client")
+
+RebalanceCallback = Callable[[list[tuple[str, int]]], None]
+
+
+class BatchConsumer:
+    def __init__(
+        self,
+        bootstrap: str,
+        group_id: str,
+        topic: str,
+        *,
+        on_assign: RebalanceCallback,
+        on_revoke: RebalanceCallback,
+        session_timeout_ms: int = 10_000,
+        max_prefetch_kbytes: int = 16_384,
+    ) -> None:
+        self.topic = topic
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": group_id,
+                # Offsets are committed by the pipeline, only after outputs (and state) are safe.
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": session_timeout_ms,
+                "heartbeat.interval.ms": max(1000, session_timeout_ms // 3),
+                # Bounded memory: librdkafka stops fetching once this much waits unconsumed.
+                "queued.max.messages.kbytes": max_prefetch_kbytes,
+                "fetch.wait.max.ms": 20,
+                "partition.assignment.strategy": "cooperative-sticky",
+                "logger": _client_log,
+            }
+        )
+        self._on_assign, self._on_revoke = on_assign, on_revoke
+        self._consumer.subscribe([topic], on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._revoked)
+
+    # librdkafka calls these from inside consume(), on the consumer thread.
+    def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._on_assign([(tp.topic, tp.partition) for tp in partitions])
+
+    def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if partitions:
+            self._on_revoke([(tp.topic, tp.partition) for tp in partitions])
+
+    def next_batch(self, max_size: int, *, linger: float = 0.0, max_wait: float = 0.0, poll_timeout: float = 0.1) -> list[Message]:
+        consume = self._consumer.consume
+        batch = consume(max_size, timeout=0)
+        if not batch:
+            batch = consume(1, timeout=poll_timeout)
+            if not batch:
+                return []
+            batch += consume(max_size - len(batch), timeout=0)
+        if linger > 0 and len(batch) < max_size:
+            deadline = time.monotonic() + min(linger, max_wait)
+            while len(batch) < max_size:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                batch += consume(max_size - len(batch), timeout=min(left, 0.005))
+        return [m for m in batch if _usable(m)]
+
+    def commit(self, offsets: dict[tuple[str, int], int], *, asynchronous: bool = True) -> None:
+        """Commit `next offset to read` per partition (Kafka's convention)."""
+        if offsets:
+            self._consumer.commit(
+                offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=asynchronous
+            )
+
+    def assignment(self) -> list[tuple[str, int]]:
+        return [(tp.topic, tp.partition) for tp in self._consumer.assignment()]
+
+    def pause(self, partitions: list[tuple[str, int]]) -> None:
+        self._consumer.pause([TopicPartition(t, p) for t, p in partitions])
+
+    def resume(self, partitions: list[tuple[str, int]]) -> None:
+        self._consumer.resume([TopicPartition(t, p) for t, p in partitions])
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def _usable(msg: Message) -> bool:
+    err = msg.error()
+    if err is None:
+        return True
+    if err.code() != KafkaError._PARTITION_EOF:
+        log.warning("consumer error", extra={"error": err.str()})
+    return False
