@@ -1,0 +1,32 @@
+"""The benchmark harness runs every phase end to end (tiny sizes) and writes its JSON and PNG.
+
+Figures are not asserted here (timed assertions do not belong in tests); `make bench` prints them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from stream_infer.bench.harness import Plan, run_bench
+
+
+def test_bench_harness_smoke(kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("matplotlib")
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)
+    lines: list[str] = []
+    results = run_bench(quick=True, out_dir=tmp_path, echo=lines.append, plan=Plan.smoke())
+    written = json.loads((tmp_path / "bench.json").read_text())
+    assert (tmp_path / "bench.png").stat().st_size > 10_000
+    for mode in ("service", "per_event", "ceiling"):
+        assert written["throughput_eps"][mode] > 0
+        assert written["process"][mode]["peak_rss_mb"] > 0
+    assert written["process"]["service"]["events"] >= 4_000 and written["process"]["ceiling"]["events"] >= 4_000
+    assert set(written["latency_ms"]) == {"10eps", "10pct", "50pct", "80pct"}
+    assert all(v["events"] > 0 and v["p99"] >= v["p50"] >= 0 for v in written["latency_ms"].values())
+    assert set(results["targets"]) >= {"service_vs_ceiling", "ok_service_ge_0.7_ceiling", "ok_p99_at_10eps_le_15ms"}
+    assert any(line.startswith("service") for line in lines)
+    assert os.environ["KAFKA_BOOTSTRAP_SERVERS"] == kafka_bootstrap
