@@ -52,6 +52,16 @@ def dataset_size(dataset: str) -> int:
     return {"cmapss-test": 13_096, "cmapss-train": 20_631, "ai4i": 10_000}[dataset]
 
 
+def produce_waiting(producer: Producer, topic: str, key: bytes | None, value: bytes) -> None:
+    """Produce one message; when the local queue is full, serve deliveries and retry (never drop)."""
+    while True:
+        try:
+            producer.produce(topic, key=key, value=value)
+            return
+        except BufferError:
+            producer.poll(0.05)
+
+
 def replay(
     producer: Producer,
     topic: str,
@@ -75,12 +85,7 @@ def replay(
             delay = started + sent / rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-        while True:
-            try:
-                producer.produce(topic, key=key, value=value)
-                break
-            except BufferError:
-                producer.poll(0.05)
+        produce_waiting(producer, topic, key, value)
         producer.poll(0)
         sent += 1
         if progress is not None:

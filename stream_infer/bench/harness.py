@@ -32,7 +32,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from stream_infer.kafka import local
 from stream_infer.kafka.admin import create_topics, topic_partitions
 from stream_infer.kafka.reader import TopicReader
-from stream_infer.training.data import CMAPSS_COLUMNS, load_cmapss
+from stream_infer.replay import cmapss_events, produce_waiting
 from stream_infer.workerproc import WorkerProcess
 
 log = logging.getLogger(__name__)
@@ -69,21 +69,12 @@ class Plan:
 
 
 def engine_events(count: int) -> list[tuple[bytes, bytes]]:
-    """`count` engine events: C-MAPSS train in cycle order, repeated with new unit ids (a fleet)."""
-    data = load_cmapss("train")
-    order = np.lexsort((data[:, 0], data[:, 1]))  # by cycle, then unit
-    base = []
-    for i in order:
-        row = data[i]
-        event = {"schema_version": 1, "unit": int(row[0]), "cycle": int(row[1])}
-        event.update(zip(CMAPSS_COLUMNS[2:], row[2:].tolist()))
-        base.append(event)
+    """`count` engine events: C-MAPSS train in replay order, repeated with new unit ids (a fleet)."""
+    base = [orjson.loads(value) for _, value in cmapss_events("train")]
     out = []
     rep = 0
     while len(out) < count:
-        for event in base:
-            if len(out) >= count:
-                break
+        for event in base[: count - len(out)]:
             unit = event["unit"] + 1000 * rep
             out.append((str(unit).encode(), orjson.dumps(dict(event, unit=unit))))
         rep += 1
@@ -99,12 +90,7 @@ def preload(bootstrap: str, topic: str, count: int, chunk: int = 200_000) -> flo
     template = engine_events(min(count, chunk))
     while sent < count:
         for key, value in template[: count - sent]:
-            while True:
-                try:
-                    producer.produce(topic, key=key, value=value)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
+            produce_waiting(producer, topic, key, value)
             sent += 1
         producer.poll(0)
     producer.flush(120)

@@ -26,8 +26,9 @@ def plot(results: dict, path: Path) -> None:
         for q, style in (("p50", "o-"), ("p95", "s--"), ("p99", "^:")):
             ax_lat.plot(x, [v[q] for v in loads], style, label=q)
         ax_lat.set_xscale("log")
+        ax_lat.set_yscale("log")
         ax_lat.set_xlabel("offered load, events/s (log)")
-        ax_lat.set_ylabel("end-to-end latency, ms")
+        ax_lat.set_ylabel("end-to-end latency, ms (log)")
         ax_lat.set_title("Latency against load (service)")
         ax_lat.legend()
 
