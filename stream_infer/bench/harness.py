@@ -124,6 +124,7 @@ class Progress:
     samples: list[tuple[float, int, float]] = field(default_factory=list)  # (t, committed, rss_mb)
 
     topic: str = ""
+    last_stats: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # A consumer that never subscribes only reads the group's commits. (The admin API's
@@ -145,8 +146,15 @@ class Progress:
 
     def sample(self) -> int:
         value = self.committed()
-        self.samples.append((time.monotonic(), value, proc_stats(self.pid).get("rss_mb", 0.0)))
+        stats = proc_stats(self.pid)
+        if stats:  # the process may have exited (the ceiling stops itself when idle)
+            self.last_stats = stats
+        self.samples.append((time.monotonic(), value, stats.get("rss_mb", 0.0)))
         return value
+
+    def final_stats(self) -> dict:
+        """CPU and RSS now, or as last seen if the process has already exited."""
+        return proc_stats(self.pid) or self.last_stats
 
     def run_until(self, done: Callable[[int], bool], timeout: float, alive: Callable[[], bool], every: float = 0.25) -> None:
         deadline = time.monotonic() + timeout
@@ -235,7 +243,7 @@ class Bench:
             pid, alive, stop = worker.proc.pid, lambda: worker.proc.poll() is None, worker.stop
         progress = Progress(self.bootstrap, group, pid, topic=self.input)
         progress.run_until(lambda c: c >= total, timeout=1800, alive=alive)
-        stats = proc_stats(pid)
+        stats = progress.final_stats()
         stop()
         progress.close()
         eps = progress.rate_between(int(0.2 * measure), int(0.8 * measure))
@@ -254,7 +262,7 @@ class Bench:
         started = time.monotonic()
         progress.run_until(lambda c: time.monotonic() - started > self.plan.per_event_seconds, timeout=600,
                            alive=lambda: worker.proc.poll() is None)
-        stats = proc_stats(worker.proc.pid)
+        stats = progress.final_stats()
         worker.stop()
         progress.close()
         eps = progress.rate_window(skip=min(2.0, self.plan.per_event_seconds / 3))
