@@ -21,7 +21,6 @@ import gc
 import logging
 import os
 import socket
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -310,8 +309,6 @@ class Worker:
             def _setup_logging(self) -> None:
                 setup_logging(log_level, log_format)
 
-        if interval := os.environ.get("STREAM_INFER_SWITCH_INTERVAL"):
-            sys.setswitchinterval(float(interval))
         # The batch path allocates many short-lived objects (decoded events, output dicts); with
         # CPython's default thresholds the cyclic collector ran often enough to add tens of ms to
         # p99 latency in the benchmark. Nothing here builds reference cycles at runtime, so

@@ -96,15 +96,6 @@ class BatchConsumer:
                 offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=asynchronous
             )
 
-    def assignment(self) -> list[tuple[str, int]]:
-        return [(tp.topic, tp.partition) for tp in self._consumer.assignment()]
-
-    def pause(self, partitions: list[tuple[str, int]]) -> None:
-        self._consumer.pause([TopicPartition(t, p) for t, p in partitions])
-
-    def resume(self, partitions: list[tuple[str, int]]) -> None:
-        self._consumer.resume([TopicPartition(t, p) for t, p in partitions])
-
     def close(self) -> None:
         self._consumer.close()
 
