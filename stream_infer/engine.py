@@ -33,6 +33,7 @@ def choose_providers(device: str) -> list[str]:
     """CUDA when asked for (or `auto`) and present in this onnxruntime build, else CPU."""
     available = ort.get_available_providers()
     if device in ("cuda", "auto") and "CUDAExecutionProvider" in available:
+        _preload_cuda_libraries()
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     if device == "cuda":
         log.warning(
@@ -41,6 +42,19 @@ def choose_providers(device: str) -> list[str]:
             ", ".join(available),
         )
     return ["CPUExecutionProvider"]
+
+
+def _preload_cuda_libraries() -> None:
+    """Load CUDA and cuDNN from the nvidia-* pip packages (as PyTorch installs them) when this
+    onnxruntime-gpu build can (>= 1.21); without it the CUDA provider fails to load unless
+    LD_LIBRARY_PATH names those folders, and the session silently runs on CPU."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    try:
+        preload()
+    except Exception as err:  # libraries may come from the system instead: the session decides
+        log.warning("onnxruntime.preload_dlls() failed: %s; relying on the system's CUDA libraries", err)
 
 
 class InferenceEngine:
@@ -59,6 +73,8 @@ class InferenceEngine:
         self.name = model_path.stem
         self.version = model_version(model_path)
         self.provider = self.session.get_providers()[0]
+        if device == "cuda" and self.provider != "CUDAExecutionProvider" and "CUDAExecutionProvider" in ort.get_available_providers():
+            log.warning("device = cuda, but the CUDA provider did not load (CUDA/cuDNN libraries not found?); running on CPU")
         self._check_signature(model_path, width, outputs)
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = outputs
