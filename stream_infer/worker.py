@@ -247,11 +247,12 @@ class Worker:
                 raise StartupError(str(err)) from None
             pipeline.changelog = Changelog(bootstrap, topic, f"{self.config.kafka.group_id}-{pc.name}-{instance_id()}")
         seconds = pipeline.engine.warm_up((1, pc.batching.max_batch_size))
+        inline_rows = pipeline.calibrate_inline()
         log.warning(
             "pipeline ready",
             extra={"pipeline": pc.name, "model": pipeline.engine.name, "version": pipeline.engine.version,
                    "provider": pipeline.engine.provider, "input": pc.input_topic, "partitions": partitions,
-                   "stateful": pc.stateful, "warm_up_s": round(seconds, 3)},
+                   "stateful": pc.stateful, "warm_up_s": round(seconds, 3), "inline_rows": inline_rows},
         )
 
     def _build_app(self) -> faust.App:
