@@ -44,6 +44,7 @@ class BatchResult:
     predictions: int = 0
     alerts: int = 0
     dead_letters: int = 0
+    reviews: int = 0
     skipped: int = 0
 
 
@@ -172,8 +173,8 @@ class Pipeline:
 
         `arrival` is when the batch was fetched (monotonic clock): `latency_ms` counts from it. The
         batch's offsets count as processed only after :meth:`wait_acknowledged`: checkpoints call
-        it first. Memory stays bounded: the producer's queue is bounded, and the worker checks
-        :meth:`AsyncProducer.pending` before fetching more.
+        it first. Memory stays bounded: librdkafka's producer queue is bounded, and
+        :meth:`AsyncProducer.send_batch` waits when it is full.
         """
         await self.ensure_restored({r.partition for r in records})
         batch = self.prepare(records)
@@ -252,6 +253,8 @@ class Pipeline:
                 alerts = self.alerts.apply(batch.keys, batch.records, fields[self.config.outputs.score_name], self.store, self.model)
             messages = self._output_messages(batch.records, batch.keys, fields, alerts, arrival)
             result.predictions, result.alerts = len(batch.records), len(alerts)
+            if "review" in fields:
+                result.reviews = int(fields["review"].sum())
         messages.extend(self._dead_letter_messages(batch.dead))
         result.dead_letters = len(batch.dead)
         self._count(result, batch.dead)
@@ -299,6 +302,8 @@ class Pipeline:
 
     def _count(self, result: BatchResult, dead: list[DeadLetter]) -> None:
         metrics.PREDICTIONS.labels(self.name).inc(result.predictions)
+        if result.reviews:
+            metrics.REVIEWS.labels(self.name).inc(result.reviews)
         if self.alerts is not None and result.alerts:
             metrics.ALERTS.labels(self.name, self.alerts.rule.name).inc(result.alerts)
         for letter in dead:

@@ -31,10 +31,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from stream_infer import metrics
 from stream_infer.config import Config
-from stream_infer.decode import InputRecord
 from stream_infer.kafka.admin import admin_client, create_topics
 from stream_infer.kafka.changelog import Changelog, changelog_topic, ensure_changelog_topic
-from stream_infer.kafka.consumer import BatchConsumer
+from stream_infer.kafka.consumer import BatchConsumer, records_from_messages
+from stream_infer.kafka.local import port_is_free
 from stream_infer.kafka.producer import AsyncProducer
 from stream_infer.logs import setup_logging
 from stream_infer.pipeline import Pipeline
@@ -151,11 +151,8 @@ class PipelineRunner:
 
     async def agent(self, batches) -> None:
         async for messages, fetched_at in batches:
-            records = [
-                InputRecord(m.key(), m.value(), m.topic(), m.partition(), m.offset(), m.timestamp()[1], tuple(m.headers() or ()))
-                for m in messages
-                if m.partition() in self.owned  # fetched before a revoke: the new owner has them
-            ]
+            # Messages fetched before a revoke belong to the new owner now.
+            records = records_from_messages([m for m in messages if m.partition() in self.owned])
             if not records:
                 continue
             metrics.BATCH_SIZE.labels(self.name).observe(len(records))
@@ -339,14 +336,8 @@ def _named(method, name: str, *bound):
 
 
 def _check_port_free(host: str, port: int) -> None:
-    if port == 0:
-        return
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            raise StartupError(
-                f"web port {host}:{port} (metrics, health) is in use, maybe by another worker: "
-                "set worker.web_port in the config"
-            ) from None
+    if port != 0 and not port_is_free(port, host):
+        raise StartupError(
+            f"web port {host}:{port} (metrics, health) is in use, maybe by another worker: "
+            "set worker.web_port in the config"
+        )

@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from stream_infer.kafka.local import free_port
 
 
 class WorkerProcess:
@@ -25,7 +20,7 @@ class WorkerProcess:
         self.config = config
         self.bootstrap = bootstrap
         self.workdir = workdir
-        self.web_port = free_port()
+        self.web_port = free_port(set())
         self.log_path = workdir / f"worker-{self.web_port}.log"
         self.log_level = log_level
         self.env = env or {}

@@ -18,7 +18,7 @@ import time
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from stream_infer.config import load_config
-from stream_infer.decode import InputRecord
+from stream_infer.kafka.consumer import records_from_messages
 from stream_infer.pipeline import Pipeline
 
 _client_log = logging.getLogger("stream_infer.kafka.client")
@@ -44,8 +44,7 @@ def run(config_path: str, pipeline_name: str, group: str, *, seconds: float, idl
                 break
             continue
         last_message = now
-        records = [InputRecord(m.key(), m.value(), m.topic(), m.partition(), m.offset(), m.timestamp()[1], tuple(m.headers() or ()))
-                   for m in messages if m.error() is None]
+        records = records_from_messages([m for m in messages if m.error() is None])
         pipeline.loaded.update(r.partition for r in records)
         batch = pipeline.prepare(records)
         raw = pipeline.engine.run(batch.matrix) if batch.matrix is not None else None

@@ -25,6 +25,8 @@ from collections.abc import Callable
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
+from stream_infer.decode import InputRecord
+
 log = logging.getLogger(__name__)
 _client_log = logging.getLogger("stream_infer.kafka.client")
 
@@ -98,6 +100,14 @@ class BatchConsumer:
 
     def close(self) -> None:
         self._consumer.close()
+
+
+def records_from_messages(messages: list[Message]) -> list[InputRecord]:
+    """The pipeline's client-free view of consumed messages (timestamps in ms)."""
+    return [
+        InputRecord(m.key(), m.value(), m.topic(), m.partition(), m.offset(), m.timestamp()[1], tuple(m.headers() or ()))
+        for m in messages
+    ]
 
 
 def _usable(msg: Message) -> bool:

@@ -75,10 +75,6 @@ class AsyncProducer:
             count += 1
         return count
 
-    def pending(self) -> int:
-        """Messages queued or in flight, not yet acknowledged."""
-        return len(self._producer)
-
     async def wait_acknowledged(self, timeout: float = 120.0) -> None:
         """Wait until every message queued so far is acknowledged; DeliveryError if one failed."""
         remaining = await asyncio.get_running_loop().run_in_executor(self._flusher, self._producer.flush, timeout)
