@@ -15,6 +15,8 @@ from pathlib import Path
 import fastjsonschema
 import orjson
 
+from stream_infer.batchcheck import compile_batch_check
+
 # The reasons a record goes to the dead-letter topic; header `x-dlq-reason` carries one of them.
 REASONS = (
     "oversized",  # value longer than the pipeline's max_message_bytes
@@ -71,9 +73,34 @@ class EventDecoder:
         schema = orjson.loads(schema_path.read_bytes())
         self.max_message_bytes = max_message_bytes
         self._validate = fastjsonschema.compile(schema)
+        # None when the schema uses keywords the batch check does not understand: then every
+        # batch takes the per-event path.
+        self._batch_check = compile_batch_check(schema)
         self.versions = _schema_versions(schema)
 
     def decode(self, batch: Sequence[InputRecord]) -> DecodedBatch:
+        if self._batch_check is not None:
+            decoded = self._decode_valid_batch(batch)
+            if decoded is not None:
+                return decoded
+        return self._decode_each(batch)
+
+    def _decode_valid_batch(self, batch: Sequence[InputRecord]) -> DecodedBatch | None:
+        """The fast path: the decoded batch if every record is valid, else None (then the
+        per-event path decides, and names each bad record's reason)."""
+        limit = self.max_message_bytes
+        values = [r.value for r in batch]
+        if None in values or max(map(len, values), default=0) > limit or not all(r.key for r in batch):
+            return None
+        try:
+            events = list(map(orjson.loads, values))
+        except orjson.JSONDecodeError:
+            return None
+        if set(map(type, events)) - {dict} or not self._batch_check.check(events):
+            return None
+        return DecodedBatch(records=list(batch), events=events)
+
+    def _decode_each(self, batch: Sequence[InputRecord]) -> DecodedBatch:
         out = DecodedBatch()
         loads, validate, versions = orjson.loads, self._validate, self.versions
         for record in batch:

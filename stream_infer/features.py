@@ -47,24 +47,53 @@ class Featurizer:
     def windowed(self, keys: Sequence[str], partitions: Sequence[int], rows: np.ndarray, store: StateStore) -> np.ndarray:
         """Each event's row becomes its key's last `window` rows (oldest first), flattened.
 
-        Updates each key's state in `store` as a side effect. Events of one key must appear in their
-        input order (they do: one partition, consumed in order).
+        Updates each key's state in `store` as a side effect (its last `window` - 1 rows, fewer
+        while the key has fewer). Events of one key must appear in their input order (they do:
+        one partition, consumed in order).
+
+        Vectorised over the batch: a fleet sends a batch of mostly distinct keys, so per-key numpy
+        calls cost more than the model. Every key gets one block in a scratch array, its history
+        (left-padded to `window` - 1 rows with its first row) followed by its new rows; each
+        event's window is then a slice of that array, all gathered in one indexing operation.
         """
-        window, width = self.spec.window, rows.shape[1]
-        out = np.empty((len(keys), window * width), dtype=np.float32)
-        key_array = np.asarray(keys, dtype=object)
-        uniq, inverse = np.unique(key_array, return_inverse=True)
-        order = np.argsort(inverse, kind="stable")  # groups events by key, keeping input order inside a key
-        bounds = np.cumsum(np.bincount(inverse, minlength=len(uniq)))[:-1]
-        for key, idx in zip(uniq, np.split(order, bounds)):
-            state = store.get(partitions[idx[0]], key)
-            new = rows[idx]
-            history = new if state.rows is None else np.concatenate([state.rows, new])
-            pad = window - 1 - (0 if state.rows is None else len(state.rows))
-            # A key with fewer than `window` rows so far is left-padded with its first row.
-            extended = np.concatenate([np.repeat(history[:1], pad, axis=0), history]) if pad > 0 else history
-            out[idx] = sliding_window_view(extended, (window, width))[:, 0].reshape(len(idx), window * width)
-            state.rows = history[-(window - 1):].copy() if window > 1 else None
-            store.mark_dirty(partitions[idx[0]], key)
+        window, width, n = self.spec.window, rows.shape[1], len(keys)
+        hist = window - 1
+        index: dict[str, int] = {}
+        inverse = np.fromiter((index.setdefault(k, len(index)) for k in keys), dtype=np.int64, count=n)
+        uniq = list(index)
+        n_keys = len(uniq)
+        counts = np.bincount(inverse, minlength=n_keys)
+        first = np.full(n_keys, n, dtype=np.int64)
+        np.minimum.at(first, inverse, np.arange(n))  # each key's first event in the batch
+        states = [store.get(partitions[i], key) for key, i in zip(uniq, first.tolist())]
+        had = np.fromiter((0 if s.rows is None else len(s.rows) for s in states), dtype=np.int64, count=n_keys)
+        # Histories, all left-padded to `hist` rows with the key's first row ever.
+        padded = [
+            s.rows if h == hist else _left_pad(s.rows, rows[i], hist)
+            for s, h, i in zip(states, had.tolist(), first.tolist())
+        ]
+        block = hist + counts  # rows per key in the scratch array
+        block_start = np.cumsum(block) - block
+        scratch = np.empty((int(block.sum()), width), dtype=np.float32)
+        scratch[(block_start[:, None] + np.arange(hist)).ravel()] = np.stack(padded).reshape(-1, width)
+        order = np.argsort(inverse, kind="stable")  # events grouped by key, input order inside a key
+        key_of = inverse[order]
+        rank = np.arange(n) - np.repeat(np.cumsum(counts) - counts, counts)  # position inside its key
+        scratch[block_start[key_of] + hist + rank] = rows[order]
+        windows = sliding_window_view(scratch, (window, width))[:, 0]
+        out = np.empty((n, window * width), dtype=np.float32)
+        out[order] = windows[block_start[key_of] + rank].reshape(n, window * width)
+        # New state: each key's last rows, as many as it has seen (at most `hist`).
+        tails = scratch[(block_start + counts)[:, None] + np.arange(hist)]
+        keep = np.minimum(had + counts, hist).tolist()
+        for k, (state, key) in enumerate(zip(states, uniq)):
+            state.rows = tails[k, hist - keep[k]:].copy()  # a copy: a view would pin the batch's array
+            store.mark_dirty(partitions[first[k]], key)
         return out
 
+
+def _left_pad(history: np.ndarray | None, first_new_row: np.ndarray, rows: int) -> np.ndarray:
+    """`history` (None or fewer than `rows` rows) left-padded with its first row to `rows` rows."""
+    if history is None or len(history) == 0:
+        return np.repeat(first_new_row[None, :], rows, axis=0)
+    return np.concatenate([np.repeat(history[:1], rows - len(history), axis=0), history])

@@ -1,0 +1,153 @@
+"""A batch-at-once check that events satisfy a flat JSON Schema: the fast path of validation.
+
+Validating event by event with the compiled JSON Schema cost about 6 us per engine event, a third
+of the worker's CPU. Most batches are entirely valid, so :class:`BatchCheck` first asks one
+question of the whole batch, with column-wise C-level operations (``itemgetter`` over the events,
+``map(type, ...)`` over a column, numpy comparisons for bounds): are *all* of them valid? Only when
+the answer is not a clear yes does the caller validate event by event, which also finds each
+failing event's reason.
+
+Contract: ``check(events)`` returning True implies the schema accepts every event (it may return
+False for a valid batch: then the slow path decides). :func:`compile_batch_check` returns None
+for a schema that uses anything outside the subset understood here, so such a schema is always
+validated event by event. The subset: a top-level object with ``required`` and ``properties``,
+``additionalProperties`` absent or true, and per property ``type`` (one of integer, number,
+string, boolean), ``minimum``/``maximum``/``exclusiveMinimum``/``exclusiveMaximum``, ``enum``,
+``const``, ``pattern``, and annotations (``description``, ``title``, ...).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from operator import itemgetter
+
+import numpy as np
+
+_ANNOTATIONS = {"description", "title", "examples", "default", "$comment", "deprecated", "readOnly", "writeOnly"}
+_TOP_KEYWORDS = _ANNOTATIONS | {"$schema", "$id", "type", "required", "properties", "additionalProperties"}
+_PROPERTY_KEYWORDS = _ANNOTATIONS | {"type", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "enum", "const", "pattern"}
+# Python types orjson produces for each JSON Schema type. Exact types: bool is not an integer
+# here, and 1.0 is not checked as an integer (the slow path decides such rare cases).
+_TYPES = {"integer": frozenset({int}), "number": frozenset({int, float}), "string": frozenset({str}), "boolean": frozenset({bool})}
+_SCALARS = frozenset({int, float, str, bool})
+_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+
+@dataclass
+class _Column:
+    name: str
+    required: bool
+    types: frozenset | None = None  # allowed Python types; None: any
+    bounds: dict[str, float] = field(default_factory=dict)
+    allowed: frozenset | None = None  # enum/const as (type, value) pairs
+    pattern: re.Pattern | None = None
+
+
+class BatchCheck:
+    def __init__(self, columns: list[_Column]) -> None:
+        self.columns = columns
+        self._required = [c.name for c in columns if c.required]
+        self._optional = [c for c in columns if not c.required]
+        self._get_required = itemgetter(*self._required) if len(self._required) > 1 else None
+
+    def check(self, events: Sequence[dict]) -> bool:
+        """True only if every event of the batch is valid under the schema."""
+        if not events:
+            return True
+        try:
+            if self._get_required is not None:
+                rows = list(map(self._get_required, events))
+            elif self._required:
+                rows = [(e[self._required[0]],) for e in events]
+            else:
+                rows = []
+        except KeyError:
+            return False  # a required field is missing: the slow path names it
+        columns = dict(zip(self._required, zip(*rows))) if rows else {}
+        for spec in self.columns:
+            values = columns.get(spec.name)
+            if values is None:  # optional: only the events that have it
+                values = tuple(e[spec.name] for e in events if spec.name in e)
+                if not values:
+                    continue
+            if not _column_ok(spec, values):
+                return False
+        return True
+
+
+def _column_ok(spec: _Column, values: tuple) -> bool:
+    if spec.types is not None and not set(map(type, values)) <= spec.types:
+        return False
+    if spec.allowed is not None:
+        if not set(map(type, values)) <= _SCALARS or not set(zip(map(type, values), values)) <= spec.allowed:
+            return False
+    if spec.pattern is not None and not all(map(spec.pattern.search, values)):
+        return False
+    if spec.bounds:
+        try:
+            array = np.array(values, dtype=np.float64)
+        except (OverflowError, ValueError, TypeError):  # an integer beyond a double, say
+            return False
+        if not np.isfinite(array).all():
+            return False
+        b = spec.bounds
+        if "minimum" in b and (array < b["minimum"]).any():
+            return False
+        if "maximum" in b and (array > b["maximum"]).any():
+            return False
+        if "exclusiveMinimum" in b and (array <= b["exclusiveMinimum"]).any():
+            return False
+        if "exclusiveMaximum" in b and (array >= b["exclusiveMaximum"]).any():
+            return False
+    return True
+
+
+def compile_batch_check(schema: dict) -> BatchCheck | None:
+    """A :class:`BatchCheck` for `schema`, or None if it uses anything outside the subset."""
+    if set(schema) - _TOP_KEYWORDS or schema.get("type") != "object":
+        return None
+    if schema.get("additionalProperties", True) is not True:
+        return None
+    properties = schema.get("properties", {})
+    required = schema.get("required", [])
+    if not isinstance(properties, dict) or not isinstance(required, list):
+        return None
+    columns = []
+    for name in dict.fromkeys([*required, *properties]):  # required first, each once
+        column = _compile_property(name, properties.get(name, {}), required=name in required)
+        if column is None:
+            return None
+        columns.append(column)
+    return BatchCheck(columns)
+
+
+def _compile_property(name: str, prop: dict, *, required: bool) -> _Column | None:
+    if not isinstance(prop, dict) or set(prop) - _PROPERTY_KEYWORDS:
+        return None
+    column = _Column(name, required)
+    kind = prop.get("type")
+    if kind is not None:
+        if not isinstance(kind, str) or kind not in _TYPES:
+            return None
+        column.types = _TYPES[kind]
+    for bound in _BOUNDS:
+        if bound in prop:
+            value = prop[bound]
+            if type(value) not in (int, float) or column.types is None or not column.types <= {int, float}:
+                return None  # bounds apply to numbers only: keep the check's reading unambiguous
+            column.bounds[bound] = float(value)
+    choices = [prop["const"]] if "const" in prop else prop.get("enum")
+    if choices is not None:
+        if not isinstance(choices, list) or any(type(c) not in (int, float, str, bool) for c in choices):
+            return None
+        column.allowed = frozenset((type(c), c) for c in choices)
+    if "pattern" in prop:
+        if column.types != _TYPES["string"]:
+            return None
+        try:
+            column.pattern = re.compile(prop["pattern"])
+        except re.error:
+            return None
+    return column

@@ -1,0 +1,136 @@
+"""The batch check (validation's fast path) never accepts what the JSON Schema rejects.
+
+Held against fastjsonschema, the reference, on the shipped schemas: real events are accepted by
+both (so the fast path is actually taken), and every single-field mutation of a real event that
+the schema rejects makes the whole batch fail the check. The decoder gives the same result with
+and without the fast path.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from pathlib import Path
+
+import fastjsonschema
+import orjson
+import pytest
+
+from stream_infer.batchcheck import compile_batch_check
+from stream_infer.decode import EventDecoder, InputRecord
+from stream_infer.replay import bad_events, dataset_events
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMAS = {"cmapss-test": "engines-event.v1.json", "ai4i": "machines-event.v1.json"}
+
+# Values a field may be replaced with: other JSON types, edge numbers, strings that look numeric.
+REPLACEMENTS = [None, True, False, "", "1", "L1", "X9", "M", "L", [], {}, [1], 0, -1, 1, 1.0, 1.5, -0.001, 0.0,
+                999.9, 1000, 1000.5, 100000, 100001, 1e300, 2, "H", 10**20]
+
+
+def _schema(dataset: str) -> dict:
+    return orjson.loads((ROOT / "schemas" / SCHEMAS[dataset]).read_bytes())
+
+
+def _events(dataset: str, count: int) -> list[dict]:
+    out = []
+    for _, value in dataset_events(dataset):
+        out.append(orjson.loads(value))
+        if len(out) == count:
+            break
+    return out
+
+
+def _mutations(event: dict, schema: dict) -> list[dict]:
+    """Every field removed, every field replaced by each of REPLACEMENTS, and an extra field."""
+    out = []
+    for name in [*event, *schema.get("properties", {})]:
+        if name in event:
+            removed = dict(event)
+            del removed[name]
+            out.append(removed)
+        for value in REPLACEMENTS:
+            out.append(dict(event, **{name: copy.deepcopy(value)}))
+    out.append(dict(event, extra_field="ignored"))
+    return out
+
+
+@pytest.mark.parametrize("dataset", sorted(SCHEMAS))
+def test_real_events_take_the_fast_path(dataset: str) -> None:
+    schema = _schema(dataset)
+    check = compile_batch_check(schema)
+    assert check is not None, "the shipped schema should be inside the batch check's subset"
+    events = _events(dataset, 2000)
+    validate = fastjsonschema.compile(schema)
+    for event in events:
+        validate(event)
+    assert check.check(events)
+
+
+@pytest.mark.parametrize("dataset", sorted(SCHEMAS))
+def test_never_accepts_what_the_schema_rejects(dataset: str) -> None:
+    schema = _schema(dataset)
+    check = compile_batch_check(schema)
+    validate = fastjsonschema.compile(schema)
+    good = _events(dataset, 64)
+    rejected = accepted = 0
+    for mutated in _mutations(good[7], schema):
+        try:
+            validate(mutated)
+            valid = True
+        except fastjsonschema.JsonSchemaValueException:
+            valid = False
+        batch = good[:20] + [mutated] + good[20:]
+        if not valid:
+            rejected += 1
+            assert not check.check(batch), f"batch check accepted an event the schema rejects: {mutated}"
+        elif check.check(batch):
+            accepted += 1
+    assert rejected > 50 and accepted > 5  # the mutations exercise both sides
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "object", "properties": {"a": {"type": "object"}}},
+        {"type": "object", "properties": {"a": {"oneOf": [{"type": "integer"}, {"type": "string"}]}}},
+        {"type": "object", "additionalProperties": False, "properties": {"a": {"type": "integer"}}},
+        {"type": "object", "properties": {"a": {"type": ["integer", "null"]}}},
+        {"type": "object", "properties": {"a": {"type": "string", "minimum": 3}}},
+        {"type": "object", "properties": {"a": {"type": "number", "multipleOf": 2}}},
+        {"type": "array"},
+    ],
+)
+def test_schemas_outside_the_subset_are_left_to_the_validator(schema: dict) -> None:
+    assert compile_batch_check(schema) is None
+
+
+def test_optional_properties_are_checked_where_present() -> None:
+    check = compile_batch_check(
+        {"type": "object", "required": ["a"], "properties": {"a": {"type": "integer"}, "b": {"type": "number", "maximum": 5}}}
+    )
+    assert check.check([{"a": 1}, {"a": 2, "b": 4.5}])
+    assert not check.check([{"a": 1}, {"a": 2, "b": 6}])
+    assert not check.check([{"a": 1}, {"a": 2, "b": "4"}])
+    assert not check.check([{"b": 1}])
+
+
+@pytest.mark.parametrize("dataset", sorted(SCHEMAS))
+def test_decoder_gives_the_same_result_with_and_without_the_fast_path(dataset: str) -> None:
+    schema_path = ROOT / "schemas" / SCHEMAS[dataset]
+    decoder = EventDecoder(schema_path, max_message_bytes=4096)
+    good = []
+    for key, value in dataset_events(dataset):
+        good.append((key, value))
+        if len(good) == 300:
+            break
+    bad = [(key, value) for _, key, value in bad_events(dataset)]
+    rng = random.Random(5)
+    for trial in range(20):
+        pairs = rng.sample(good, 100) + (rng.sample(bad, rng.randint(0, 3)) if trial % 2 else [])
+        rng.shuffle(pairs)
+        records = [InputRecord(k, v, "t", 0, i, 0) for i, (k, v) in enumerate(pairs)]
+        fast = decoder.decode(records)
+        slow = decoder._decode_each(records)
+        assert fast.records == slow.records and fast.events == slow.events
+        assert [(d.record, d.reason) for d in fast.dead] == [(d.record, d.reason) for d in slow.dead]
