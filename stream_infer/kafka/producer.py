@@ -77,12 +77,25 @@ class AsyncProducer:
 
     async def wait_acknowledged(self, timeout: float = 120.0) -> None:
         """Wait until every message queued so far is acknowledged; DeliveryError if one failed."""
-        remaining = await asyncio.get_running_loop().run_in_executor(self._flusher, self._producer.flush, timeout)
+        remaining = await asyncio.get_running_loop().run_in_executor(self._flusher, self._drain, timeout)
         if self._failures:
             first, count = self._failures[0], len(self._failures)
             raise DeliveryError(f"{count} output message(s) not delivered, first: {first}")
         if remaining:
             raise DeliveryError(f"{remaining} output message(s) not acknowledged within {timeout:.0f} s")
+
+    def _drain(self, timeout: float) -> int:
+        """Wait until nothing is queued or in flight; returns how many still are.
+
+        Not Producer.flush(): with delivery.report.only.error no event marks a success, and
+        flush() then re-checks only every 10 ms; the checkpoint waits here while the batch path
+        stands still, so that granularity showed up in p99 latency. len(producer) counts queued,
+        in-flight and unserved delivery reports (the poll thread serves failures as they come).
+        """
+        deadline = time.monotonic() + timeout
+        while (remaining := len(self._producer)) and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        return remaining
 
     def close(self, timeout: float = 30.0) -> None:
         remaining = self._producer.flush(timeout)
