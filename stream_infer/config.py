@@ -72,8 +72,30 @@ class FeatureSpec(_Strict):
 
 
 class BatchingConfig(_Strict):
-    max_batch_size: int = Field(256, ge=1, le=65_536)
-    max_wait_ms: float = Field(20.0, ge=0, le=60_000, description="The oldest waiting event is flushed after this long.")
+    """Micro-batching and backpressure. The controller (see stream_infer.controller) moves the
+    batch size between a latency size and `max_batch_size` from the consumer lag it measures."""
+
+    max_batch_size: int = Field(256, ge=1, le=65_536, description="The cap: the controller never exceeds it.")
+    max_wait_ms: float = Field(20.0, ge=0, le=60_000, description="The longest a batch waits to fill (throughput mode).")
+    adaptive: bool = Field(True, description="false: always max_batch_size, no waiting (the controller is off).")
+    latency_budget_ms: float | None = Field(
+        None, gt=0, le=60_000,
+        description="Latency mode uses the largest batch whose inference takes at most this long; default max_wait_ms / 4.",
+    )
+    max_in_flight_events: int = Field(
+        50_000, ge=1, le=10_000_000,
+        description="Events fetched but not yet acknowledged; at this bound the worker pauses its partitions until half drained.",
+    )
+
+
+class StalenessConfig(_Strict):
+    """Off by default (max_event_age_ms = 0). Events older than the bound (now minus the record's
+    timestamp) are skipped, or sampled (1 in `sample_every` kept); every skipped event is counted
+    and summarised on the `skipped` topic. With windows, skipped events are not in the key's window."""
+
+    max_event_age_ms: int = Field(0, ge=0, description="0: off; every event is processed whatever its age.")
+    policy: Literal["skip", "sample"] = "skip"
+    sample_every: int = Field(10, ge=2, le=1_000_000, description="sample: keep 1 stale event in this many.")
 
 
 class TopicsConfig(_Strict):
@@ -81,6 +103,7 @@ class TopicsConfig(_Strict):
     alerts: str | None = None
     dead_letters: str
     review: str | None = None
+    skipped: str | None = Field(None, description="Summaries of stale events skipped; default <pipeline>.skipped.")
 
 
 class AlertRule(_Strict):
@@ -138,6 +161,7 @@ class PipelineConfig(_Strict):
     outputs: OutputSpec
     alert: AlertRule | None = None
     engine: EngineConfig = EngineConfig()
+    staleness: StalenessConfig = StalenessConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -150,6 +174,10 @@ class PipelineConfig(_Strict):
         if self.alert is not None and self.alert.score != self.outputs.score_name:
             raise ValueError(f"alert.score {self.alert.score!r} is not an output (have {self.outputs.score_name!r})")
         return self
+
+    @property
+    def skipped_topic(self) -> str:
+        return self.topics.skipped or f"{self.name}.skipped"
 
     @property
     def stateful(self) -> bool:

@@ -28,6 +28,7 @@ import orjson
 
 from stream_infer import metrics
 from stream_infer.config import PipelineConfig
+from stream_infer.controller import InferenceProfile
 from stream_infer.decode import DeadLetter, EventDecoder, InputRecord
 from stream_infer.engine import InferenceEngine
 from stream_infer.features import Featurizer
@@ -46,6 +47,7 @@ class BatchResult:
     dead_letters: int = 0
     reviews: int = 0
     skipped: int = 0
+    stale_skipped: int = 0
 
 
 @dataclass
@@ -64,7 +66,9 @@ class PreparedBatch:
     keys: list[str] = field(default_factory=list)
     matrix: np.ndarray | None = None  # None: nothing to infer
     dead: list[DeadLetter] = field(default_factory=list)
-    skipped: int = 0
+    skipped: int = 0  # replays below a restored checkpoint
+    stale: list[InputRecord] = field(default_factory=list)  # skipped by the staleness policy
+    timestamps_ms: np.ndarray | None = None  # of every record processed (valid or dead), for e2e latency
 
 
 @dataclass
@@ -101,8 +105,12 @@ class Pipeline:
         self.loaded: set[int] = set()  # partitions whose state is restored (and owned)
         self.resume_at: dict[int, int] = {}  # partition -> checkpoint offset; below it: already done
         self.progress = _Progress()
-        # Records whose outputs are queued but not known to be acknowledged yet.
+        # Records whose outputs are queued but not known to be acknowledged yet, and their batches.
         self.unacknowledged: list[InputRecord] = []
+        self.unacknowledged_batches = 0
+        self.acknowledged_events = self.acknowledged_batches = 0  # monotonic: the worker's in-flight count subtracts them
+        # Measured inference seconds by batch size: the batching controller reads it.
+        self.profile = InferenceProfile()
         # Batches up to this many rows run on the event loop; larger ones in the executor, so the
         # loop keeps serving the source task, timers and HTTP meanwhile. Set by calibrate_inline().
         self.inline_rows = 0
@@ -110,24 +118,34 @@ class Pipeline:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{self.name}")
         # Checkpoint writes wait on the broker; on their own thread they never delay a batch's inference.
         self.changelog_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"changelog-{self.name}")
+        self.staleness = config.staleness
+        self._stale_seen = 0
+        self._e2e = metrics.END_TO_END_SECONDS.labels(self.name)
         metrics.MODEL.labels(self.name).info(
             {"name": self.engine.name, "version": self.engine.version, "provider": self.engine.provider}
         )
 
-    def calibrate_inline(self, budget_s: float = 0.0002) -> int:
-        """Run small batches inline while their inference costs under `budget_s` (0.2 ms: about
-        what handing a batch to the executor thread and back costs); returns the row limit."""
-        width = self.config.features.width
-        limit = 0
-        for rows in (1, 2, 4, 8, 16, 32):
+    def calibrate(self, inline_budget_s: float = 0.0002, max_seconds: float = 3.0) -> int:
+        """Time inference at batch sizes 1, 2, 4, ... up to the cap (the controller's profile
+        starts from these), and run batches inline while they cost under `inline_budget_s` (0.2
+        ms: about what handing a batch to the executor thread and back costs). Returns that row
+        limit. Stops early past `max_seconds` for slow models; live batches refine the profile."""
+        width, cap = self.config.features.width, self.config.batching.max_batch_size
+        sizes = sorted({1 << i for i in range(cap.bit_length()) if (1 << i) <= cap} | {cap})
+        limit, started_all = 0, time.perf_counter()
+        for rows in sizes:
             matrix = np.zeros((rows, width), dtype=np.float32)
             self.engine.run(matrix)  # first run of a shape allocates
+            repeats = 5 if rows <= 64 else 2
             started = time.perf_counter()
-            for _ in range(5):
+            for _ in range(repeats):
                 self.engine.run(matrix)
-            if (time.perf_counter() - started) / 5 > budget_s:
+            seconds = (time.perf_counter() - started) / repeats
+            self.profile.observe(rows, seconds)
+            if seconds <= inline_budget_s and limit == rows // 2 and rows <= 32:
+                limit = rows
+            if time.perf_counter() - started_all > max_seconds:
                 break
-            limit = rows
         self.inline_rows = limit
         return limit
 
@@ -189,10 +207,15 @@ class Pipeline:
                     raw = await asyncio.get_running_loop().run_in_executor(self.executor, self.engine.run, batch.matrix)
             except Exception as err:  # a model failing on valid input is data too: keep going, say why
                 error = err
-            metrics.INFERENCE_SECONDS.labels(self.name).observe(time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            metrics.INFERENCE_SECONDS.labels(self.name).observe(seconds)
+            self.profile.observe(len(batch.matrix), seconds)
         messages, result = self.finish(batch, raw, error, arrival)
         self.producer.send_batch(messages)
+        if batch.timestamps_ms is not None and len(batch.timestamps_ms):
+            metrics.observe_many(self._e2e, (time.time() * 1000 - batch.timestamps_ms) / 1000)
         self.unacknowledged.extend(records)
+        self.unacknowledged_batches += 1
         return result
 
     async def wait_acknowledged(self) -> None:
@@ -201,7 +224,10 @@ class Pipeline:
         if self.unacknowledged:
             await self.producer.wait_acknowledged()
             self.progress.advance(self.unacknowledged)
+            self.acknowledged_events += len(self.unacknowledged)
+            self.acknowledged_batches += self.unacknowledged_batches
             self.unacknowledged = []
+            self.unacknowledged_batches = 0
 
     def prepare(self, records: Sequence[InputRecord]) -> PreparedBatch:
         """Skip replays below a restored checkpoint, decode, validate, featurize (updates state)."""
@@ -214,8 +240,11 @@ class Pipeline:
                 self.progress.advance(records)
                 records = keep
         metrics.EVENTS.labels(self.name).inc(len(records) + batch.skipped)
+        if self.staleness.max_event_age_ms and records:
+            records = self._drop_stale(records, batch)
         if not records:
             return batch
+        batch.timestamps_ms = np.fromiter((r.timestamp_ms for r in records), dtype=np.float64, count=len(records))
         decoded = self.decoder.decode(records)
         batch.dead = decoded.dead
         if not decoded.events:
@@ -239,10 +268,44 @@ class Pipeline:
             batch.matrix = self.featurizer.stateless(decoded.events, rows)
         return batch
 
+    def _drop_stale(self, records: Sequence[InputRecord], batch: PreparedBatch) -> Sequence[InputRecord]:
+        """The staleness policy: records older than max_event_age_ms go to `batch.stale` (all of
+        them with `skip`; all but 1 in sample_every with `sample`); returns the records to process."""
+        policy = self.staleness
+        timestamps = np.fromiter((r.timestamp_ms for r in records), dtype=np.int64, count=len(records))
+        stale = timestamps < int(time.time() * 1000) - policy.max_event_age_ms
+        if not stale.any():
+            return records
+        drop = stale.copy()
+        if policy.policy == "sample":
+            # Keep every sample_every-th stale event, counted across batches.
+            stale_idx = np.nonzero(stale)[0]
+            ordinal = self._stale_seen + np.arange(len(stale_idx))
+            drop[stale_idx[ordinal % policy.sample_every == 0]] = False
+            self._stale_seen += len(stale_idx)
+        batch.stale = [r for r, d in zip(records, drop.tolist()) if d]
+        return [r for r, d in zip(records, drop.tolist()) if not d]
+
+    def _skipped_summary(self, stale: list[InputRecord]) -> OutMessage:
+        """One record per batch on the skipped topic: how many stale events, from which offsets."""
+        by_partition: dict[int, dict] = {}
+        for r in stale:
+            entry = by_partition.setdefault(r.partition, {"partition": r.partition, "first_offset": r.offset, "count": 0})
+            entry["last_offset"] = r.offset
+            entry["count"] += 1
+        timestamps = [r.timestamp_ms for r in stale]
+        summary = {
+            "schema_version": 1, "pipeline": self.name, "reason": "stale", "policy": self.staleness.policy,
+            "max_event_age_ms": self.staleness.max_event_age_ms, "count": len(stale), "topic": stale[0].topic,
+            "partitions": list(by_partition.values()), "oldest_timestamp_ms": min(timestamps),
+            "newest_timestamp_ms": max(timestamps), "skipped_at_ms": int(time.time() * 1000),
+        }
+        return (self.config.skipped_topic, self.name.encode(), orjson.dumps(summary), None)
+
     def finish(self, batch: PreparedBatch, raw: dict | None, error: Exception | None, arrival: float) -> tuple[list[OutMessage], BatchResult]:
         """Scores, alerts and every output message of a batch (predictions, alerts, review, DLQ)."""
-        result = BatchResult(skipped=batch.skipped)
-        messages: list[OutMessage] = []
+        result = BatchResult(skipped=batch.skipped, stale_skipped=len(batch.stale))
+        messages: list[OutMessage] = [self._skipped_summary(batch.stale)] if batch.stale else []
         if error is not None:
             log.error("model failed on a batch; its events go to the dead-letter topic", extra={"pipeline": self.name, "error": str(error)})
             batch.dead.extend(DeadLetter(r, "model_error", str(error)[:500]) for r in batch.records)
@@ -251,7 +314,7 @@ class Pipeline:
             alerts = []
             if self.alerts is not None:
                 alerts = self.alerts.apply(batch.keys, batch.records, fields[self.config.outputs.score_name], self.store, self.model)
-            messages = self._output_messages(batch.records, batch.keys, fields, alerts, arrival)
+            messages += self._output_messages(batch.records, batch.keys, fields, alerts, arrival)
             result.predictions, result.alerts = len(batch.records), len(alerts)
             if "review" in fields:
                 result.reviews = int(fields["review"].sum())
@@ -304,6 +367,8 @@ class Pipeline:
         metrics.PREDICTIONS.labels(self.name).inc(result.predictions)
         if result.reviews:
             metrics.REVIEWS.labels(self.name).inc(result.reviews)
+        if result.stale_skipped:
+            metrics.SKIPPED.labels(self.name, "stale").inc(result.stale_skipped)
         if self.alerts is not None and result.alerts:
             metrics.ALERTS.labels(self.name, self.alerts.rule.name).inc(result.alerts)
         for letter in dead:

@@ -22,6 +22,7 @@ import logging
 import os
 import socket
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,7 +32,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from stream_infer import metrics
 from stream_infer.config import Config
-from stream_infer.kafka.admin import admin_client, create_topics
+from stream_infer.controller import LATENCY, THROUGHPUT, BatchController
+from stream_infer.kafka.admin import admin_client, create_topics, record_timestamps
 from stream_infer.kafka.changelog import Changelog, changelog_topic, ensure_changelog_topic
 from stream_infer.kafka.consumer import BatchConsumer, records_from_messages
 from stream_infer.kafka.local import port_is_free
@@ -44,6 +46,8 @@ log = logging.getLogger(__name__)
 # Batches waiting between the source task and the agent. Two: one being processed, one ready.
 # More would only hold memory; the backlog belongs in Kafka.
 CHANNEL_DEPTH = 2
+# How often the lag monitor samples offsets and the batching controller steps.
+LAG_INTERVAL_S = 1.0
 
 
 class StartupError(RuntimeError):
@@ -80,8 +84,25 @@ class PipelineRunner:
         self.name = pipeline.name
         self.topic = pipeline.config.input_topic
         self.batching = pipeline.config.batching
-        # Turned by the batching controller; 0 = latency mode (hand over whatever has arrived).
+        budget = (self.batching.latency_budget_ms or self.batching.max_wait_ms / 4) / 1000
+        self.controller = BatchController(self.batching.max_batch_size, self.batching.max_wait_ms / 1000, budget, pipeline.profile)
+        # What the source fetches with. Without the controller: the cap, no waiting.
+        self.batch_size = self.controller.setting.batch_size if self.batching.adaptive else self.batching.max_batch_size
         self.linger = 0.0
+        metrics.CONTROLLER_BATCH_SIZE.labels(self.name).set(self.batch_size)
+        metrics.CONTROLLER_MODE.labels(self.name, LATENCY).set(1)
+        metrics.CONTROLLER_MODE.labels(self.name, THROUGHPUT).set(0)
+        metrics.PAUSED_PARTITIONS.labels(self.name).set(0)
+        # In-flight accounting (events and batches fetched, not yet acknowledged); see in_flight().
+        self.fetched_events = self.fetched_batches = 0
+        self.dropped_events = self.dropped_batches = 0
+        self.queued_events = 0  # in the channel, not yet taken by the agent
+        self.paused = False
+        # Per partition, (first offset, timestamp) of each batch fetched: lag seconds reads the
+        # timestamp of the oldest unprocessed record from it without asking the broker.
+        self.batch_starts: dict[int, deque[tuple[int, int]]] = {}
+        self._peeked: dict[int, tuple[int, int | None]] = {}  # partition -> (offset, timestamp) read from Kafka
+        self.monitor_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"lag-{self.name}")
         self.consumer: BatchConsumer | None = None
         # All consumer calls on one thread: librdkafka's rebalance callbacks then run there too.
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"consume-{self.name}")
@@ -117,17 +138,35 @@ class PipelineRunner:
         # the last checkpoint and commit for them happen before another worker takes them over.
         future = asyncio.run_coroutine_threadsafe(self._revoke({p for _, p in partitions}), self.loop)
         try:
-            future.result(timeout=60)
+            offsets = future.result(timeout=60)
+            # Committed here, on the consumer thread inside the callback: a commit from the event
+            # loop while this thread waits in the callback (or in close()) could block the loop,
+            # and with it the revoke this thread waits for.
+            self.consumer.commit(offsets, asynchronous=False)
         except Exception:
             log.exception("checkpoint on revoke failed; the next owner reprocesses from the last commit")
 
-    async def _revoke(self, partitions: set[int]) -> None:
+    async def _revoke(self, partitions: set[int]) -> dict[tuple[str, int], int]:
+        """Last checkpoint of revoked partitions; returns the offsets the caller commits."""
+        offsets: dict[tuple[str, int], int] = {}
         async with self.checkpoint_lock, self.lock:
             await self._acknowledged()
-            await self._persist_and_commit(self.pipeline.snapshot())
+            checkpoint = self.pipeline.snapshot()
+            if checkpoint is not None:
+                await self.pipeline.persist(checkpoint)
+                offsets = {(self.topic, p): o for p, o in checkpoint.offsets.items()}
             self.pipeline.drop_partitions(partitions)
             self.owned -= partitions
+            for partition in partitions:
+                self.batch_starts.pop(partition, None)
+                self._peeked.pop(partition, None)
+                for gauge in (metrics.LAG_MESSAGES, metrics.LAG_SECONDS):
+                    try:
+                        gauge.remove(self.name, self.topic, str(partition))
+                    except KeyError:
+                        pass
         log.info("partitions revoked", extra={"pipeline": self.name, "partitions": sorted(partitions)})
+        return offsets
 
     # --- the three Faust roles: source task, agent, checkpoint timer ---------------------------
 
@@ -139,25 +178,77 @@ class PipelineRunner:
             on_assign=self._on_assign, on_revoke=self._on_revoke, session_timeout_ms=cfg.kafka.session_timeout_ms,
         ))
         max_wait = self.batching.max_wait_ms / 1000
+        bound = self.batching.max_in_flight_events
         try:
             while not self.stopping:
+                if self.in_flight()[0] >= bound:
+                    await self._pause_until_drained(bound)
                 messages = await self.loop.run_in_executor(
-                    self.thread, lambda: self.consumer.next_batch(self.batching.max_batch_size, linger=self.linger, max_wait=max_wait)
+                    self.thread, lambda: self.consumer.next_batch(self.batch_size, linger=self.linger, max_wait=max_wait)
                 )
                 if messages:
+                    self.fetched_events += len(messages)
+                    self.fetched_batches += 1
+                    self.queued_events += len(messages)
                     await channel.send(value=(messages, time.monotonic()))
         finally:
             self.stopping = True
 
+    def in_flight(self) -> tuple[int, int]:
+        """(events, batches) fetched whose outputs are not yet acknowledged by the broker."""
+        events = self.fetched_events - self.dropped_events - self.pipeline.acknowledged_events
+        batches = self.fetched_batches - self.dropped_batches - self.pipeline.acknowledged_batches
+        return events, batches
+
+    async def _pause_until_drained(self, bound: int) -> None:
+        """Backpressure: stop fetching (the backlog waits in Kafka) until in-flight work is half
+        drained; once the agent has taken every queued batch, wait for the outputs' acks."""
+        partitions = await self.loop.run_in_executor(self.thread, self.consumer.pause)
+        self.paused = True
+        metrics.PAUSES.labels(self.name).inc()
+        metrics.PAUSED_PARTITIONS.labels(self.name).set(len(partitions))
+        log.info("partitions paused: in-flight bound reached",
+                 extra={"pipeline": self.name, "in_flight_events": self.in_flight()[0], "bound": bound})
+        try:
+            while not self.stopping and self.in_flight()[0] > bound // 2:
+                if self.queued_events == 0:
+                    async with self.lock:
+                        await self._acknowledged()
+                else:
+                    await asyncio.sleep(0.002)
+        finally:
+            await self.loop.run_in_executor(self.thread, self.consumer.resume)
+            self.paused = False
+            metrics.PAUSED_PARTITIONS.labels(self.name).set(0)
+            log.info("partitions resumed", extra={"pipeline": self.name, "in_flight_events": self.in_flight()[0]})
+
     async def agent(self, batches) -> None:
+        bound = self.batching.max_in_flight_events
         async for messages, fetched_at in batches:
+            self.queued_events -= len(messages)
+            if self.stopping:
+                # Shutting down: the final checkpoint is taken; these stay uncommitted and are
+                # consumed again by the next owner.
+                self.dropped_events += len(messages)
+                self.dropped_batches += 1
+                continue
             # Messages fetched before a revoke belong to the new owner now.
             records = records_from_messages([m for m in messages if m.partition() in self.owned])
+            self.dropped_events += len(messages) - len(records)
             if not records:
+                self.dropped_batches += 1
                 continue
+            starts: dict[int, tuple[int, int]] = {}
+            for r in records:
+                if r.partition not in starts:
+                    starts[r.partition] = (r.offset, r.timestamp_ms)
+            for partition, start in starts.items():
+                self.batch_starts.setdefault(partition, deque()).append(start)
             metrics.BATCH_SIZE.labels(self.name).observe(len(records))
             metrics.BATCH_WAIT_SECONDS.labels(self.name).observe(time.monotonic() - fetched_at)
             async with self.lock:
+                if len(self.pipeline.unacknowledged) >= bound:
+                    await self._acknowledged()  # bounded memory: outputs in the producer's queue
                 try:
                     await self.pipeline.submit(records, fetched_at)
                 except Exception:
@@ -166,6 +257,80 @@ class PipelineRunner:
                     log.exception("batch failed; exiting so the uncommitted events are processed again after restart")
                     logging.shutdown()
                     os._exit(70)
+
+    # --- lag monitor and batching controller (a timer, every LAG_INTERVAL_S) --------------------
+
+    async def monitor_loop(self) -> None:
+        """A task rather than a timer: a slow sample (reading a record's timestamp from a paused
+        partition) delays the next one instead of overlapping it."""
+        while not self.stopping:
+            await asyncio.sleep(LAG_INTERVAL_S)
+            try:
+                await self.monitor()
+            except Exception:  # the monitor must never take the worker down
+                log.exception("lag monitor failed; trying again", extra={"pipeline": self.name})
+
+    async def monitor(self) -> None:
+        """Sample offsets of the owned partitions, publish lag gauges, step the controller."""
+        if self.consumer is None or not self.owned or self.stopping:
+            return
+        partitions = sorted(self.owned)
+        try:
+            offsets = await self.loop.run_in_executor(self.monitor_thread, self.consumer.lag_snapshot, partitions)
+        except KafkaException as err:
+            log.warning("lag sample failed; next try in %.0f s", LAG_INTERVAL_S, extra={"pipeline": self.name, "error": str(err)})
+            return
+        now_ms = time.time() * 1000
+        backlog = self.queued_events
+        for o in offsets:
+            if o.partition not in self.owned:
+                continue
+            lag = o.lag
+            start = o.committed if o.committed is not None else (o.earliest or 0)
+            starts = self.batch_starts.get(o.partition)
+            while starts and starts[0][0] < start:  # processed and committed: forget
+                starts.popleft()
+            seconds = 0.0
+            if lag > 0:
+                timestamp = await self._oldest_unprocessed_timestamp(o.partition, start)
+                seconds = max(0.0, (now_ms - timestamp) / 1000) if timestamp is not None else float("nan")
+            labels = (self.name, self.topic, str(o.partition))
+            metrics.LAG_MESSAGES.labels(*labels).set(lag)
+            metrics.LAG_SECONDS.labels(*labels).set(seconds)
+            backlog += max(0, o.log_end - (o.position if o.position is not None else start))
+        events, batches = self.in_flight()
+        metrics.IN_FLIGHT_EVENTS.labels(self.name).set(events)
+        metrics.IN_FLIGHT_BATCHES.labels(self.name).set(batches)
+        if self.batching.adaptive:
+            self._steer(backlog)
+
+    def _steer(self, backlog: int) -> None:
+        before = self.controller.mode
+        setting = self.controller.update(backlog)
+        self.batch_size, self.linger = setting.batch_size, setting.linger
+        metrics.CONTROLLER_BATCH_SIZE.labels(self.name).set(setting.batch_size)
+        for mode in (LATENCY, THROUGHPUT):
+            metrics.CONTROLLER_MODE.labels(self.name, mode).set(1 if mode == setting.mode else 0)
+        if setting.mode != before:
+            log.info("batching controller: %s mode", setting.mode,
+                     extra={"pipeline": self.name, "backlog": backlog, "batch_size": setting.batch_size,
+                            "wait_ms": round(setting.linger * 1000, 1)})
+
+    async def _oldest_unprocessed_timestamp(self, partition: int, offset: int) -> int | None:
+        """Timestamp of the record at `offset`: from the batches fetched if one starts there (the
+        usual case: commits fall on batch boundaries), else read once from Kafka (a paused or not
+        yet fetched partition) and remembered while the offset stays the same."""
+        starts = self.batch_starts.get(partition)
+        if starts and starts[0][0] == offset:
+            return starts[0][1]
+        peeked = self._peeked.get(partition)
+        if peeked is None or peeked[0] != offset:
+            key = (self.topic, partition)
+            found = await self.loop.run_in_executor(
+                self.monitor_thread, record_timestamps, self.config.kafka.bootstrap_servers, {key: offset}, 2.0
+            )
+            peeked = self._peeked[partition] = (offset, int(found[key] * 1000) if key in found else None)
+        return peeked[1]
 
     async def checkpoint(self) -> None:
         async with self.checkpoint_lock:
@@ -204,6 +369,7 @@ class PipelineRunner:
             await self._acknowledged()
             await self._persist_and_commit(self.pipeline.snapshot(), asynchronous=False)
         # close() revokes our partitions: _on_revoke needs the event loop, which keeps running here.
+        self.monitor_thread.shutdown(wait=True)
         await self.loop.run_in_executor(self.thread, self.consumer.close)
         self.thread.shutdown(wait=True)
 
@@ -235,6 +401,8 @@ class Worker:
         bootstrap = self.config.kafka.bootstrap_servers
         partitions = input_partitions(bootstrap, pc.input_topic)
         outputs = [t for t in (pc.topics.predictions, pc.topics.alerts, pc.topics.dead_letters, pc.topics.review) if t]
+        if pc.staleness.max_event_age_ms:
+            outputs.append(pc.skipped_topic)
         create_topics(bootstrap, outputs, partitions=partitions, replication=self.config.kafka.replication_factor)
         if pc.stateful:
             topic = changelog_topic(self.config.kafka.group_id, pc.name)
@@ -244,7 +412,7 @@ class Worker:
                 raise StartupError(str(err)) from None
             pipeline.changelog = Changelog(bootstrap, topic, f"{self.config.kafka.group_id}-{pc.name}-{instance_id()}")
         seconds = pipeline.engine.warm_up((1, pc.batching.max_batch_size))
-        inline_rows = pipeline.calibrate_inline()
+        inline_rows = pipeline.calibrate()
         log.warning(
             "pipeline ready",
             extra={"pipeline": pc.name, "model": pipeline.engine.name, "version": pipeline.engine.version,
@@ -275,6 +443,7 @@ class Worker:
             app.agent(channel, name=f"pipeline-{runner.name}")(_named(runner.agent, f"pipeline_{runner.name}"))
             app.task(_named(runner.source, f"source_{runner.name}", channel))
             app.timer(interval, name=f"checkpoint-{runner.name}")(_named(runner.checkpoint, f"checkpoint_{runner.name}"))
+            app.task(_named(runner.monitor_loop, f"lag_{runner.name}"))
         self._add_web(app)
 
         @app.on_before_shutdown.connect  # sent while the event loop still turns

@@ -21,6 +21,10 @@ def test_bench_harness_smoke(kafka_bootstrap: str, tmp_path: Path, monkeypatch: 
     results = run_bench(quick=True, out_dir=tmp_path, echo=lines.append, plan=Plan.smoke())
     written = json.loads((tmp_path / "bench.json").read_text())
     assert (tmp_path / "bench.png").stat().st_size > 10_000
+    assert (tmp_path / "burst.png").stat().st_size > 10_000
+    burst = written["burst"]
+    assert burst["burst_events"] == 20_000 and burst["drain_seconds"] > 0 and burst["samples"]
+    assert burst["samples"][-1]["mode"] == "latency" and burst["samples"][-1]["lag_messages"] == 0
     for mode in ("service", "per_event", "ceiling"):
         assert written["throughput_eps"][mode] > 0
         assert written["process"][mode]["peak_rss_mb"] > 0

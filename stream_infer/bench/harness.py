@@ -52,19 +52,41 @@ class Plan:
     latency_seconds: float
     rss_backlog: int  # the service drains this many in all (RSS bound is checked over it)
     low_rate_seconds: float = 20.0  # the 10 events/s phase: long enough for a p99 of 200 events
+    burst_events: int = 200_000  # the burst phase: a backlog produced at once into a running worker
 
     @classmethod
     def smoke(cls) -> Plan:
         """A seconds-long run that exercises every phase (the test suite's check of the harness)."""
-        return cls(backlog=4_000, ceiling_backlog=4_000, per_event_seconds=2, latency_seconds=2, rss_backlog=4_000, low_rate_seconds=2)
+        return cls(backlog=4_000, ceiling_backlog=4_000, per_event_seconds=2, latency_seconds=2, rss_backlog=4_000, low_rate_seconds=2,
+                   burst_events=20_000)
 
     @classmethod
     def make(cls, quick: bool) -> Plan:
         if quick:
             # 300k: at 25-45k events/s the middle 60% of a smaller drain lasts only a few commit
             # intervals (0.5 s), and the ratio between two such windows swung by +-15%.
-            return cls(backlog=300_000, ceiling_backlog=300_000, per_event_seconds=8, latency_seconds=8, rss_backlog=300_000)
-        return cls(backlog=1_000_000, ceiling_backlog=1_000_000, per_event_seconds=20, latency_seconds=20, rss_backlog=5_000_000)
+            return cls(backlog=300_000, ceiling_backlog=300_000, per_event_seconds=6, latency_seconds=7, rss_backlog=300_000,
+                       burst_events=100_000)
+        return cls(backlog=1_000_000, ceiling_backlog=1_000_000, per_event_seconds=20, latency_seconds=20, rss_backlog=5_000_000,
+                   burst_events=500_000)
+
+
+def engines_config(path: Path, *, group: str, input_topic: str, output_prefix: str, batching: dict | None = None) -> Path:
+    """Write the demo config's engines pipeline alone, on the given topics and group, with
+    [pipelines.batching] keys overridden; paths made absolute. Returns `path`."""
+    text = DEMO_CONFIG.read_text()
+    text = text[: text.index("# AI4I 2020")]  # engines only
+    base = DEMO_CONFIG.parent
+    text = text.replace('"../../schemas/', f'"{(base / "../../schemas").resolve()}/').replace('"../models/', f'"{(base / "../models").resolve()}/')
+    text = text.replace('group_id = "stream-infer-demo"', f'group_id = "{group}"')
+    text = text.replace('input_topic = "engines.telemetry"', f'input_topic = "{input_topic}"')
+    for name in ("predictions", "alerts", "telemetry.dlq"):
+        text = text.replace(f'"engines.{name}"', f'"{output_prefix}.{name}"')
+    settings = {"max_batch_size": 256, "max_wait_ms": 20, **(batching or {})}
+    lines = "\n".join(f"{k} = {str(v).lower() if isinstance(v, bool) else v}" for k, v in settings.items())
+    text = text.replace("[pipelines.batching]\nmax_batch_size = 256\nmax_wait_ms = 20", f"[pipelines.batching]\n{lines}")
+    path.write_text(text)
+    return path
 
 
 # --- events ----------------------------------------------------------------------------------
@@ -202,21 +224,13 @@ class Bench:
         self.input = f"{self.run_id}.engines"
         self.results: dict = {"plan": plan.__dict__, "throughput_eps": {}, "process": {}, "latency_ms": {}}
 
-    def config(self, mode: str, *, input_topic: str | None = None, batch: int | None = None) -> Path:
+    def config(self, mode: str, *, input_topic: str | None = None, batch: int | None = None, batching: dict | None = None) -> Path:
         """A config with only the engines pipeline, on this run's topics, with its own group."""
-        text = DEMO_CONFIG.read_text()
-        text = text[: text.index("# AI4I 2020")]  # engines only
-        base = DEMO_CONFIG.parent
-        text = text.replace('"../../schemas/', f'"{(base / "../../schemas").resolve()}/').replace('"../models/', f'"{(base / "../models").resolve()}/')
-        text = text.replace('group_id = "stream-infer-demo"', f'group_id = "{self.run_id}-{mode}"')
-        text = text.replace('input_topic = "engines.telemetry"', f'input_topic = "{input_topic or self.input}"')
-        for name in ("predictions", "alerts", "telemetry.dlq"):
-            text = text.replace(f'"engines.{name}"', f'"{self.run_id}-{mode}.{name}"')
+        overrides = dict(batching or {})
         if batch is not None:
-            text = text.replace("max_batch_size = 256", f"max_batch_size = {batch}")
-        path = self.workdir / f"{mode}.toml"
-        path.write_text(text)
-        return path
+            overrides["max_batch_size"] = batch
+        return engines_config(self.workdir / f"{mode}.toml", group=f"{self.run_id}-{mode}", input_topic=input_topic or self.input,
+                              output_prefix=f"{self.run_id}-{mode}", batching=overrides)
 
     def run(self) -> dict:
         plan = self.plan
@@ -227,6 +241,7 @@ class Bench:
         self._drain("service", plan.backlog, total=plan.rss_backlog)
         self._per_event()
         self._latency()
+        self._burst()
         return self.results
 
     def _drain(self, mode: str, measure: int, total: int | None = None) -> None:
@@ -308,6 +323,37 @@ class Bench:
             worker.stop()
 
 
+    def _burst(self) -> None:
+        """A backlog produced at once into a worker idling in latency mode (see bench/burst.py).
+
+        Cap 1024 and a 0.25 ms latency budget: the engines model runs 1024 rows in well under the
+        default budget (max_wait_ms / 4), which would make every latency-mode batch the cap and
+        hide the controller's range; this budget keeps latency-mode batches small.
+        """
+        from stream_infer.bench.burst import run_burst
+
+        topic = f"{self.run_id}.burst"
+        create_topics(self.bootstrap, [topic], partitions=PARTITIONS)
+        batching = {"max_batch_size": 1024, "latency_budget_ms": 0.25}
+        worker = WorkerProcess(self.config("burst", input_topic=topic, batching=batching), self.bootstrap,
+                               self.workdir / "burst", log_level="info").start()
+        trickle = engine_events(30)
+        count = self.plan.burst_events
+        try:
+            worker.wait_ready()
+            result = run_burst(worker, "engines", trickle=lambda: _paced(self.bootstrap, topic, trickle, rate=20),
+                               produce_burst=lambda: preload(self.bootstrap, topic, count),
+                               expected_predictions=len(trickle) + count)
+        finally:
+            worker.stop()
+        result.update(burst_events=count, batching=batching)
+        self.results["burst"] = result
+        self.echo(f"burst     {count:,} events produced in {result['produce_seconds']:.1f} s, drained in "
+                  f"{result['drain_seconds']:.1f} s; peak lag {result['peak_lag_messages']:,.0f} messages / "
+                  f"{result['peak_lag_seconds']:.1f} s; controller batch size up to {result['peak_controller_batch_size']:.0f} "
+                  f"(throughput mode {result['throughput_mode_seconds']:.1f} s); paused {result['pauses']:.0f} times")
+
+
 def _paced(bootstrap: str, topic: str, events: list[tuple[bytes, bytes]], rate: float) -> None:
     """Produce at `rate` events/s against a schedule, in 5 ms steps (a sleep per event would cost
     the generator more CPU than the worker it measures); the topic stamps append times."""
@@ -361,9 +407,12 @@ def run_bench(*, quick: bool, out_dir: Path, echo: Callable[[str], None] = print
     results["quick"] = quick
     (out_dir / "bench.json").write_text(json.dumps(results, indent=2))
     try:
+        from stream_infer.bench.burst import plot_burst
         from stream_infer.bench.plot import plot
 
         plot(results, out_dir / "bench.png")
+        if "burst" in results:
+            plot_burst(results["burst"], out_dir / "burst.png")
     except ImportError:
         echo("matplotlib not installed: no PNG (pip install -e '.[bench]')")
     return results

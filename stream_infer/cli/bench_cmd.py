@@ -13,10 +13,11 @@ import orjson
 @click.option("--quick", is_flag=True, help="A short run (about 3 minutes): smaller backlog, shorter windows.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON object on stdout (progress on stderr).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-results"),
-              show_default=True, help="Where bench.json and bench.png are written.")
+              show_default=True, help="Where bench.json, bench.png and burst.png are written.")
 def bench(quick: bool, as_json: bool, out_dir: Path) -> None:
     """Measure the worker (service), the worker at max_batch_size=1 (per_event) and a no-framework
-    loop (ceiling) on a local Kafka; latency at 10 events/s and 10/50/80% of the service's maximum.
+    loop (ceiling) on a local Kafka; latency at 10 events/s and 10/50/80% of the service's maximum;
+    then a burst (a backlog produced at once) with the batching controller's response over time.
 
     Uses $KAFKA_BOOTSTRAP_SERVERS if set, else starts (and stops) a local broker.
     """
@@ -29,7 +30,10 @@ def bench(quick: bool, as_json: bool, out_dir: Path) -> None:
         click.echo(f"error: {err}", err=True)
         sys.exit(1)
     if as_json:
-        click.echo(orjson.dumps({k: v for k, v in results.items() if k != "service_rss_mb"}).decode())
+        summary = {k: v for k, v in results.items() if k != "service_rss_mb"}
+        if "burst" in summary:  # the time series stay in bench.json
+            summary["burst"] = {k: v for k, v in summary["burst"].items() if k != "samples"}
+        click.echo(orjson.dumps(summary).decode())
         return
     tp, t = results["throughput_eps"], results["targets"]
     click.echo("")
@@ -41,4 +45,8 @@ def bench(quick: bool, as_json: bool, out_dir: Path) -> None:
     for name, v in results["latency_ms"].items():
         click.echo(f"latency {name:<6} offered {v['offered_eps']:>8,.0f} ev/s: p50 {v['p50']} ms, p95 {v['p95']} ms, p99 {v['p99']} ms")
     click.echo("targets: " + ", ".join(f"{k[3:]}={'yes' if v else 'NO'}" for k, v in t.items() if k.startswith("ok_")))
-    click.echo(f"wrote {out_dir / 'bench.json'} and {out_dir / 'bench.png'} in {results['seconds']} s")
+    if burst := results.get("burst"):
+        click.echo(f"burst of {burst['burst_events']:,}: drained in {burst['drain_seconds']} s, peak lag "
+                   f"{burst['peak_lag_messages']:,.0f} messages, batch size up to {burst['peak_controller_batch_size']:.0f}, "
+                   f"paused {burst['pauses']:.0f} times")
+    click.echo(f"wrote {out_dir / 'bench.json'}, {out_dir / 'bench.png'} and {out_dir / 'burst.png'} in {results['seconds']} s")

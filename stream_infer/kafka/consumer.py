@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
@@ -31,6 +32,21 @@ log = logging.getLogger(__name__)
 _client_log = logging.getLogger("stream_infer.kafka.client")
 
 RebalanceCallback = Callable[[list[tuple[str, int]]], None]
+
+
+@dataclass(frozen=True)
+class PartitionOffsets:
+    partition: int
+    log_end: int
+    committed: int | None
+    position: int | None
+    earliest: int | None  # the log's start offset; read only when committed is None
+
+    @property
+    def lag(self) -> int:
+        """Kafka's definition: log-end minus committed (from the log's start without a commit)."""
+        start = self.committed if self.committed is not None else (self.earliest or 0)
+        return max(0, self.log_end - start)
 
 
 class BatchConsumer:
@@ -59,11 +75,16 @@ class BatchConsumer:
                 # Bounded memory: librdkafka stops fetching once this much waits unconsumed.
                 "queued.max.messages.kbytes": max_prefetch_kbytes,
                 "fetch.wait.max.ms": 20,
+                # Once the prefetch queue is full, librdkafka re-checks it only after this long
+                # (default 1 s): at ~30k events/s the worker empties 16 MB in less, and after a
+                # backpressure pause (which drops the prefetch) fetching must restart at once.
+                "fetch.queue.backoff.ms": 20,
                 "partition.assignment.strategy": "cooperative-sticky",
                 "logger": _client_log,
             }
         )
         self._on_assign, self._on_revoke = on_assign, on_revoke
+        self._paused_partitions: set[int] = set()
         self._consumer.subscribe([topic], on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._revoked)
 
     # librdkafka calls these from inside consume(), on the consumer thread.
@@ -90,6 +111,48 @@ class BatchConsumer:
                     break
                 batch += consume(max_size - len(batch), timeout=min(left, 0.005))
         return [m for m in batch if _usable(m)]
+
+    # --- backpressure (consumer thread) -------------------------------------------------------
+
+    def pause(self) -> list[int]:
+        """Stop fetching every assigned partition; librdkafka drops what it prefetched (the
+        backlog waits in Kafka) and resumes from the next unconsumed offset. Returns them."""
+        assigned = self._consumer.assignment()
+        if assigned:
+            self._consumer.pause(assigned)
+        self._paused_partitions = {tp.partition for tp in assigned}
+        return [tp.partition for tp in assigned]
+
+    def resume(self) -> None:
+        assigned = self._consumer.assignment()
+        if assigned:
+            self._consumer.resume(assigned)
+        self._paused_partitions = set()
+
+    # --- lag (any thread: librdkafka's handle is thread-safe; these never touch the fetch queue) ----
+
+    def lag_snapshot(self, partitions: list[int], timeout: float = 5.0) -> list[PartitionOffsets]:
+        """Per partition: log-end offset (high watermark), the group's committed offset (None if
+        none), and the position (next offset this consumer hands out; None before the first)."""
+        tps = [TopicPartition(self.topic, p) for p in partitions]
+        if not tps:
+            return []
+        committed = {tp.partition: tp.offset for tp in self._consumer.committed(tps, timeout=timeout)}
+        positions = {tp.partition: tp.offset for tp in self._consumer.position(tps)}
+        out = []
+        for tp in tps:
+            # The cached high watermark comes with every fetch response: free. A paused partition
+            # (or one not fetched yet) has no fresh cache, so ask the broker.
+            commit = committed.get(tp.partition, -1)
+            low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            if high < 0 or tp.partition in self._paused_partitions or (commit < 0 and low < 0):
+                low, high = self._consumer.get_watermark_offsets(tp, timeout=timeout)
+            position = positions.get(tp.partition, -1)
+            out.append(
+                PartitionOffsets(tp.partition, high, commit if commit >= 0 else None,
+                                 position if position >= 0 else None, low if low >= 0 else None)
+            )
+        return out
 
     def commit(self, offsets: dict[tuple[str, int], int], *, asynchronous: bool = True) -> None:
         """Commit `next offset to read` per partition (Kafka's convention)."""
