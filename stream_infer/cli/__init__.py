@@ -8,6 +8,7 @@ from stream_infer import __version__
 from stream_infer.cli.bench_cmd import bench
 from stream_infer.cli.demo_cmd import demo
 from stream_infer.cli.kafka_cmd import kafka
+from stream_infer.cli.lag_cmd import lag
 from stream_infer.cli.replay_cmd import replay
 from stream_infer.cli.worker_cmd import worker
 from stream_infer.logs import setup_logging
@@ -44,3 +45,4 @@ main.add_command(demo)
 main.add_command(worker)
 main.add_command(replay)
 main.add_command(bench)
+main.add_command(lag)

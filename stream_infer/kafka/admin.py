@@ -4,15 +4,27 @@ Lag here means exactly what Kafka's own `kafka-consumer-groups --describe` repor
 log-end offset minus the group's committed offset, per partition. A partition the group never
 committed has no committed offset; its lag is then undefined (reported as None), as the tool
 shows "-".
+
+For `stream-infer lag`: :func:`connect` fails fast with :class:`BrokerUnreachable`, :func:`group_state`
+tells a missing group from an idle one, and :func:`record_timestamps` reads the timestamp of the
+record at a given offset with a consumer that never joins a group or commits.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka import (
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    KafkaException,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
@@ -29,6 +41,25 @@ _client_log = logging.getLogger("stream_infer.kafka.client")
 def admin_client(bootstrap: str) -> AdminClient:
     # librdkafka's own log goes through Python logging, so it obeys --log-level like everything else.
     return AdminClient({"bootstrap.servers": bootstrap, "logger": _client_log})
+
+
+class BrokerUnreachable(RuntimeError):
+    """No broker answered a metadata request at the bootstrap address in time."""
+
+
+def connect(bootstrap: str, timeout: float = 5.0) -> AdminClient:
+    """An admin client whose broker answered a metadata request within `timeout` seconds.
+
+    Raises BrokerUnreachable otherwise, so callers can fail in seconds instead of waiting for each
+    later request to time out on its own.
+    """
+    admin = admin_client(bootstrap)
+    try:
+        admin.list_topics(timeout=timeout)
+    except KafkaException as err:
+        reason = err.args[0].str()
+        raise BrokerUnreachable(f"no Kafka broker answered at {bootstrap} within {timeout:g} s ({reason})") from err
+    return admin
 
 
 def create_topics(
@@ -55,9 +86,11 @@ def create_topics(
                 raise RuntimeError(f"could not create topic {name!r}: {err.args[0].str()}") from err
 
 
-def topic_partitions(bootstrap: str, topics: list[str], timeout: float = 10.0) -> list[TopicPartition]:
-    """Every partition of the named topics, sorted by (topic, partition)."""
-    metadata = admin_client(bootstrap).list_topics(timeout=timeout)
+def topic_partitions(
+    bootstrap: str, topics: list[str], timeout: float = 10.0, *, admin: AdminClient | None = None
+) -> list[TopicPartition]:
+    """Every partition of the named topics, sorted by (topic, partition). `admin` reuses a client."""
+    metadata = (admin or admin_client(bootstrap)).list_topics(timeout=timeout)
     result = []
     for topic in topics:
         meta = metadata.topics.get(topic)
@@ -79,14 +112,22 @@ class PartitionLag:
         return None if self.committed is None else max(0, self.log_end - self.committed)
 
 
-def group_lag(bootstrap: str, group: str, topics: list[str] | None = None, timeout: float = 10.0) -> list[PartitionLag]:
+def group_lag(
+    bootstrap: str,
+    group: str,
+    topics: list[str] | None = None,
+    timeout: float = 10.0,
+    *,
+    admin: AdminClient | None = None,
+) -> list[PartitionLag]:
     """Per-partition committed offset, log-end offset and lag of a consumer group.
 
     With `topics`, every partition of those topics is reported (uncommitted ones with lag None);
-    without, the partitions the group has committed offsets for.
+    without, the partitions the group has committed offsets for. `admin` reuses a client, which
+    matters to callers that sample repeatedly (a new client costs a bootstrap round trip).
     """
-    admin = admin_client(bootstrap)
-    wanted = topic_partitions(bootstrap, topics, timeout) if topics else None
+    admin = admin or admin_client(bootstrap)
+    wanted = topic_partitions(bootstrap, topics, timeout, admin=admin) if topics else None
     request = ConsumerGroupTopicPartitions(group, wanted) if wanted else ConsumerGroupTopicPartitions(group)
     committed_result = admin.list_consumer_group_offsets([request], request_timeout=timeout)[group].result(timeout)
     committed = {
@@ -100,3 +141,58 @@ def group_lag(bootstrap: str, group: str, topics: list[str] | None = None, timeo
     for tp, future in ends.items():
         result.append(PartitionLag(tp.topic, tp.partition, committed.get((tp.topic, tp.partition)), future.result(timeout).offset))
     return sorted(result, key=lambda p: (p.topic, p.partition))
+
+
+def group_state(admin: AdminClient, group: str, timeout: float = 10.0) -> str:
+    """The group's state as the coordinator reports it, e.g. "STABLE", "EMPTY"; "DEAD" if it does not exist."""
+    description = admin.describe_consumer_groups([group], request_timeout=timeout)[group].result(timeout)
+    return description.state.name
+
+
+# Never used to join a group or commit: librdkafka only insists on a group.id being set.
+_PROBE_GROUP = "stream-infer-lag-probe"
+
+
+def record_timestamps(
+    bootstrap: str, offsets: Mapping[tuple[str, int], int], timeout: float = 3.0
+) -> dict[tuple[str, int], float]:
+    """Timestamp (epoch seconds) of the record at each (topic, partition) -> offset.
+
+    The record read is the first one at or after the offset (an offset may hold a transaction
+    marker or a compacted-away record); below the log start, the earliest record still kept.
+    A throwaway consumer is assigned the offsets directly: it joins no group and commits nothing,
+    so the group being measured is untouched. Partitions whose record does not arrive within
+    `timeout` seconds, or that carry no timestamp, are absent from the result.
+    """
+    if not offsets:
+        return {}
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": _PROBE_GROUP,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "fetch.wait.max.ms": 50,
+        "logger": _client_log,
+    })
+    found: dict[tuple[str, int], float] = {}
+    pending = set(offsets)
+    try:
+        consumer.assign([TopicPartition(topic, partition, offset) for (topic, partition), offset in offsets.items()])
+        deadline = time.monotonic() + timeout
+        while pending and (left := deadline - time.monotonic()) > 0:
+            message = consumer.poll(min(left, 0.2))
+            if message is None or message.error() is not None:
+                continue
+            key = (message.topic(), message.partition())
+            if key not in pending:
+                continue
+            pending.discard(key)
+            # Only the first record per partition matters; pausing stops fetching the rest.
+            consumer.pause([TopicPartition(*key)])
+            kind, millis = message.timestamp()
+            if kind != TIMESTAMP_NOT_AVAILABLE:
+                found[key] = millis / 1000.0
+    finally:
+        consumer.close()
+    return found
