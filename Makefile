@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CLI := $(VENV)/bin/stream-infer
 STAMP := $(VENV)/.installed
 
-.PHONY: install kafka-jars test demo bench clean help
+.PHONY: install kafka-jars system-tools test demo bench clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -23,7 +23,23 @@ $(STAMP): pyproject.toml
 kafka-jars: install  ## fetch the Apache Kafka jars with Maven (cached; no network once done)
 	@$(CLI) kafka fetch >/dev/null
 
-test: install kafka-jars  ## run the test suite against a real local Kafka
+# Debian packages some tests use: prometheus (a real server scrapes a worker; promtool checks
+# deploy/prometheus) and kcat. Installed when missing and apt-get can run as root; otherwise
+# those tests skip, and say why.
+SYSTEM_PACKAGES := prometheus kcat
+
+system-tools:  ## install the Debian packages the tests use (prometheus, kcat), if missing and root
+	@if command -v prometheus >/dev/null && command -v promtool >/dev/null && command -v kcat >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian packages: $(SYSTEM_PACKAGES)"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null 2>&1 || \
+	  { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; }; \
+	else \
+	  echo "note: prometheus/promtool/kcat not installed and apt-get needs root: the tests that use them are skipped"; \
+	fi
+
+test: install kafka-jars system-tools  ## run the test suite against a real local Kafka
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: install kafka-jars  ## run the main job end to end on a local Kafka
