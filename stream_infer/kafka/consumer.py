@@ -59,7 +59,7 @@ class BatchConsumer:
         on_assign: RebalanceCallback,
         on_revoke: RebalanceCallback,
         session_timeout_ms: int = 10_000,
-        max_prefetch_kbytes: int = 16_384,
+        max_prefetch_kbytes: int = 8_192,
     ) -> None:
         self.topic = topic
         self._consumer = Consumer(
@@ -79,6 +79,9 @@ class BatchConsumer:
                 # (default 1 s): at ~30k events/s the worker empties 16 MB in less, and after a
                 # backpressure pause (which drops the prefetch) fetching must restart at once.
                 "fetch.queue.backoff.ms": 20,
+                # One fetch response may overshoot the queue bound by up to this much (default
+                # 50 MB, lz4-compressed on the wire): keep the overshoot small.
+                "fetch.max.bytes": 4 * 1024 * 1024,
                 "partition.assignment.strategy": "cooperative-sticky",
                 "logger": _client_log,
             }
