@@ -112,7 +112,7 @@ class Pipeline:
         # Measured inference seconds by batch size: the batching controller reads it.
         self.profile = InferenceProfile()
         # Batches up to this many rows run on the event loop; larger ones in the executor, so the
-        # loop keeps serving the source task, timers and HTTP meanwhile. Set by calibrate_inline().
+        # loop keeps serving the source task, timers and HTTP meanwhile. Set by calibrate().
         self.inline_rows = 0
         # One thread: ONNX Runtime parallelises inside a run (intra_op_threads); batches stay ordered.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{self.name}")
@@ -240,11 +240,16 @@ class Pipeline:
                 self.progress.advance(records)
                 records = keep
         metrics.EVENTS.labels(self.name).inc(len(records) + batch.skipped)
-        if self.staleness.max_event_age_ms and records:
-            records = self._drop_stale(records, batch)
         if not records:
             return batch
-        batch.timestamps_ms = np.fromiter((r.timestamp_ms for r in records), dtype=np.float64, count=len(records))
+        timestamps = np.fromiter((r.timestamp_ms for r in records), dtype=np.int64, count=len(records))
+        if self.staleness.max_event_age_ms:
+            keep = self._drop_stale(records, timestamps, batch)
+            if keep is not None:
+                records, timestamps = [r for r, k in zip(records, keep.tolist()) if k], timestamps[keep]
+                if not records:
+                    return batch
+        batch.timestamps_ms = timestamps.astype(np.float64)
         decoded = self.decoder.decode(records)
         batch.dead = decoded.dead
         if not decoded.events:
@@ -268,14 +273,14 @@ class Pipeline:
             batch.matrix = self.featurizer.stateless(decoded.events, rows)
         return batch
 
-    def _drop_stale(self, records: Sequence[InputRecord], batch: PreparedBatch) -> Sequence[InputRecord]:
+    def _drop_stale(self, records: Sequence[InputRecord], timestamps: np.ndarray, batch: PreparedBatch) -> np.ndarray | None:
         """The staleness policy: records older than max_event_age_ms go to `batch.stale` (all of
-        them with `skip`; all but 1 in sample_every with `sample`); returns the records to process."""
+        them with `skip`; all but 1 in sample_every with `sample`); returns the mask of records to
+        process, or None when none is stale."""
         policy = self.staleness
-        timestamps = np.fromiter((r.timestamp_ms for r in records), dtype=np.int64, count=len(records))
         stale = timestamps < int(time.time() * 1000) - policy.max_event_age_ms
         if not stale.any():
-            return records
+            return None
         drop = stale.copy()
         if policy.policy == "sample":
             # Keep every sample_every-th stale event, counted across batches.
@@ -284,7 +289,7 @@ class Pipeline:
             drop[stale_idx[ordinal % policy.sample_every == 0]] = False
             self._stale_seen += len(stale_idx)
         batch.stale = [r for r, d in zip(records, drop.tolist()) if d]
-        return [r for r, d in zip(records, drop.tolist()) if not d]
+        return ~drop
 
     def _skipped_summary(self, stale: list[InputRecord]) -> OutMessage:
         """One record per batch on the skipped topic: how many stale events, from which offsets."""

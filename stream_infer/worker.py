@@ -97,7 +97,6 @@ class PipelineRunner:
         self.fetched_events = self.fetched_batches = 0
         self.dropped_events = self.dropped_batches = 0
         self.queued_events = 0  # in the channel, not yet taken by the agent
-        self.paused = False
         # Per partition, (first offset, timestamp) of each batch fetched: lag seconds reads the
         # timestamp of the oldest unprocessed record from it without asking the broker.
         self.batch_starts: dict[int, deque[tuple[int, int]]] = {}
@@ -204,7 +203,6 @@ class PipelineRunner:
         """Backpressure: stop fetching (the backlog waits in Kafka) until in-flight work is half
         drained; once the agent has taken every queued batch, wait for the outputs' acks."""
         partitions = await self.loop.run_in_executor(self.thread, self.consumer.pause)
-        self.paused = True
         metrics.PAUSES.labels(self.name).inc()
         metrics.PAUSED_PARTITIONS.labels(self.name).set(len(partitions))
         log.info("partitions paused: in-flight bound reached",
@@ -218,7 +216,6 @@ class PipelineRunner:
                     await asyncio.sleep(0.002)
         finally:
             await self.loop.run_in_executor(self.thread, self.consumer.resume)
-            self.paused = False
             metrics.PAUSED_PARTITIONS.labels(self.name).set(0)
             log.info("partitions resumed", extra={"pipeline": self.name, "in_flight_events": self.in_flight()[0]})
 
@@ -258,7 +255,7 @@ class PipelineRunner:
                     logging.shutdown()
                     os._exit(70)
 
-    # --- lag monitor and batching controller (a timer, every LAG_INTERVAL_S) --------------------
+    # --- lag monitor and batching controller (a task, every LAG_INTERVAL_S) --------------------
 
     async def monitor_loop(self) -> None:
         """A task rather than a timer: a slow sample (reading a record's timestamp from a paused
@@ -286,7 +283,7 @@ class PipelineRunner:
             if o.partition not in self.owned:
                 continue
             lag = o.lag
-            start = o.committed if o.committed is not None else (o.earliest or 0)
+            start = o.oldest_unprocessed
             starts = self.batch_starts.get(o.partition)
             while starts and starts[0][0] < start:  # processed and committed: forget
                 starts.popleft()

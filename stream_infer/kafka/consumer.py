@@ -43,10 +43,14 @@ class PartitionOffsets:
     earliest: int | None  # the log's start offset; read only when committed is None
 
     @property
+    def oldest_unprocessed(self) -> int:
+        """The committed offset, or the log's start where the group never committed."""
+        return self.committed if self.committed is not None else (self.earliest or 0)
+
+    @property
     def lag(self) -> int:
         """Kafka's definition: log-end minus committed (from the log's start without a commit)."""
-        start = self.committed if self.committed is not None else (self.earliest or 0)
-        return max(0, self.log_end - start)
+        return max(0, self.log_end - self.oldest_unprocessed)
 
 
 class BatchConsumer:
