@@ -273,7 +273,8 @@ class PipelineRunner:
             return
         partitions = sorted(self.owned)
         try:
-            offsets = await self.loop.run_in_executor(self.monitor_thread, self.consumer.lag_snapshot, partitions)
+            # On the consumer thread, between two fetches (see BatchConsumer: one thread per handle).
+            offsets = await self.loop.run_in_executor(self.thread, self.consumer.lag_snapshot, partitions)
         except KafkaException as err:
             log.warning("lag sample failed; next try in %.0f s", LAG_INTERVAL_S, extra={"pipeline": self.name, "error": str(err)})
             return
@@ -350,12 +351,11 @@ class PipelineRunner:
             return
         await self.pipeline.persist(checkpoint)
         offsets = {(self.topic, p): o for p, o in checkpoint.offsets.items()}
-        if asynchronous:
-            # A commit lost in a crash only means events below the state checkpoint are read
-            # again, and those the pipeline skips.
-            self.consumer.commit(offsets)
-        else:
-            await self.loop.run_in_executor(self.thread, lambda: self.consumer.commit(offsets, asynchronous=False))
+        # On the consumer thread: from the event loop, the call would wait for the fetch in
+        # progress (confluent-kafka serializes calls per consumer) and block the loop meanwhile.
+        # Asynchronous: a commit lost in a crash only means events below the state checkpoint are
+        # read again, and those the pipeline skips.
+        await self.loop.run_in_executor(self.thread, lambda: self.consumer.commit(offsets, asynchronous=asynchronous))
 
     async def close(self) -> None:
         """Final checkpoint and commit, then leave the group (SIGTERM path)."""

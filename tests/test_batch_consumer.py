@@ -1,0 +1,106 @@
+"""BatchConsumer on a real broker: committed offsets known locally, and one thread per consumer.
+
+confluent-kafka serializes calls on a Consumer: a call from a second thread waits for the
+consume() in progress. The worker therefore makes every consumer call on the consumer thread, and
+lag reads the committed offsets the broker confirmed to this consumer instead of asking again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from stream_infer.bench.harness import engines_config
+from stream_infer.config import load_config
+from stream_infer.kafka.admin import create_topics
+from stream_infer.kafka.consumer import BatchConsumer
+from stream_infer.pipeline import Checkpoint, Pipeline
+from stream_infer.worker import PipelineRunner
+
+
+def _broker_committed(bootstrap: str, group: str, topic: str, partitions: list[int]) -> dict[int, int]:
+    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        return {tp.partition: tp.offset for tp in reader.committed([TopicPartition(topic, p) for p in partitions], timeout=10)}
+    finally:
+        reader.close()
+
+
+def test_lag_snapshot_reports_the_commits_the_broker_confirmed(kafka_bootstrap: str, unique) -> None:
+    topic, group = unique("bc"), unique("bc-group")
+    create_topics(kafka_bootstrap, [topic], partitions=3)
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "acks": "all"})
+    for partition in range(3):
+        for i in range(10):
+            producer.produce(topic, value=b"v%d" % i, partition=partition)
+    assert producer.flush(30) == 0
+
+    assigned: list[tuple[str, int]] = []
+    consumer = BatchConsumer(kafka_bootstrap, group, topic, on_assign=assigned.extend, on_revoke=lambda parts: None)
+    try:
+        got = []
+        for _ in range(200):
+            got += consumer.next_batch(100)
+            if len(got) >= 30:
+                break
+        assert len(got) == 30 and sorted(p for _, p in assigned) == [0, 1, 2]
+
+        before = {o.partition: o for o in consumer.lag_snapshot([0, 1, 2])}
+        assert all(o.committed is None and o.log_end == 10 and o.lag == 10 and o.position == 10 for o in before.values())
+
+        consumer.commit({(topic, 0): 4, (topic, 1): 10})
+        for _ in range(50):  # the commit's result is served inside consume()
+            consumer.next_batch(100, poll_timeout=0.05)
+            after = {o.partition: o for o in consumer.lag_snapshot([0, 1, 2])}
+            if after[0].committed is not None and after[1].committed is not None:
+                break
+        assert (after[0].committed, after[0].lag) == (4, 6)
+        assert (after[1].committed, after[1].lag) == (10, 0)
+        assert (after[2].committed, after[2].lag) == (None, 10)
+        broker = _broker_committed(kafka_bootstrap, group, topic, [0, 1, 2])
+        assert broker[0] == 4 and broker[1] == 10 and broker[2] < 0
+    finally:
+        consumer.close()
+
+
+class _RecordingConsumer:
+    """Stands in for BatchConsumer to record which thread each call runs on."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def _record(self, name: str) -> None:
+        self.calls.append((name, threading.current_thread().name))
+
+    def lag_snapshot(self, partitions: list[int]):
+        self._record("lag_snapshot")
+        return []
+
+    def commit(self, offsets, *, asynchronous: bool = True) -> None:
+        self._record("commit")
+
+
+def test_worker_calls_the_consumer_only_from_its_thread(tmp_path: Path) -> None:
+    config = load_config(engines_config(tmp_path / "c.toml", group="g", input_topic="in", output_prefix="out"))
+    pipeline = Pipeline(config.pipelines[0], producer=None, changelog=None)
+    runner = PipelineRunner(pipeline, config)
+    recording = runner.consumer = _RecordingConsumer()
+    runner.owned = {0}
+
+    async def exercise() -> None:
+        runner.loop = asyncio.get_running_loop()
+        await runner.monitor()
+        await runner._persist_and_commit(Checkpoint(offsets={0: 5}, snapshots={}))
+        await runner._persist_and_commit(Checkpoint(offsets={0: 6}, snapshots={}), asynchronous=False)
+
+    try:
+        asyncio.run(exercise())
+    finally:
+        runner.thread.shutdown(wait=True)
+        runner.monitor_thread.shutdown(wait=True)
+        pipeline.close()
+    assert [name for name, _ in recording.calls] == ["lag_snapshot", "commit", "commit"]
+    assert all(thread.startswith("consume-engines") for _, thread in recording.calls), recording.calls
