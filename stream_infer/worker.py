@@ -32,7 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from stream_infer import metrics
 from stream_infer.config import Config
-from stream_infer.controller import LATENCY, THROUGHPUT, BatchController
+from stream_infer.controller import COALESCE_EVENTS, LATENCY, THROUGHPUT, BatchController
 from stream_infer.kafka.admin import admin_client, create_topics, record_timestamps
 from stream_infer.kafka.changelog import Changelog, changelog_topic, ensure_changelog_topic
 from stream_infer.kafka.consumer import BatchConsumer, records_from_messages
@@ -89,6 +89,7 @@ class PipelineRunner:
         # What the source fetches with. Without the controller: the cap, no waiting.
         self.batch_size = self.controller.setting.batch_size if self.batching.adaptive else self.batching.max_batch_size
         self.linger = 0.0
+        self.coalesce = self.controller.setting.coalesce if self.batching.adaptive else 0.0
         metrics.CONTROLLER_BATCH_SIZE.labels(self.name).set(self.batch_size)
         metrics.CONTROLLER_MODE.labels(self.name, LATENCY).set(1)
         metrics.CONTROLLER_MODE.labels(self.name, THROUGHPUT).set(0)
@@ -183,7 +184,8 @@ class PipelineRunner:
                 if self.in_flight()[0] >= bound:
                     await self._pause_until_drained(bound)
                 messages = await self.loop.run_in_executor(
-                    self.thread, lambda: self.consumer.next_batch(self.batch_size, linger=self.linger, max_wait=max_wait)
+                    self.thread, lambda: self.consumer.next_batch(self.batch_size, linger=self.linger, max_wait=max_wait,
+                                                     coalesce=self.coalesce, coalesce_events=COALESCE_EVENTS)
                 )
                 if messages:
                     self.fetched_events += len(messages)
@@ -305,7 +307,7 @@ class PipelineRunner:
     def _steer(self, backlog: int) -> None:
         before = self.controller.mode
         setting = self.controller.update(backlog)
-        self.batch_size, self.linger = setting.batch_size, setting.linger
+        self.batch_size, self.linger, self.coalesce = setting.batch_size, setting.linger, setting.coalesce
         metrics.CONTROLLER_BATCH_SIZE.labels(self.name).set(setting.batch_size)
         for mode in (LATENCY, THROUGHPUT):
             metrics.CONTROLLER_MODE.labels(self.name, mode).set(1 if mode == setting.mode else 0)

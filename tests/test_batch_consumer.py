@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -62,6 +63,47 @@ def test_lag_snapshot_reports_the_commits_the_broker_confirmed(kafka_bootstrap: 
         assert (after[2].committed, after[2].lag) == (None, 10)
         broker = _broker_committed(kafka_bootstrap, group, topic, [0, 1, 2])
         assert broker[0] == 4 and broker[1] == 10 and broker[2] < 0
+    finally:
+        consumer.close()
+
+
+def test_a_lone_event_is_handed_over_at_once_a_stream_is_coalesced(kafka_bootstrap: str, unique) -> None:
+    topic, group = unique("co"), unique("co-group")
+    create_topics(kafka_bootstrap, [topic], partitions=1)
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "acks": "all", "linger.ms": 0})
+    consumer = BatchConsumer(kafka_bootstrap, group, topic, on_assign=lambda parts: None, on_revoke=lambda parts: None)
+    try:
+        for _ in range(100):  # join the group and reach the (empty) end
+            if consumer.next_batch(10, poll_timeout=0.1) == [] and consumer.lag_snapshot([0])[0].log_end == 0:
+                break
+        producer.produce(topic, value=b"lone")
+        producer.flush(10)
+        lone = []
+        for _ in range(50):
+            started = time.monotonic()
+            lone = consumer.next_batch(100, coalesce=5.0, max_wait=5.0, poll_timeout=0.2)
+            if lone:
+                break
+        # A 5 s coalesce window, yet the lone event came back alone, without waiting for it.
+        assert [m.value() for m in lone] == [b"lone"] and time.monotonic() - started < 2.5
+
+        # Two already waiting, and more arriving while the batch is open: they join it.
+        for i in range(2):
+            producer.produce(topic, value=b"a%d" % i)
+        producer.flush(10)
+
+        def later() -> None:
+            time.sleep(0.3)
+            for i in range(3):
+                producer.produce(topic, value=b"b%d" % i)
+            producer.flush(10)
+
+        sender = threading.Thread(target=later)
+        sender.start()
+        time.sleep(0.1)
+        batch = consumer.next_batch(5, coalesce=3.0, max_wait=3.0)
+        sender.join()
+        assert [m.value() for m in batch] == [b"a0", b"a1", b"b0", b"b1", b"b2"]
     finally:
         consumer.close()
 

@@ -38,7 +38,7 @@ def test_low_steady_backlog_stays_in_latency_mode() -> None:
     controller = _controller()
     for backlog in [0, 3, 0, 120, 40, 900, 1000, 0, 1024, 0] * 5:
         setting = controller.update(backlog)
-        assert setting.mode == LATENCY and setting.linger == 0 and setting.batch_size == 64
+        assert setting.mode == LATENCY and setting.linger == 0 and setting.batch_size == 64 and setting.coalesce == 0.001
 
 
 def test_burst_enters_throughput_mode_grows_batches_and_returns() -> None:
@@ -73,3 +73,14 @@ def test_no_oscillation_around_a_threshold() -> None:
     controller = _controller()
     modes = [controller.update(b).mode for b in [50_000, 50_000] + [900, 1_100] * 20]
     assert modes[1] == THROUGHPUT and set(modes[1:]) == {THROUGHPUT}  # never three low ticks in a row: stays put
+
+
+def test_latency_mode_coalesces_within_the_budget_and_throughput_mode_does_not_need_to() -> None:
+    controller = _controller(budget_ms=5.0)
+    assert controller.setting.coalesce == 0.005 and controller.setting.linger == 0
+    for backlog in (50_000, 50_000):
+        setting = controller.update(backlog)
+    assert setting.mode == THROUGHPUT and setting.linger == 0.02
+    for _ in range(3):
+        setting = controller.update(0)
+    assert setting.mode == LATENCY and setting.linger == 0 and setting.coalesce == 0.005

@@ -12,7 +12,9 @@ Contract of :meth:`BatchConsumer.next_batch` (call it from the consumer thread o
 * when nothing is fetched, blocks until the first message arrives (or `poll_timeout`), then takes
   whatever else is already there: a lone event is handed over immediately, not after max_wait;
 * with `linger` > 0 it waits up to `linger` for the batch to fill, never past `max_wait` after
-  its first message: the knob the batching controller turns toward throughput.
+  its first message: the knob the batching controller turns toward throughput;
+* with `coalesce` > 0, a batch that already holds `coalesce_events` or more (events arrive
+  faster than they are taken) waits up to `coalesce` for more; a lone event never waits.
 
 Rebalance and commit callbacks run inside `next_batch`, on the consumer thread.
 
@@ -126,7 +128,8 @@ class BatchConsumer:
             if tp.error is None and tp.offset >= 0 and tp.topic == self.topic and tp.partition in self._assigned_partitions:
                 self._committed[tp.partition] = tp.offset
 
-    def next_batch(self, max_size: int, *, linger: float = 0.0, max_wait: float = 0.0, poll_timeout: float = 0.1) -> list[Message]:
+    def next_batch(self, max_size: int, *, linger: float = 0.0, max_wait: float = 0.0, coalesce: float = 0.0,
+                   coalesce_events: int = 2, poll_timeout: float = 0.1) -> list[Message]:
         consume = self._consumer.consume
         batch = consume(max_size, timeout=0)
         if not batch:
@@ -134,6 +137,8 @@ class BatchConsumer:
             if not batch:
                 return []
             batch += consume(max_size - len(batch), timeout=0)
+        if linger <= 0 and coalesce > 0 and len(batch) >= coalesce_events:
+            linger = coalesce
         if linger > 0 and len(batch) < max_size:
             deadline = time.monotonic() + min(linger, max_wait)
             while len(batch) < max_size:
