@@ -80,7 +80,10 @@ class BatchingConfig(_Strict):
     adaptive: bool = Field(True, description="false: always max_batch_size, no waiting (the controller is off).")
     latency_budget_ms: float | None = Field(
         None, gt=0, le=60_000,
-        description="Latency mode uses the largest batch whose inference takes at most this long; default max_wait_ms / 4.",
+        description=(
+            "Latency mode uses the largest batch whose inference takes at most this long, and a fetch of two or "
+            "more events may wait this long for more (a lone event never waits); default max_wait_ms / 4."
+        ),
     )
     max_in_flight_events: int = Field(
         50_000, ge=1, le=10_000_000,
