@@ -308,7 +308,7 @@ class Bench:
             # index entries of each new partition: 30-60 ms stalls that were 2-3 of the 200 events
             # at 10 events/s), and the broker's JIT compiles its paths for a live stream of small
             # produce and fetch requests (the drains before did not use them): measured here, its
-            # compiler threads took a third of a core, and the broker 85% of a core instead of 25%
+            # compiler threads took about 40% of a core, and the broker 85% of a core instead of 25%
             # for the same 20,000 events/s. The phases measure the steady state, as a running
             # service sees it.
             warm_rate = loads["50pct"]

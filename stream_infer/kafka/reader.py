@@ -34,12 +34,11 @@ class TopicReader:
     bootstrap: str
     topics: list[str]
     records: dict[str, list[ReadRecord]] = field(default_factory=dict)
-    config: dict = field(default_factory=dict)  # extra librdkafka consumer settings
 
     def __post_init__(self) -> None:
         self._consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "stream-infer-reader",
                                    "enable.auto.commit": False, "isolation.level": "read_committed",
-                                   "logger": logging.getLogger("stream_infer.kafka.client"), **self.config})
+                                   "logger": logging.getLogger("stream_infer.kafka.client")})
         parts = topic_partitions(self.bootstrap, self.topics)
         self._consumer.assign([TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING) for tp in parts])
         self.records = {t: [] for t in self.topics}
