@@ -7,6 +7,7 @@ partition's keys are dropped and the new owner restores them from the changelog.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,22 +28,45 @@ class AlertState:
         return self.run == 0 and not self.in_episode
 
 
+# A key's snapshot in the changelog: a 13-byte header (format, row count or -1 for none, row
+# width, length of the alert JSON), the alert state as JSON, then the rows as little-endian
+# float32. Why binary: the first format (one JSON document, rows as numbers) cost 32 us a key to
+# write, and the checkpoint writes every key changed since the last one: about 4,000 keys, 128 ms
+# of the event loop twice a second at 9,000 events/s, which was the worker's p99 latency.
+# Snapshots in the first format (they begin with "{") are still read.
+_HEADER = struct.Struct("<Biii")
+_FORMAT = 2
+_NEUTRAL_ALERT = orjson.dumps(AlertState().__dict__)
+
+
 @dataclass
 class KeyState:
     rows: np.ndarray | None = None  # the key's last window-1 feature rows, oldest first
     alert: AlertState = field(default_factory=AlertState)
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(
-            {"rows": self.rows, "alert": self.alert.__dict__},
-            option=orjson.OPT_SERIALIZE_NUMPY,
-        )
+        alert = self.alert
+        alert_json = _NEUTRAL_ALERT if alert.neutral and not alert.clear_run and not alert.run_inputs else orjson.dumps(alert.__dict__)
+        rows = self.rows
+        if rows is None:
+            return _HEADER.pack(_FORMAT, -1, 0, len(alert_json)) + alert_json
+        n, width = rows.shape
+        return _HEADER.pack(_FORMAT, n, width, len(alert_json)) + alert_json + rows.astype("<f4", copy=False).tobytes()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> KeyState:
-        raw = orjson.loads(data)
-        rows = None if raw["rows"] is None else np.asarray(raw["rows"], dtype=np.float32)
-        return cls(rows=rows, alert=AlertState(**raw["alert"]))
+        if data[:1] == b"{":  # the first format: one JSON document
+            raw = orjson.loads(data)
+            rows = None if raw["rows"] is None else np.asarray(raw["rows"], dtype=np.float32)
+            return cls(rows=rows, alert=AlertState(**raw["alert"]))
+        version, n, width, alert_len = _HEADER.unpack_from(data)
+        if version != _FORMAT:
+            raise ValueError(f"unknown key state format {version}: written by a newer stream-infer?")
+        start = _HEADER.size + alert_len
+        alert = AlertState(**orjson.loads(data[_HEADER.size:start]))
+        # Read-only view of the record's bytes: windows replace a key's rows, never write into them.
+        rows = None if n < 0 else np.frombuffer(data, dtype="<f4", count=n * width, offset=start).astype(np.float32, copy=False).reshape(n, width)
+        return cls(rows=rows, alert=alert)
 
     @property
     def empty(self) -> bool:
