@@ -23,6 +23,10 @@ SKIPPED = Counter(
     ["pipeline", "reason"],
 )
 CHECKPOINTS = Counter("stream_infer_checkpoints", "State checkpoints written", ["pipeline"])
+CHECKPOINT_CUTS = Counter(
+    "stream_infer_checkpoint_cuts", "Checkpoint snapshots by how they were taken: idle (between batches, all outputs "
+    "already acknowledged) or paused (the batch path waited for the acks)", ["pipeline", "how"],
+)
 BATCH_SIZE = Histogram(
     "stream_infer_batch_size", "Events per micro-batch", ["pipeline"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096),

@@ -223,11 +223,23 @@ class Pipeline:
         as processed); raises DeliveryError if any output failed."""
         if self.unacknowledged:
             await self.producer.wait_acknowledged()
-            self.progress.advance(self.unacknowledged)
-            self.acknowledged_events += len(self.unacknowledged)
-            self.acknowledged_batches += self.unacknowledged_batches
-            self.unacknowledged = []
-            self.unacknowledged_batches = 0
+            self._mark_acknowledged()
+
+    def acknowledged_now(self) -> bool:
+        """Like :meth:`wait_acknowledged` without waiting: True (and the offsets count as
+        processed) if every submitted output is already acknowledged, else False."""
+        if self.unacknowledged:
+            if not self.producer.idle():
+                return False
+            self._mark_acknowledged()
+        return True
+
+    def _mark_acknowledged(self) -> None:
+        self.progress.advance(self.unacknowledged)
+        self.acknowledged_events += len(self.unacknowledged)
+        self.acknowledged_batches += self.unacknowledged_batches
+        self.unacknowledged = []
+        self.unacknowledged_batches = 0
 
     def prepare(self, records: Sequence[InputRecord]) -> PreparedBatch:
         """Skip replays below a restored checkpoint, decode, validate, featurize (updates state)."""

@@ -78,11 +78,23 @@ class AsyncProducer:
     async def wait_acknowledged(self, timeout: float = 120.0) -> None:
         """Wait until every message queued so far is acknowledged; DeliveryError if one failed."""
         remaining = await asyncio.get_running_loop().run_in_executor(self._flusher, self._drain, timeout)
+        self._raise_failures()
+        if remaining:
+            raise DeliveryError(f"{remaining} output message(s) not acknowledged within {timeout:.0f} s")
+
+    def idle(self) -> bool:
+        """True when every message queued so far is acknowledged (nothing queued or in flight);
+        raises DeliveryError if one failed. Never blocks: the checkpoint polls it to find a
+        moment when it can cut without stopping the batch path (see PipelineRunner.checkpoint)."""
+        if len(self._producer):
+            return False
+        self._raise_failures()
+        return True
+
+    def _raise_failures(self) -> None:
         if self._failures:
             first, count = self._failures[0], len(self._failures)
             raise DeliveryError(f"{count} output message(s) not delivered, first: {first}")
-        if remaining:
-            raise DeliveryError(f"{remaining} output message(s) not acknowledged within {timeout:.0f} s")
 
     def _drain(self, timeout: float) -> int:
         """Wait until nothing is queued or in flight; returns how many still are.
