@@ -34,10 +34,16 @@ class TopicReader:
     bootstrap: str
     topics: list[str]
     records: dict[str, list[ReadRecord]] = field(default_factory=dict)
+    # The broker answers a fetch once this much is there (or after fetch.wait.max.ms, 500 ms).
+    # 1 (the client's default): every record as soon as it is appended. A reader that only
+    # observes a measurement (the bench's latency phases) sets it high, so its own fetches do
+    # not load the broker it is measuring: at 1 it fetched about 200 times a second.
+    fetch_min_bytes: int = 1
 
     def __post_init__(self) -> None:
         self._consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "stream-infer-reader",
                                    "enable.auto.commit": False, "isolation.level": "read_committed",
+                                   "fetch.min.bytes": self.fetch_min_bytes,
                                    "logger": logging.getLogger("stream_infer.kafka.client")})
         parts = topic_partitions(self.bootstrap, self.topics)
         self._consumer.assign([TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING) for tp in parts])
