@@ -359,11 +359,12 @@ class PipelineRunner:
         while time.monotonic() < deadline and not self.stopping:
             if not self.lock.locked():
                 try:
-                    if self.pipeline.acknowledged_now():
-                        metrics.CHECKPOINT_CUTS.labels(self.name, "idle").inc()
-                        return self.pipeline.snapshot()
+                    acknowledged = self.pipeline.acknowledged_now()
                 except Exception:
                     self._exit_unacknowledged()
+                if acknowledged:
+                    metrics.CHECKPOINT_CUTS.labels(self.name, "idle").inc()
+                    return self.pipeline.snapshot()
             await asyncio.sleep(CUT_POLL_S)
         async with self.lock:
             await self._acknowledged()
