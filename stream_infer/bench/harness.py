@@ -31,6 +31,7 @@ import numpy as np
 import orjson
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
+from stream_infer.bench.jvm import JitWatch
 from stream_infer.kafka import local
 from stream_infer.kafka.admin import create_topics, topic_partitions
 from stream_infer.kafka.reader import TopicReader
@@ -55,23 +56,24 @@ class Plan:
     rss_backlog: int  # the service drains this many in all (RSS bound is checked over it)
     low_rate_seconds: float = 20.0  # the 10 events/s phase: long enough for a p99 of 200 events
     burst_events: int = 200_000  # the burst phase: a backlog produced at once into a running worker
-    warmup_seconds: float = 5.0  # the latency worker's warm-up, at the 50% load, before its phases
+    warmup_seconds: float = 5.0  # the latency worker's warm-up at the 50% load: at least this long,
+    warmup_max_seconds: float = 60.0  # then until the broker's JIT has settled, at most this long
 
     @classmethod
     def smoke(cls) -> Plan:
         """A seconds-long run that exercises every phase (the test suite's check of the harness)."""
         return cls(backlog=4_000, ceiling_backlog=4_000, per_event_seconds=2, latency_seconds=2, rss_backlog=4_000, low_rate_seconds=2,
-                   burst_events=20_000, warmup_seconds=0.5)
+                   burst_events=20_000, warmup_seconds=0.5, warmup_max_seconds=1.0)
 
     @classmethod
     def make(cls, quick: bool) -> Plan:
         if quick:
             # 300k: at 25-45k events/s the middle 60% of a smaller drain lasts only a few commit
             # intervals (0.5 s), and the ratio between two such windows swung by +-15%.
-            return cls(backlog=300_000, ceiling_backlog=300_000, per_event_seconds=6, latency_seconds=7, rss_backlog=300_000,
-                       burst_events=100_000)
+            return cls(backlog=300_000, ceiling_backlog=300_000, per_event_seconds=5, latency_seconds=6, rss_backlog=300_000,
+                       burst_events=60_000, warmup_max_seconds=25)
         return cls(backlog=1_000_000, ceiling_backlog=1_000_000, per_event_seconds=20, latency_seconds=20, rss_backlog=5_000_000,
-                   burst_events=500_000)
+                   burst_events=500_000, warmup_max_seconds=90)
 
 
 def engines_config(path: Path, *, group: str, input_topic: str, output_prefix: str, batching: dict | None = None) -> Path:
@@ -218,8 +220,9 @@ class Progress:
 
 
 class Bench:
-    def __init__(self, bootstrap: str, workdir: Path, plan: Plan, echo: Callable[[str], None]) -> None:
+    def __init__(self, bootstrap: str, workdir: Path, plan: Plan, echo: Callable[[str], None], broker_pid: int | None = None) -> None:
         self.bootstrap = bootstrap
+        self.broker_pid = broker_pid  # the local broker this run started; None for one given by KAFKA_BOOTSTRAP_SERVERS
         self.workdir = workdir
         self.plan = plan
         self.echo = echo
@@ -308,29 +311,18 @@ class Bench:
             # seconds (connections, the first checkpoint of each partition, the broker's first
             # index entries of each new partition: 30-60 ms stalls that were 2-3 of the 200 events
             # at 10 events/s), and the broker's JIT compiles its paths for a live stream of small
-            # produce and fetch requests (the drains before did not use them): measured here, its
-            # compiler threads took about 40% of a core, and the broker 85% of a core instead of 25%
-            # for the same 20,000 events/s. The phases measure the steady state, as a running
-            # service sees it.
-            warm_rate = loads["50pct"]
-            warm = max(int(warm_rate * self.plan.warmup_seconds), 100)
-            _paced(self.bootstrap, topic, events[:warm], rate=warm_rate)
-            reader.until(lambda: len(reader.records[predictions]) >= warm, 120)
-            # A warm-up backlog may have switched the controller to throughput mode: each phase
-            # starts from the steady state of its own load, so wait until it is back.
-            _wait_for_latency_mode(worker, timeout=30)
-            self.results["latency_warmup"] = {"events": warm, "rate_eps": round(warm_rate, 1)}
+            # produce and fetch requests (the drains before did not use them): on this machine its
+            # C2 thread took 0.35-0.47 of a core for more than a minute of such traffic, and its
+            # request threads 0.5-0.7 instead of 0.24 warm. The phases measure the steady state,
+            # as a running service sees it; the warm-up's own latency is reported beside them.
+            self.results["latency_warmup"] = self._warm_up(worker, topic, predictions, reader, events, rate=loads["50pct"])
             for name, rate in loads.items():
                 duration = self.plan.latency_seconds if rate > 100 else self.plan.low_rate_seconds
                 count = max(int(rate * duration), 20)
                 before = len(reader.records[predictions])
                 _paced(self.bootstrap, topic, events[:count], rate)
                 reader.until(lambda: len(reader.records[predictions]) - before >= count, 120)
-                new = reader.records[predictions][before:]
-                values = [r.json() for r in new]
-                lat = np.array([r.timestamp_ms - v["source"]["timestamp_ms"] for r, v in zip(new, values)], dtype=np.float64)
-                # Inside the worker: from fetching the batch to handing its outputs to the producer.
-                inside = np.array([v["latency_ms"] for v in values], dtype=np.float64)
+                lat, inside = _latencies(reader.records[predictions][before:])
                 pct = {f"p{q}": round(float(np.percentile(lat, q)), 1) for q in (50, 95, 99)}
                 self.results["latency_ms"][name] = {
                     "offered_eps": round(rate, 1), "events": int(len(lat)), **pct,
@@ -342,6 +334,45 @@ class Bench:
             reader.close()
             worker.stop()
 
+
+    def _warm_up(self, worker: WorkerProcess, topic: str, predictions: str, reader: TopicReader,
+                 events: list[tuple[bytes, bytes]], rate: float) -> dict:
+        """The latency worker's unmeasured warm-up at `rate`: at least plan.warmup_seconds, then
+        until the broker's JIT compilers have gone quiet (see bench/jvm.py), at most
+        plan.warmup_max_seconds. With a broker this run did not start (no PID to watch): the
+        minimum only. Returns what it did, with the warm-up's own latency (first and last 5 s)."""
+        plan = self.plan
+        watch = JitWatch(self.broker_pid) if self.broker_pid else None
+
+        def done(elapsed: float) -> bool:
+            if watch is not None:
+                watch.sample()
+            if elapsed < plan.warmup_seconds:
+                return False
+            return elapsed >= plan.warmup_max_seconds or watch is None or watch.settled()
+
+        before = len(reader.records[predictions])
+        started = time.monotonic()
+        sent = _paced(self.bootstrap, topic, events, rate=rate, stop=done)
+        seconds = time.monotonic() - started
+        reader.until(lambda: len(reader.records[predictions]) - before >= sent, 120)
+        # A warm-up backlog may have switched the controller to throughput mode: each phase
+        # starts from the steady state of its own load, so wait until it is back.
+        _wait_for_latency_mode(worker, timeout=30)
+        lat, _ = _latencies(reader.records[predictions][before:])
+        edge = max(1, int(rate * 5))
+        summary = {
+            "events": sent, "rate_eps": round(rate, 1), "seconds": round(seconds, 1),
+            "broker_jit_settled": bool(watch and watch.settled()),
+            "broker_jit_cores": None if watch is None or watch.cores() is None else round(watch.cores(), 3),
+            "p99_first_5s": round(float(np.percentile(lat[:edge], 99)), 1),
+            "p99_last_5s": round(float(np.percentile(lat[-edge:], 99)), 1),
+        }
+        jit = ("broker PID unknown: minimum only" if watch is None else
+               f"broker JIT {'settled' if summary['broker_jit_settled'] else 'still compiling'}, {summary['broker_jit_cores']} cores")
+        self.echo(f"warm-up   {sent:,} events at {rate:,.0f} ev/s for {seconds:.0f} s ({jit}); p99 first 5 s "
+                  f"{summary['p99_first_5s']:.0f} ms, last 5 s {summary['p99_last_5s']:.0f} ms (not measured)")
+        return summary
 
     def _burst(self) -> None:
         """A backlog produced at once into a worker idling in latency mode (see bench/burst.py).
@@ -383,22 +414,47 @@ def _wait_for_latency_mode(worker: WorkerProcess, timeout: float) -> None:
     log.warning("the controller did not return to latency mode within %.0f s of the warm-up", timeout)
 
 
-def _paced(bootstrap: str, topic: str, events: list[tuple[bytes, bytes]], rate: float) -> None:
+def _latencies(records: list) -> tuple[np.ndarray, np.ndarray]:
+    """End-to-end ms (prediction append time minus input append time) and in-worker ms (from
+    fetching the batch to handing its outputs to the producer) of prediction records."""
+    values = [r.json() for r in records]
+    lat = np.array([r.timestamp_ms - v["source"]["timestamp_ms"] for r, v in zip(records, values)], dtype=np.float64)
+    inside = np.array([v["latency_ms"] for v in values], dtype=np.float64)
+    return lat, inside
+
+
+def _paced(bootstrap: str, topic: str, events: list[tuple[bytes, bytes]], rate: float,
+           stop: Callable[[float], bool] | None = None) -> int:
     """Produce at `rate` events/s against a schedule, in 5 ms steps (a sleep per event would cost
-    the generator more CPU than the worker it measures); the topic stamps append times."""
+    the generator more CPU than the worker it measures); the topic stamps append times. Sends
+    `events` once; with `stop`, cycles through them until stop(seconds elapsed) is true (asked
+    every 0.25 s). Returns how many were sent, all acknowledged."""
     # linger.ms 5, librdkafka's default: one produce request per 5 ms step, as a real producer
     # would send them (at 1 ms the generator's requests were a fifth of the broker's load).
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": 1, "log_level": 3})
     started = time.monotonic()
-    sent = 0
-    while sent < len(events):
-        due = min(len(events), int((time.monotonic() - started) * rate) + 1)
-        for key, value in events[sent:due]:
+    sent, count, ask_at = 0, len(events), 0.25
+    while True:
+        elapsed = time.monotonic() - started
+        if stop is None:
+            if sent >= count:
+                break
+            due = min(count, int(elapsed * rate) + 1)
+        else:
+            if elapsed >= ask_at:
+                ask_at = elapsed + 0.25
+                if stop(elapsed):
+                    break
+            due = int(elapsed * rate) + 1
+        for i in range(sent, due):
+            key, value = events[i % count]
             producer.produce(topic, key=key, value=value)
         sent = max(sent, due)
         producer.poll(0)
         time.sleep(0.005)
-    producer.flush(60)
+    if producer.flush(60):
+        raise RuntimeError(f"the load generator could not deliver its events to {topic} within 60 s")
+    return sent
 
 
 def targets(results: dict, max_wait_ms: float) -> dict:
@@ -423,11 +479,12 @@ def run_bench(*, quick: bool, out_dir: Path, echo: Callable[[str], None] = print
         workdir = Path(tmp)
         bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
         started = time.monotonic()
+        broker_pid = None
         if not bootstrap:
             cluster, _ = local.up(workdir / "kafka", port=0)
-            bootstrap = cluster.bootstrap
+            bootstrap, broker_pid = cluster.bootstrap, cluster.nodes[0].pid
         try:
-            bench = Bench(bootstrap, workdir, plan, echo)
+            bench = Bench(bootstrap, workdir, plan, echo, broker_pid=broker_pid)
             results = bench.run()
         finally:
             if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
