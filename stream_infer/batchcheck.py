@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from operator import itemgetter
 
 import numpy as np
@@ -48,36 +49,69 @@ class _Column:
 class BatchCheck:
     def __init__(self, columns: list[_Column]) -> None:
         self.columns = columns
-        self._required = [c.name for c in columns if c.required]
+        required = [c for c in columns if c.required]
         self._optional = [c for c in columns if not c.required]
-        self._get_required = itemgetter(*self._required) if len(self._required) > 1 else None
+        # The checks cost per column, not per value, in a batch of a few events: 27 columns
+        # checked one by one cost 56 us a batch (the engines schema, on the benchmark machine), as
+        # much as decoding 15 events. So required columns are checked in groups: one type check
+        # over every value of all columns that allow the same types, and the bounds of all
+        # bounded columns as one matrix. Only enum/const and pattern columns go one by one.
+        groups: dict[frozenset | None, list[str]] = {}
+        for c in required:
+            groups.setdefault(c.types, []).append(c.name)
+        # (getter, allowed types or None, getter returns a tuple): also how a missing required field is found.
+        self._type_groups = [(itemgetter(*names), types, len(names) > 1) for types, names in groups.items()]
+        self._one_by_one = [c for c in required if c.allowed is not None or c.pattern is not None]
+        self._bounded = [c for c in required if c.bounds]
+        inf = float("inf")
+        # Absent bounds are infinite: they let every finite value through.
+        self._limits = {
+            bound: np.array([c.bounds.get(bound, default) for c in self._bounded], dtype=np.float64)[:, None]
+            for bound, default in (("minimum", -inf), ("maximum", inf), ("exclusiveMinimum", -inf), ("exclusiveMaximum", inf))
+        }
+        self._get_bounded = [itemgetter(c.name) for c in self._bounded]
 
     def check(self, events: Sequence[dict]) -> bool:
         """True only if every event of the batch is valid under the schema."""
         if not events:
             return True
         try:
-            if self._get_required is not None:
-                rows = list(map(self._get_required, events))
-            elif self._required:
-                rows = [(e[self._required[0]],) for e in events]
-            else:
-                rows = []
+            for getter, types, several in self._type_groups:
+                values = map(getter, events)
+                found = set(map(type, chain.from_iterable(values) if several else values))
+                if types is not None and not found <= types:
+                    return False
         except KeyError:
             return False  # a required field is missing: the slow path names it
-        columns = dict(zip(self._required, zip(*rows))) if rows else {}
-        for spec in self.columns:
-            values = columns.get(spec.name)
-            if values is None:  # optional: only the events that have it
-                values = tuple(e[spec.name] for e in events if spec.name in e)
-                if not values:
-                    continue
-            if not _column_ok(spec, values):
+        for spec in self._one_by_one:
+            if not _column_ok(spec, tuple(e[spec.name] for e in events), bounds=False):
                 return False
-        return True
+        for spec in self._optional:  # only the events that have it
+            values = tuple(e[spec.name] for e in events if spec.name in e)
+            if values and not _column_ok(spec, values):
+                return False
+        return self._bounds_ok(events)
+
+    def _bounds_ok(self, events: Sequence[dict]) -> bool:
+        """Every required bounded column within its bounds (their types are already checked)."""
+        if not self._bounded:
+            return True
+        try:
+            matrix = np.array([list(map(get, events)) for get in self._get_bounded], dtype=np.float64)
+        except (OverflowError, ValueError, TypeError):  # an integer beyond a double, say
+            return False
+        limits = self._limits
+        with np.errstate(invalid="ignore"):
+            return bool(
+                np.isfinite(matrix).all()
+                and (matrix >= limits["minimum"]).all()
+                and (matrix <= limits["maximum"]).all()
+                and (matrix > limits["exclusiveMinimum"]).all()
+                and (matrix < limits["exclusiveMaximum"]).all()
+            )
 
 
-def _column_ok(spec: _Column, values: tuple) -> bool:
+def _column_ok(spec: _Column, values: tuple, *, bounds: bool = True) -> bool:
     if spec.types is not None and not set(map(type, values)) <= spec.types:
         return False
     if spec.allowed is not None:
@@ -85,7 +119,7 @@ def _column_ok(spec: _Column, values: tuple) -> bool:
             return False
     if spec.pattern is not None and not all(map(spec.pattern.search, values)):
         return False
-    if spec.bounds:
+    if bounds and spec.bounds:
         try:
             array = np.array(values, dtype=np.float64)
         except (OverflowError, ValueError, TypeError):  # an integer beyond a double, say

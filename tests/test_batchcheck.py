@@ -89,6 +89,45 @@ def test_never_accepts_what_the_schema_rejects(dataset: str) -> None:
     assert rejected > 50 and accepted > 5  # the mutations exercise both sides
 
 
+# Every kind of column the check groups: two type groups, an untyped required field, all four
+# bounds (on several columns, so they are checked as one matrix), enum, pattern, an optional one.
+MIXED = {
+    "type": "object",
+    "required": ["n", "i", "x", "s", "e", "any"],
+    "properties": {
+        "n": {"type": "number", "exclusiveMinimum": 0, "maximum": 1000},
+        "i": {"type": "integer", "minimum": 1, "exclusiveMaximum": 100000},
+        "x": {"type": "number", "minimum": -1.5, "maximum": 999.9},
+        "s": {"type": "string", "pattern": "^[A-Z][0-9]$"},
+        "e": {"enum": ["L", "M", "H", 1]},
+        "o": {"type": "integer", "maximum": 2},
+    },
+}
+
+
+def test_never_accepts_what_a_schema_with_every_column_kind_rejects() -> None:
+    check = compile_batch_check(MIXED)
+    validate = fastjsonschema.compile(MIXED)
+    good = [{"n": 0.5 + k, "i": 1 + k, "x": -1.5 + k, "s": f"L{k % 10}", "e": "LMH"[k % 3], "any": [k], **({"o": 2} if k % 2 else {})}
+            for k in range(40)]
+    assert check.check(good)
+    rejected = accepted = 0
+    for mutated in _mutations(good[3], MIXED):
+        try:
+            validate(mutated)
+            valid = True
+        except fastjsonschema.JsonSchemaValueException:
+            valid = False
+        batch = good[:10] + [mutated] + good[10:]
+        if not valid:
+            rejected += 1
+            assert not check.check(batch), f"batch check accepted an event the schema rejects: {mutated}"
+        elif check.check(batch):
+            accepted += 1
+    assert rejected > 80 and accepted > 10
+    assert check.check([good[0]]) and not check.check([dict(good[0], n=0)]) and not check.check([dict(good[0], i=100000)])
+
+
 @pytest.mark.parametrize(
     "schema",
     [
