@@ -33,9 +33,11 @@ REASONS = (
 _NON_FINITE = re.compile(rb"(?<![\w\"])-?(NaN|Infinity)(?![\w\"])")
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ sets each field through object.__setattr__, 1.5 us a
+# record against 0.2 us, paid for every event consumed. Treat records as read-only all the same.
+@dataclass(slots=True)
 class InputRecord:
-    """One consumed Kafka record, as the pipeline sees it (kept free of any client's types)."""
+    """One consumed Kafka record, as the pipeline sees it (kept free of any client's types); read-only."""
 
     key: bytes | None
     value: bytes | None
