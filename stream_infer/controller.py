@@ -13,12 +13,12 @@ Policy (the README's "Operating it" repeats it):
   budget for more (`Setting.coalesce`): at thousands of events/s a few milliseconds turn batches
   of a handful into batches of dozens, and the per-batch cost, in the worker and in the broker's
   requests, stops dominating. Decided per fetch, so a step from 10 to 20,000 events/s needs no
-  controller tick to be batched well.
+  controller tick to be batched well. The worker fetches only when its agent is free in this mode.
 * **throughput mode**, entered when the backlog stays above the high-water mark (4 x the cap) for
   `enter_after` ticks in a row, or keeps growing for `enter_after` + 1 ticks above the low-water
   mark (the cap): each tick doubles the batch size up to the configured cap, and batches may wait
   up to `max_wait` to fill. Larger batches amortise the per-batch cost, so the backlog drains
-  faster.
+  faster; the worker fetches the next batch while its agent works on the current one.
 * back to **latency mode** only after the backlog has stayed at or below the low-water mark for
   `leave_after` ticks in a row.
 

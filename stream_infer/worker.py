@@ -43,11 +43,12 @@ from stream_infer.pipeline import Checkpoint, Pipeline
 
 log = logging.getLogger(__name__)
 
-# Batches waiting between the source task and the agent: one. The source fetches the next batch
-# while the agent works on the current one, and what arrives meanwhile stays in the consumer's
-# queue, to be taken as one larger batch once the agent is free. With two, batches were cut early
-# and queued behind each other: at half load the in-worker p50 was 30-35 ms, with one 18-20 ms
-# (two A/B pairs). More would only hold memory; the backlog belongs in Kafka.
+# Batches waiting between the source task and the agent: one. In throughput mode the source
+# fetches the next batch while the agent works on the current one (in latency mode it waits until
+# the agent is free: see source()), and what arrives meanwhile stays in the consumer's queue, to
+# be taken as one larger batch later. With two, batches were cut early and queued behind each
+# other: at half load the in-worker p50 was 30-35 ms, with one 18-20 ms (two A/B pairs). More
+# would only hold memory; the backlog belongs in Kafka.
 CHANNEL_DEPTH = 1
 # How often the lag monitor samples offsets and the batching controller steps.
 LAG_INTERVAL_S = 1.0
@@ -105,6 +106,10 @@ class PipelineRunner:
         self.fetched_events = self.fetched_batches = 0
         self.dropped_events = self.dropped_batches = 0
         self.queued_events = 0  # in the channel, not yet taken by the agent
+        # Set while the agent has no batch in hand: in latency mode the source fetches only then
+        # (see source()).
+        self.agent_free = asyncio.Event()
+        self.agent_free.set()
         # Per partition, (first offset, timestamp) of each batch fetched: lag seconds reads the
         # timestamp of the oldest unprocessed record from it without asking the broker.
         self.batch_starts: dict[int, deque[tuple[int, int]]] = {}
@@ -190,6 +195,13 @@ class PipelineRunner:
             while not self.stopping:
                 if self.in_flight()[0] >= bound:
                     await self._pause_until_drained(bound)
+                if self.batching.adaptive and self.controller.mode == LATENCY:
+                    # Fetch only when the agent is free: what arrived while it worked is the next
+                    # batch. Fetched earlier, a small batch would queue behind the one in hand,
+                    # and what arrived meanwhile behind both: at half load the in-worker p99 was
+                    # 35-43 ms prefetching, 19-25 ms fetching on demand (two A/B pairs). Under a
+                    # backlog (throughput mode) the next batch is fetched while the agent works.
+                    await self.agent_free.wait()
                 messages = await self.loop.run_in_executor(
                     self.thread, lambda: self.consumer.next_batch(self.batch_size, linger=self.linger, max_wait=max_wait,
                                                      coalesce=self.coalesce, coalesce_events=COALESCE_EVENTS)
@@ -198,6 +210,7 @@ class PipelineRunner:
                     self.fetched_events += len(messages)
                     self.fetched_batches += 1
                     self.queued_events += len(messages)
+                    self.agent_free.clear()
                     await channel.send(value=(messages, time.monotonic()))
         finally:
             self.stopping = True
@@ -229,40 +242,48 @@ class PipelineRunner:
             log.info("partitions resumed", extra={"pipeline": self.name, "in_flight_events": self.in_flight()[0]})
 
     async def agent(self, batches) -> None:
-        bound = self.batching.max_in_flight_events
         async for messages, fetched_at in batches:
             self.queued_events -= len(messages)
-            if self.stopping:
-                # Shutting down: the final checkpoint is taken; these stay uncommitted and are
-                # consumed again by the next owner.
-                self.dropped_events += len(messages)
-                self.dropped_batches += 1
-                continue
-            # Messages fetched before a revoke belong to the new owner now.
-            records = records_from_messages([m for m in messages if m.partition() in self.owned])
-            self.dropped_events += len(messages) - len(records)
-            if not records:
-                self.dropped_batches += 1
-                continue
-            starts: dict[int, tuple[int, int]] = {}
-            for r in records:
-                if r.partition not in starts:
-                    starts[r.partition] = (r.offset, r.timestamp_ms)
-            for partition, start in starts.items():
-                self.batch_starts.setdefault(partition, deque()).append(start)
-            metrics.BATCH_SIZE.labels(self.name).observe(len(records))
-            metrics.BATCH_WAIT_SECONDS.labels(self.name).observe(time.monotonic() - fetched_at)
-            async with self.lock:
-                if len(self.pipeline.unacknowledged) >= bound:
-                    await self._acknowledged()  # bounded memory: outputs in the producer's queue
-                try:
-                    await self.pipeline.submit(records, fetched_at)
-                except Exception:
-                    # Outputs not acknowledged: these offsets must not be committed or skipped.
-                    # Exit at once (like a crash) so that after a restart they are consumed again.
-                    log.exception("batch failed; exiting so the uncommitted events are processed again after restart")
-                    logging.shutdown()
-                    os._exit(70)
+            try:
+                await self._handle(messages, fetched_at)
+            finally:
+                if self.queued_events == 0:
+                    self.agent_free.set()
+
+    async def _handle(self, messages: list, fetched_at: float) -> None:
+        """One fetched batch through the pipeline (submit; the acks come later)."""
+        bound = self.batching.max_in_flight_events
+        if self.stopping:
+            # Shutting down: the final checkpoint is taken; these stay uncommitted and are
+            # consumed again by the next owner.
+            self.dropped_events += len(messages)
+            self.dropped_batches += 1
+            return
+        # Messages fetched before a revoke belong to the new owner now.
+        records = records_from_messages([m for m in messages if m.partition() in self.owned])
+        self.dropped_events += len(messages) - len(records)
+        if not records:
+            self.dropped_batches += 1
+            return
+        starts: dict[int, tuple[int, int]] = {}
+        for r in records:
+            if r.partition not in starts:
+                starts[r.partition] = (r.offset, r.timestamp_ms)
+        for partition, start in starts.items():
+            self.batch_starts.setdefault(partition, deque()).append(start)
+        metrics.BATCH_SIZE.labels(self.name).observe(len(records))
+        metrics.BATCH_WAIT_SECONDS.labels(self.name).observe(time.monotonic() - fetched_at)
+        async with self.lock:
+            if len(self.pipeline.unacknowledged) >= bound:
+                await self._acknowledged()  # bounded memory: outputs in the producer's queue
+            try:
+                await self.pipeline.submit(records, fetched_at)
+            except Exception:
+                # Outputs not acknowledged: these offsets must not be committed or skipped.
+                # Exit at once (like a crash) so that after a restart they are consumed again.
+                log.exception("batch failed; exiting so the uncommitted events are processed again after restart")
+                logging.shutdown()
+                os._exit(70)
 
     # --- lag monitor and batching controller (a task, every LAG_INTERVAL_S) --------------------
 
