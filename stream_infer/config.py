@@ -90,6 +90,11 @@ class BatchingConfig(_Strict):
         description="Events fetched but not yet acknowledged; at this bound the worker pauses its partitions until half drained.",
     )
 
+    @property
+    def latency_budget_s(self) -> float:
+        """latency_budget_ms in seconds, or its default, max_wait_ms / 4."""
+        return (self.latency_budget_ms or self.max_wait_ms / 4) / 1000
+
 
 class StalenessConfig(_Strict):
     """Off by default (max_event_age_ms = 0). Events older than the bound (now minus the record's

@@ -92,8 +92,8 @@ class PipelineRunner:
         self.name = pipeline.name
         self.topic = pipeline.config.input_topic
         self.batching = pipeline.config.batching
-        budget = (self.batching.latency_budget_ms or self.batching.max_wait_ms / 4) / 1000
-        self.controller = BatchController(self.batching.max_batch_size, self.batching.max_wait_ms / 1000, budget, pipeline.profile)
+        self.controller = BatchController(self.batching.max_batch_size, self.batching.max_wait_ms / 1000,
+                                          self.batching.latency_budget_s, pipeline.profile)
         # What the source fetches with. Without the controller: the cap, no waiting.
         self.batch_size = self.controller.setting.batch_size if self.batching.adaptive else self.batching.max_batch_size
         self.linger = 0.0
