@@ -101,14 +101,14 @@ class BatchCheck:
         except (OverflowError, ValueError, TypeError):  # an integer beyond a double, say
             return False
         limits = self._limits
+        # One reduction at the end: each .all() is a Python-level call, dearer than the compare.
         with np.errstate(invalid="ignore"):
-            return bool(
-                np.isfinite(matrix).all()
-                and (matrix >= limits["minimum"]).all()
-                and (matrix <= limits["maximum"]).all()
-                and (matrix > limits["exclusiveMinimum"]).all()
-                and (matrix < limits["exclusiveMaximum"]).all()
-            )
+            ok = np.isfinite(matrix)
+            ok &= matrix >= limits["minimum"]
+            ok &= matrix <= limits["maximum"]
+            ok &= matrix > limits["exclusiveMinimum"]
+            ok &= matrix < limits["exclusiveMaximum"]
+        return bool(ok.all())
 
 
 def _column_ok(spec: _Column, values: tuple, *, bounds: bool = True) -> bool:
