@@ -82,7 +82,8 @@ class BatchingConfig(_Strict):
         None, gt=0, le=60_000,
         description=(
             "Latency mode uses the largest batch whose inference takes at most this long, and a fetch of two or "
-            "more events may wait this long for more (a lone event never waits); default max_wait_ms / 4."
+            "more events may wait this long for more (a lone event never waits); batches whose inference fits it "
+            "run on the event loop. Default max_wait_ms / 4."
         ),
     )
     max_in_flight_events: int = Field(
