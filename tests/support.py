@@ -56,3 +56,10 @@ def feed(bootstrap: str, topic: str, dataset: str, start: int = 0, stop: int | N
 
 def output_topics(cfg: E2EConfig) -> list[str]:
     return [t for p in cfg.config.pipelines for t in (p.topics.predictions, p.topics.alerts, p.topics.dead_letters, p.topics.review) if t]
+
+
+def close_runner(runner) -> None:
+    """Stop a PipelineRunner built by a test (no Faust app): its consumer and lag threads, its pipeline."""
+    runner.thread.shutdown(wait=True)
+    runner.monitor_thread.shutdown(wait=True)
+    runner.pipeline.close()

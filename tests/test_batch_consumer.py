@@ -21,6 +21,8 @@ from stream_infer.kafka.consumer import BatchConsumer
 from stream_infer.pipeline import Checkpoint, Pipeline
 from stream_infer.worker import PipelineRunner
 
+from support import close_runner
+
 
 def _broker_committed(bootstrap: str, group: str, topic: str, partitions: list[int]) -> dict[int, int]:
     reader = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
@@ -141,8 +143,6 @@ def test_worker_calls_the_consumer_only_from_its_thread(tmp_path: Path) -> None:
     try:
         asyncio.run(exercise())
     finally:
-        runner.thread.shutdown(wait=True)
-        runner.monitor_thread.shutdown(wait=True)
-        pipeline.close()
+        close_runner(runner)
     assert [name for name, _ in recording.calls] == ["lag_snapshot", "commit", "commit"]
     assert all(thread.startswith("consume-engines") for _, thread in recording.calls), recording.calls

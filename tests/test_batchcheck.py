@@ -72,21 +72,27 @@ def test_never_accepts_what_the_schema_rejects(dataset: str) -> None:
     schema = _schema(dataset)
     check = compile_batch_check(schema)
     validate = fastjsonschema.compile(schema)
-    good = _events(dataset, 64)
+    rejected, accepted = _hold_to_the_schema(check, validate, _events(dataset, 64), schema, mutate=7, insert_at=20)
+    assert rejected > 50 and accepted > 5  # the mutations exercise both sides
+
+
+def _hold_to_the_schema(check, validate, good: list[dict], schema: dict, *, mutate: int, insert_at: int) -> tuple[int, int]:
+    """Every mutation of good[mutate], inserted into the good batch: a batch with one the schema
+    rejects must fail the check. Returns (rejected, accepted by both) counts."""
     rejected = accepted = 0
-    for mutated in _mutations(good[7], schema):
+    for mutated in _mutations(good[mutate], schema):
         try:
             validate(mutated)
             valid = True
         except fastjsonschema.JsonSchemaValueException:
             valid = False
-        batch = good[:20] + [mutated] + good[20:]
+        batch = good[:insert_at] + [mutated] + good[insert_at:]
         if not valid:
             rejected += 1
             assert not check.check(batch), f"batch check accepted an event the schema rejects: {mutated}"
         elif check.check(batch):
             accepted += 1
-    assert rejected > 50 and accepted > 5  # the mutations exercise both sides
+    return rejected, accepted
 
 
 # Every kind of column the check groups: two type groups, an untyped required field, all four
@@ -111,19 +117,7 @@ def test_never_accepts_what_a_schema_with_every_column_kind_rejects() -> None:
     good = [{"n": 0.5 + k, "i": 1 + k, "x": -1.5 + k, "s": f"L{k % 10}", "e": "LMH"[k % 3], "any": [k], **({"o": 2} if k % 2 else {})}
             for k in range(40)]
     assert check.check(good)
-    rejected = accepted = 0
-    for mutated in _mutations(good[3], MIXED):
-        try:
-            validate(mutated)
-            valid = True
-        except fastjsonschema.JsonSchemaValueException:
-            valid = False
-        batch = good[:10] + [mutated] + good[10:]
-        if not valid:
-            rejected += 1
-            assert not check.check(batch), f"batch check accepted an event the schema rejects: {mutated}"
-        elif check.check(batch):
-            accepted += 1
+    rejected, accepted = _hold_to_the_schema(check, validate, good, MIXED, mutate=3, insert_at=10)
     assert rejected > 80 and accepted > 10
     assert check.check([good[0]]) and not check.check([dict(good[0], n=0)]) and not check.check([dict(good[0], i=100000)])
 

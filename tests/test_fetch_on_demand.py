@@ -24,6 +24,8 @@ from stream_infer.kafka.consumer import BatchConsumer
 from stream_infer.pipeline import Pipeline
 from stream_infer.worker import PipelineRunner
 
+from support import close_runner
+
 EVENTS = 150
 
 
@@ -100,9 +102,7 @@ def _run(kafka_bootstrap: str, tmp_path: Path, unique, monkeypatch: pytest.Monke
     try:
         asyncio.run(exercise())
     finally:
-        runner.thread.shutdown(wait=True)
-        runner.monitor_thread.shutdown(wait=True)
-        pipeline.close()
+        close_runner(runner)
     assert seen == [b"%04d" % i for i in range(EVENTS)]
     overlapping = [f for f in fetches if any(start < f[0] < end for start, end in handling)]
     return fetches, overlapping
