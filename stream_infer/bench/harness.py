@@ -10,8 +10,9 @@ drain (20% to 80% of the backlog) so start-up and the tail do not count. Latency
 second topic at offered loads of 10 events/s and 10/50/80% of the service's measured maximum:
 end-to-end = the prediction's broker append time (when it was acknowledged) minus the input's
 broker append time (when it became consumable); both topics use LogAppendTime. The latency worker
-first gets an unmeasured warm-up (5 s at the 50% load, then until its controller is back in
-latency mode): the phases measure a running service, not its first seconds.
+first gets an unmeasured warm-up at the 50% load (at least 5 s, then until the broker's JIT
+compilers have gone quiet, see bench/jvm.py; then until its controller is back in latency mode):
+the phases measure a running service on a warm broker, not their first seconds.
 """
 
 from __future__ import annotations
