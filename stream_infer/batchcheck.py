@@ -63,13 +63,9 @@ class BatchCheck:
         self._type_groups = [(itemgetter(*names), types, len(names) > 1) for types, names in groups.items()]
         self._one_by_one = [c for c in required if c.allowed is not None or c.pattern is not None]
         self._bounded = [c for c in required if c.bounds]
-        inf = float("inf")
-        # Absent bounds are infinite: they let every finite value through.
-        self._limits = {
-            bound: np.array([c.bounds.get(bound, default) for c in self._bounded], dtype=np.float64)[:, None]
-            for bound, default in (("minimum", -inf), ("maximum", inf), ("exclusiveMinimum", -inf), ("exclusiveMaximum", inf))
-        }
+        self._limits = _limits(self._bounded)
         self._get_bounded = [itemgetter(c.name) for c in self._bounded]
+        self._optional_limits = {c.name: _limits([c]) for c in self._optional if c.bounds}
 
     def check(self, events: Sequence[dict]) -> bool:
         """True only if every event of the batch is valid under the schema."""
@@ -83,35 +79,47 @@ class BatchCheck:
                     return False
         except KeyError:
             return False  # a required field is missing: the slow path names it
-        for spec in self._one_by_one:
-            if not _column_ok(spec, tuple(e[spec.name] for e in events), bounds=False):
+        for spec in self._one_by_one:  # their bounds, if any, are checked below with the others
+            if not _column_ok(spec, tuple(e[spec.name] for e in events)):
                 return False
         for spec in self._optional:  # only the events that have it
             values = tuple(e[spec.name] for e in events if spec.name in e)
-            if values and not _column_ok(spec, values):
+            if values and not _column_ok(spec, values, self._optional_limits.get(spec.name)):
                 return False
-        return self._bounds_ok(events)
-
-    def _bounds_ok(self, events: Sequence[dict]) -> bool:
-        """Every required bounded column within its bounds (their types are already checked)."""
-        if not self._bounded:
-            return True
-        try:
-            matrix = np.array([list(map(get, events)) for get in self._get_bounded], dtype=np.float64)
-        except (OverflowError, ValueError, TypeError):  # an integer beyond a double, say
-            return False
-        limits = self._limits
-        # One reduction at the end: each .all() is a Python-level call, dearer than the compare.
-        with np.errstate(invalid="ignore"):
-            ok = np.isfinite(matrix)
-            ok &= matrix >= limits["minimum"]
-            ok &= matrix <= limits["maximum"]
-            ok &= matrix > limits["exclusiveMinimum"]
-            ok &= matrix < limits["exclusiveMaximum"]
-        return bool(ok.all())
+        # Every required bounded column within its bounds (their types are already checked).
+        return not self._bounded or _within([list(map(get, events)) for get in self._get_bounded], self._limits)
 
 
-def _column_ok(spec: _Column, values: tuple, *, bounds: bool = True) -> bool:
+def _limits(columns: list[_Column]) -> dict[str, np.ndarray]:
+    """Per bound keyword, a (len(columns), 1) column of the columns' bounds; an absent bound is
+    infinite, so it lets every finite value through."""
+    inf = float("inf")
+    return {
+        bound: np.array([c.bounds.get(bound, default) for c in columns], dtype=np.float64)[:, None]
+        for bound, default in (("minimum", -inf), ("maximum", inf), ("exclusiveMinimum", -inf), ("exclusiveMaximum", inf))
+    }
+
+
+def _within(rows: list, limits: dict[str, np.ndarray]) -> bool:
+    """Every value finite and within its row's bounds (`rows`: one sequence of values per column,
+    `limits` from :func:`_limits` for those columns)."""
+    try:
+        matrix = np.array(rows, dtype=np.float64)
+    except (OverflowError, ValueError, TypeError):  # an integer beyond a double, say
+        return False
+    # One reduction at the end: each .all() is a Python-level call, dearer than the compare.
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(matrix)
+        ok &= matrix >= limits["minimum"]
+        ok &= matrix <= limits["maximum"]
+        ok &= matrix > limits["exclusiveMinimum"]
+        ok &= matrix < limits["exclusiveMaximum"]
+    return bool(ok.all())
+
+
+def _column_ok(spec: _Column, values: tuple, limits: dict[str, np.ndarray] | None = None) -> bool:
+    """One column's values against its type, enum/const and pattern; against its bounds too when
+    `limits` (from :func:`_limits`) are given."""
     if spec.types is not None and not set(map(type, values)) <= spec.types:
         return False
     if spec.allowed is not None:
@@ -119,23 +127,7 @@ def _column_ok(spec: _Column, values: tuple, *, bounds: bool = True) -> bool:
             return False
     if spec.pattern is not None and not all(map(spec.pattern.search, values)):
         return False
-    if bounds and spec.bounds:
-        try:
-            array = np.array(values, dtype=np.float64)
-        except (OverflowError, ValueError, TypeError):  # an integer beyond a double, say
-            return False
-        if not np.isfinite(array).all():
-            return False
-        b = spec.bounds
-        if "minimum" in b and (array < b["minimum"]).any():
-            return False
-        if "maximum" in b and (array > b["maximum"]).any():
-            return False
-        if "exclusiveMinimum" in b and (array <= b["exclusiveMinimum"]).any():
-            return False
-        if "exclusiveMaximum" in b and (array >= b["exclusiveMaximum"]).any():
-            return False
-    return True
+    return limits is None or _within([values], limits)
 
 
 def compile_batch_check(schema: dict) -> BatchCheck | None:
