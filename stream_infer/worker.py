@@ -281,9 +281,7 @@ class PipelineRunner:
             except Exception:
                 # Outputs not acknowledged: these offsets must not be committed or skipped.
                 # Exit at once (like a crash) so that after a restart they are consumed again.
-                log.exception("batch failed; exiting so the uncommitted events are processed again after restart")
-                logging.shutdown()
-                os._exit(70)
+                self._exit_for_restart("batch failed")
 
     # --- lag monitor and batching controller (a task, every LAG_INTERVAL_S) --------------------
 
@@ -382,7 +380,7 @@ class PipelineRunner:
                 try:
                     acknowledged = self.pipeline.acknowledged_now()
                 except Exception:
-                    self._exit_unacknowledged()
+                    self._exit_for_restart("outputs not acknowledged")
                 if acknowledged:
                     metrics.CHECKPOINT_CUTS.labels(self.name, "idle").inc()
                     return self.pipeline.snapshot()
@@ -397,11 +395,14 @@ class PipelineRunner:
         try:
             await self.pipeline.wait_acknowledged()
         except Exception:
-            self._exit_unacknowledged()
+            self._exit_for_restart("outputs not acknowledged")
 
     @staticmethod
-    def _exit_unacknowledged() -> None:
-        log.exception("outputs not acknowledged; exiting so the uncommitted events are processed again after restart")
+    def _exit_for_restart(what: str) -> None:
+        """Log the exception being handled and exit at once (like a crash, status 70): the
+        offsets of unacknowledged outputs are never committed, so after a restart those events
+        are consumed again."""
+        log.exception("%s; exiting so the uncommitted events are processed again after restart", what)
         logging.shutdown()
         os._exit(70)
 
