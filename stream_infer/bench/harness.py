@@ -32,7 +32,7 @@ import numpy as np
 import orjson
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from stream_infer.bench.jvm import JitWatch
+from stream_infer.bench.jvm import JitWatch, stat_cpu_ticks
 from stream_infer.kafka import local
 from stream_infer.kafka.admin import create_topics, topic_partitions
 from stream_infer.kafka.reader import TopicReader
@@ -133,9 +133,7 @@ def preload(bootstrap: str, topic: str, count: int, chunk: int = 200_000) -> flo
 def proc_stats(pid: int) -> dict:
     """CPU seconds (user+system), current and peak RSS in MB, from /proc."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = os.sysconf("SC_CLK_TCK")
-        cpu = (int(stat[11]) + int(stat[12])) / ticks
+        cpu = stat_cpu_ticks(Path(f"/proc/{pid}/stat").read_text()) / os.sysconf("SC_CLK_TCK")
         status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
         rss = int(status["VmRSS"].split()[0]) / 1024
         peak = int(status["VmHWM"].split()[0]) / 1024

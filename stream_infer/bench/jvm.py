@@ -20,6 +20,13 @@ from pathlib import Path
 _COMPILER_THREADS = ("C1 CompilerThre", "C2 CompilerThre")
 
 
+def stat_cpu_ticks(stat: str) -> int:
+    """User + system CPU in clock ticks from the text of a /proc/<pid>/stat (or task stat) file.
+    Fields are counted after the ")" that ends the command name, which may itself hold spaces."""
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
 def jit_cpu_seconds(pid: int) -> float | None:
     """CPU seconds (user + system) used so far by the JIT compiler threads of JVM `pid`; None when
     /proc cannot be read (not Linux, or no such process). 0.0 for a process with no such threads."""
@@ -32,8 +39,7 @@ def jit_cpu_seconds(pid: int) -> float | None:
         try:
             if not (task / "comm").read_text().startswith(_COMPILER_THREADS):
                 continue
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-            ticks += int(fields[11]) + int(fields[12])
+            ticks += stat_cpu_ticks((task / "stat").read_text())
         except (OSError, IndexError, ValueError):
             continue  # a thread that ended meanwhile
     return ticks / os.sysconf("SC_CLK_TCK")
