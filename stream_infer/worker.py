@@ -93,7 +93,8 @@ class PipelineRunner:
         self.topic = pipeline.config.input_topic
         self.batching = pipeline.config.batching
         self.controller = BatchController(self.batching.max_batch_size, self.batching.max_wait_ms / 1000,
-                                          self.batching.latency_budget_s, pipeline.profile)
+                                          self.batching.latency_budget_s,
+                                          (pipeline.inference_cost, pipeline.batch_cost))
         # What the source fetches with. Without the controller: the cap, no waiting.
         self.batch_size = self.controller.setting.batch_size if self.batching.adaptive else self.batching.max_batch_size
         self.linger = 0.0

@@ -2,36 +2,70 @@
 
 from __future__ import annotations
 
-from stream_infer.controller import LATENCY, THROUGHPUT, BatchController, InferenceProfile
+import pytest
+
+from stream_infer.controller import LATENCY, THROUGHPUT, BatchController, CostProfile, largest_within
 
 
-def _profile(per_row_ms: float = 0.01, fixed_ms: float = 0.05) -> InferenceProfile:
-    profile = InferenceProfile()
-    for rows in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024):
-        profile.observe(rows, (fixed_ms + per_row_ms * rows) / 1000)
+def _cost(rows: float, per_row_ms: float = 0.01, fixed_ms: float = 0.05) -> float:
+    return (fixed_ms + per_row_ms * rows) / 1000
+
+
+def _profile(per_row_ms: float = 0.01, fixed_ms: float = 0.05, sizes=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)) -> CostProfile:
+    profile = CostProfile()
+    for rows in sizes:
+        profile.observe(rows, _cost(rows, per_row_ms, fixed_ms))
     return profile
 
 
-def _controller(cap: int = 1024, budget_ms: float = 1.0) -> BatchController:
-    return BatchController(cap, max_wait=0.02, latency_budget=budget_ms / 1000, profile=_profile())
+def _controller(cap: int = 1024, budget_ms: float = 1.0, *profiles: CostProfile) -> BatchController:
+    return BatchController(cap, max_wait=0.02, latency_budget=budget_ms / 1000, profiles=profiles or (_profile(),))
 
 
 def test_profile_estimates_and_latency_size() -> None:
     profile = _profile()
-    assert abs(profile.estimate(100) - profile.seconds[128]) < 1e-12  # the bucket at or above
-    assert abs(profile.estimate(4096) - profile.seconds[1024] * 4) < 1e-12  # linear beyond the largest
+    assert profile.estimate(100) == pytest.approx(_cost(100))  # linear between buckets: exact for fixed + per row
+    assert profile.estimate(4096) == pytest.approx(_cost(1024) * 4)  # through the origin beyond the largest
     # 0.05 ms + 0.01 ms/row: 64 rows = 0.69 ms fits 1 ms, 128 rows = 1.33 ms does not.
-    assert profile.largest_within(0.001, 1024) == 64
-    assert profile.largest_within(1.0, 1000) == 1000  # the cap itself when everything fits
-    assert profile.largest_within(1e-9, 1024) == 1  # never below one
-    assert InferenceProfile().estimate(10) is None
+    assert largest_within(0.001, 1024, profile) == 64
+    assert largest_within(1.0, 1000, profile) == 1000  # the cap itself when everything fits
+    assert largest_within(1e-9, 1024, profile) == 1  # never below one
+    assert CostProfile().estimate(10) is None
+    assert largest_within(1e-9, 1024, CostProfile()) == 1024  # nothing measured: nothing objects
+
+
+def test_a_bucket_stands_for_the_rows_it_saw() -> None:
+    """Batches of 40 rows land in the 64 bucket; the estimate for 64 must not be their cost."""
+    profile = _profile(sizes=(1, 40))
+    assert profile.estimate(40) == pytest.approx(_cost(40))
+    assert profile.estimate(64) == pytest.approx(_cost(40) * 64 / 40)  # beyond: conservative
+    assert profile.estimate(20) == pytest.approx(_cost(1) + (_cost(40) - _cost(1)) * 19 / 39)
+
+
+def test_one_measured_size_scales_both_ways_so_the_size_can_move() -> None:
+    """From one bucket the estimate scales through the origin: below it optimistic (a smaller size
+    gets tried and measured), above it pessimistic (a larger one only once it surely fits)."""
+    profile = _profile(sizes=(1024,))  # a first batch of 1024 took 10.29 ms
+    size = largest_within(0.001, 1024, profile)
+    assert size == 64  # 64/1024 x 10.29 ms = 0.64 ms; 128 would be 1.29 ms
+    profile.observe(size, _cost(size))  # measured: 0.69 ms
+    assert largest_within(0.001, 1024, profile) == 64  # interpolation now: 128 = 1.33 ms does not fit
 
 
 def test_profile_follows_live_measurements() -> None:
     profile = _profile()
     for _ in range(30):  # the model got 10x slower (another tenant on the CPU, a bigger model)
-        profile.observe(64, profile.seconds[64] * 10)
-    assert profile.largest_within(0.001, 1024) < 64
+        profile.observe(64, _cost(64) * 10)
+    assert largest_within(0.001, 1024, profile) < 64
+
+
+def test_the_latency_size_is_what_every_profile_allows() -> None:
+    """Inference alone fits the cap; the whole batch (decode to produce) does not: the whole
+    batch decides. A profile without measurements (before the first live batch) does not."""
+    inference, whole = _profile(per_row_ms=0.0005, fixed_ms=0.02), _profile(per_row_ms=0.04, fixed_ms=0.3)
+    assert _controller(1024, 5.0, inference).latency_size() == 1024
+    assert _controller(1024, 5.0, inference, whole).latency_size() == 64  # 0.3 + 0.04 x 64 = 2.86 ms; 128: 5.42
+    assert _controller(1024, 5.0, inference, CostProfile()).latency_size() == 1024
 
 
 def test_low_steady_backlog_stays_in_latency_mode() -> None:
@@ -41,15 +75,14 @@ def test_low_steady_backlog_stays_in_latency_mode() -> None:
         assert setting.mode == LATENCY and setting.linger == 0 and setting.batch_size == 64 and setting.coalesce == 0.001
 
 
-def test_burst_enters_throughput_mode_grows_batches_and_returns() -> None:
+def test_burst_enters_throughput_mode_at_the_cap_and_returns() -> None:
     controller = _controller()
     backlog = [0, 0, 50_000, 60_000, 55_000, 45_000, 35_000, 25_000, 15_000, 5_000, 800, 100, 0, 0, 0, 0]
     settings = [controller.update(b) for b in backlog]
     modes = [s.mode for s in settings]
     assert modes[:3] == [LATENCY] * 3  # one high tick is not enough
     assert modes[3] == THROUGHPUT
-    sizes = [s.batch_size for s in settings if s.mode == THROUGHPUT]
-    assert sizes == sorted(sizes) and sizes[0] == 128 and max(sizes) == 1024  # doubling up to the cap
+    assert {s.batch_size for s in settings if s.mode == THROUGHPUT} == {1024}  # the cap from the first tick
     assert all(s.linger == 0.02 for s in settings if s.mode == THROUGHPUT)
     # Back only after three ticks at or below the low-water mark (the cap).
     first_low = backlog.index(800)
@@ -84,3 +117,4 @@ def test_latency_mode_coalesces_within_the_budget_and_throughput_mode_does_not_n
     for _ in range(3):
         setting = controller.update(0)
     assert setting.mode == LATENCY and setting.linger == 0 and setting.coalesce == 0.005
+
