@@ -81,7 +81,7 @@ CASES: dict[str, Case] = {
         lambda t: [str(t / "invalid_toml.toml"), "not valid TOML", "line"],
     ),
     "unknown_key": Case(
-        lambda t: _write(t, "unknown_key", replace_once(demo_text(t), "max_batch_size = 256", "max_batch_sise = 256")),
+        lambda t: _write(t, "unknown_key", replace_once(demo_text(t), "max_batch_size = 1024", "max_batch_sise = 1024")),
         lambda t: ["pipelines[0].batching.max_batch_sise", "not permitted"],
     ),
     "negative_max_wait": Case(

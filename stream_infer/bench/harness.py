@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -33,6 +34,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from stream_infer.bench.jvm import JitWatch, stat_cpu_ticks
+from stream_infer.config import load_config
 from stream_infer.kafka import local
 from stream_infer.kafka.admin import create_topics, topic_partitions
 from stream_infer.kafka.reader import TopicReader
@@ -88,9 +90,11 @@ def engines_config(path: Path, *, group: str, input_topic: str, output_prefix: s
     text = text.replace('input_topic = "engines.telemetry"', f'input_topic = "{input_topic}"')
     for name in ("predictions", "alerts", "telemetry.dlq"):
         text = text.replace(f'"engines.{name}"', f'"{output_prefix}.{name}"')
-    settings = {"max_batch_size": 256, "max_wait_ms": 20, **(batching or {})}
-    lines = "\n".join(f"{k} = {str(v).lower() if isinstance(v, bool) else v}" for k, v in settings.items())
-    text = text.replace("[pipelines.batching]\nmax_batch_size = 256\nmax_wait_ms = 20", f"[pipelines.batching]\n{lines}")
+    block = re.search(r"\[pipelines\.batching\]\n((?:\w+ = .*\n)+)", text)
+    settings = dict(line.split(" = ", 1) for line in block.group(1).splitlines())  # the demo's own, as written
+    settings.update({k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in (batching or {}).items()})
+    lines = "".join(f"{k} = {v}\n" for k, v in settings.items())
+    text = text[: block.start(1)] + lines + text[block.end(1):]
     path.write_text(text)
     return path
 
@@ -374,18 +378,15 @@ class Bench:
         return summary
 
     def _burst(self) -> None:
-        """A backlog produced at once into a worker idling in latency mode (see bench/burst.py).
-
-        Cap 1024 and a 0.25 ms latency budget: the engines model runs 1024 rows in well under the
-        default budget (max_wait_ms / 4), which would make every latency-mode batch the cap and
-        hide the controller's range; this budget keeps latency-mode batches small.
-        """
+        """A backlog produced at once into a worker idling in latency mode (see bench/burst.py),
+        with the demo's batching settings."""
         from stream_infer.bench.burst import run_burst
 
         topic = f"{self.run_id}.burst"
         create_topics(self.bootstrap, [topic], partitions=PARTITIONS)
-        batching = {"max_batch_size": 1024, "latency_budget_ms": 0.25}
-        worker = WorkerProcess(self.config("burst", input_topic=topic, batching=batching), self.bootstrap,
+        config = self.config("burst", input_topic=topic)
+        batching = load_config(config).pipelines[0].batching.model_dump()  # reported with the result
+        worker = WorkerProcess(config, self.bootstrap,
                                self.workdir / "burst", log_level="info").start()
         trickle = engine_events(30)
         count = self.plan.burst_events
