@@ -18,14 +18,18 @@ Policy (the README's "Operating it" repeats it):
   and the per-batch cost, in the worker and in the broker's requests, stops dominating. Decided per fetch, so a step from 10 to 20,000 events/s needs no
   controller tick to be batched well. The worker fetches only when its agent is free in this mode.
 * **throughput mode**, entered when the backlog stays above the high-water mark (4 x the cap) for
-  `enter_after` ticks in a row, or keeps growing for `enter_after` + 1 ticks above the low-water
+  `enter_after` ticks in a row (at the first tick already: a worker starting on a backlog, after
+  a restart or a rebalance, has no burst to wait out), or keeps growing for `enter_after` + 1 ticks above the low-water
   mark (the cap): batches are the configured cap, and may wait up to `max_wait` to fill. Larger
   batches amortise the per-batch cost, so the backlog drains faster; the worker fetches the next
   batch while its agent works on the current one. Straight to the cap rather than doubling each
   tick: from a latency size of 16 (a trickle's one-event batches cost about 0.3 ms each) doubling
   took six seconds to reach 1024, and a 60,000-event burst drained in 6.1 s instead of 2.5 s.
-* back to **latency mode** only after the backlog has stayed at or below the low-water mark for
-  `leave_after` ticks in a row.
+* back to **latency mode** only after `leave_after` low ticks in a row: the backlog at or below
+  the low-water mark, or no fetch filling the batch size since the previous tick. Why the
+  second: with a cap of 1024 and a 20 ms wait, a steady 31,700 events/s is about 630 events a
+  wait; one batch filling and one queued keep the backlog around the low-water mark (1024), and
+  the worker stayed in throughput mode, every event waiting for a batch to fill.
 
 Why no oscillation: the two marks are 4x apart and each switch needs several consecutive ticks,
 so a backlog hovering near one threshold cannot flip the mode every tick.
@@ -130,16 +134,23 @@ class BatchController:
     def latency_size(self) -> int:
         return largest_within(self.latency_budget, self.cap, *self.profiles)
 
-    def update(self, backlog: int) -> Setting:
-        """One control step; returns (and keeps in `setting`) what the consumer should use now."""
-        growing = self._last_backlog is not None and backlog > self._last_backlog
+    def update(self, backlog: int, batches_filled: bool = True) -> Setting:
+        """One control step; returns (and keeps in `setting`) what the consumer should use now.
+
+        `batches_filled`: whether any fetch since the previous step filled the batch size. In
+        throughput mode a step where none did counts as low whatever the backlog: the batcher
+        waited for events, so there is no backlog to drain, only the events the waits hold."""
+        first = self._last_backlog is None
+        growing = not first and backlog > self._last_backlog
         self._last_backlog = backlog
         self._high_ticks = self._high_ticks + 1 if backlog > self.high_water else 0
         self._growing_ticks = self._growing_ticks + 1 if growing and backlog > self.low_water else 0
-        self._low_ticks = self._low_ticks + 1 if backlog <= self.low_water else 0
+        low = backlog <= self.low_water or (self.mode == THROUGHPUT and not batches_filled)
+        self._low_ticks = self._low_ticks + 1 if low else 0
 
         if self.mode == LATENCY:
-            if self._high_ticks >= self.enter_after or self._growing_ticks > self.enter_after:
+            # The first step's backlog was there before this worker: no burst to wait out.
+            if self._high_ticks >= self.enter_after or self._growing_ticks > self.enter_after or (first and self._high_ticks):
                 self.mode = THROUGHPUT
                 self.setting = Setting(self.cap, self.max_wait, THROUGHPUT)
             else:

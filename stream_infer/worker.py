@@ -107,6 +107,9 @@ class PipelineRunner:
         self.fetched_events = self.fetched_batches = 0
         self.dropped_events = self.dropped_batches = 0
         self.queued_events = 0  # in the channel, not yet taken by the agent
+        # Fetches that filled the batch size, and the count the controller's last step saw: a
+        # throughput-mode tick without one means the batcher only waited (BatchController.update).
+        self.full_fetches = self._full_fetches_seen = 0
         # Set while the agent has no batch in hand: in latency mode the source fetches only then
         # (see source()).
         self.agent_free = asyncio.Event()
@@ -208,6 +211,8 @@ class PipelineRunner:
                                                      coalesce=self.coalesce, coalesce_events=COALESCE_EVENTS)
                 )
                 if messages:
+                    if len(messages) >= self.batch_size:
+                        self.full_fetches += 1
                     self.fetched_events += len(messages)
                     self.fetched_batches += 1
                     self.queued_events += len(messages)
@@ -333,7 +338,8 @@ class PipelineRunner:
 
     def _steer(self, backlog: int) -> None:
         before = self.controller.mode
-        setting = self.controller.update(backlog)
+        filled, self._full_fetches_seen = self.full_fetches > self._full_fetches_seen, self.full_fetches
+        setting = self.controller.update(backlog, batches_filled=filled)
         self.batch_size, self.linger, self.coalesce = setting.batch_size, setting.linger, setting.coalesce
         metrics.CONTROLLER_BATCH_SIZE.labels(self.name).set(setting.batch_size)
         for mode in (LATENCY, THROUGHPUT):

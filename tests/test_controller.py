@@ -118,3 +118,32 @@ def test_latency_mode_coalesces_within_the_budget_and_throughput_mode_does_not_n
         setting = controller.update(0)
     assert setting.mode == LATENCY and setting.linger == 0 and setting.coalesce == 0.005
 
+
+
+def test_throughput_mode_leaves_when_batches_stop_filling_whatever_the_backlog() -> None:
+    """A steady stream below capacity, in throughput mode: one batch filling and one queued keep
+    the backlog near the low-water mark; no fetch filling the cap shows there is nothing to drain.
+    Three such ticks in a row return to latency mode; a tick with a full batch starts the count over."""
+    controller = _controller()
+    for backlog in (50_000, 50_000):
+        controller.update(backlog)
+    assert controller.mode == THROUGHPUT
+    modes = [controller.update(1_200, batches_filled=filled).mode for filled in (False, False, True, False, False, False)]
+    assert modes == [THROUGHPUT] * 5 + [LATENCY]
+    # The same backlog with full batches: a backlog to drain, throughput mode stays.
+    controller = _controller()
+    for backlog in (50_000, 50_000):
+        controller.update(backlog)
+    assert {controller.update(1_200, batches_filled=True).mode for _ in range(10)} == {THROUGHPUT}
+    # In latency mode batches_filled does not count: only the backlog decides.
+    controller = _controller()
+    assert {controller.update(500, batches_filled=False).mode for _ in range(5)} == {LATENCY}
+
+
+def test_a_backlog_at_the_first_tick_is_drained_in_throughput_mode_at_once() -> None:
+    """A worker starting on a backlog (restart, rebalance) need not wait two ticks; later, one
+    high tick is still not enough (a burst may be gone by the next)."""
+    controller = _controller()
+    assert controller.update(50_000).mode == THROUGHPUT
+    controller = _controller()
+    assert [controller.update(b).mode for b in (0, 50_000, 0)] == [LATENCY] * 3
