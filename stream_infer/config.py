@@ -76,14 +76,18 @@ class BatchingConfig(_Strict):
     batch size between a latency size and `max_batch_size` from the consumer lag it measures."""
 
     max_batch_size: int = Field(256, ge=1, le=65_536, description="The cap: the controller never exceeds it.")
-    max_wait_ms: float = Field(20.0, ge=0, le=60_000, description="The longest a batch waits to fill (throughput mode).")
+    max_wait_ms: float = Field(
+        20.0, ge=0, le=60_000,
+        description="The longest any batch waits to fill; the default latency budget is a quarter of it (throughput mode waits at most the budget).",
+    )
     adaptive: bool = Field(True, description="false: always max_batch_size, no waiting (the controller is off).")
     latency_budget_ms: float | None = Field(
         None, gt=0, le=60_000,
         description=(
-            "Latency mode uses the largest batch whose inference takes at most this long, and a fetch of two or "
-            "more events may wait this long for more (a lone event never waits); batches whose inference fits it "
-            "run on the event loop. Default max_wait_ms / 4."
+            "Latency mode uses the largest batch whose measured cost (whole batch path, and inference alone) is at "
+            "most this, and a fetch of two or more events may wait this long for more (a lone event never waits); "
+            "throughput mode waits at most this long for a batch to fill; batches whose inference fits it run on "
+            "the event loop. Default max_wait_ms / 4."
         ),
     )
     max_in_flight_events: int = Field(

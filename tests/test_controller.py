@@ -83,7 +83,7 @@ def test_burst_enters_throughput_mode_at_the_cap_and_returns() -> None:
     assert modes[:3] == [LATENCY] * 3  # one high tick is not enough
     assert modes[3] == THROUGHPUT
     assert {s.batch_size for s in settings if s.mode == THROUGHPUT} == {1024}  # the cap from the first tick
-    assert all(s.linger == 0.02 for s in settings if s.mode == THROUGHPUT)
+    assert all(s.linger == 0.001 for s in settings if s.mode == THROUGHPUT)  # the latency budget (< max_wait)
     # Back only after three ticks at or below the low-water mark (the cap).
     first_low = backlog.index(800)
     assert modes[first_low : first_low + 2] == [THROUGHPUT] * 2 and modes[first_low + 2] == LATENCY
@@ -108,12 +108,17 @@ def test_no_oscillation_around_a_threshold() -> None:
     assert modes[1] == THROUGHPUT and set(modes[1:]) == {THROUGHPUT}  # never three low ticks in a row: stays put
 
 
-def test_latency_mode_coalesces_within_the_budget_and_throughput_mode_does_not_need_to() -> None:
+def test_latency_mode_coalesces_within_the_budget_and_throughput_mode_waits_at_most_max_wait() -> None:
+    """Throughput mode waits for a batch to fill at most the latency budget, and never past max_wait."""
     controller = _controller(budget_ms=5.0)
     assert controller.setting.coalesce == 0.005 and controller.setting.linger == 0
     for backlog in (50_000, 50_000):
         setting = controller.update(backlog)
-    assert setting.mode == THROUGHPUT and setting.linger == 0.02
+    assert setting.mode == THROUGHPUT and setting.linger == 0.005
+    slow = _controller(budget_ms=50.0)  # a budget above max_wait (20 ms): max_wait bounds the wait
+    for backlog in (50_000, 50_000):
+        assert slow.update(backlog).linger <= 0.02
+    assert slow.setting.mode == THROUGHPUT and slow.setting.linger == 0.02
     for _ in range(3):
         setting = controller.update(0)
     assert setting.mode == LATENCY and setting.linger == 0 and setting.coalesce == 0.005
