@@ -10,29 +10,29 @@ Policy (the README's "Operating it" repeats it):
 * **latency mode** (start, and whenever the backlog is small): batches are at most the *latency
   size*: the largest power of two (<= the cap) whose measured cost fits the latency budget, the
   cost being the whole batch (decode, check, windows, inference, outputs), not inference alone:
-  with a fast model the rest is most of it (about 40 us an event against 1 us of inference for
-  the engines model), and a size from inference alone would be the cap. A lone event is handed
+  with a fast model the rest is most of it (for the engines model about 15 us an event in all,
+  2-3 of it inference), and a size from inference alone would be the cap. A lone event is handed
   over at once, never held. A fetch that already brings COALESCE_EVENTS or more (events arrive
   faster than they are taken) may wait up to one latency budget for more (`Setting.coalesce`):
   at thousands of events/s a few milliseconds turn batches of a handful into batches of dozens,
-  and the per-batch cost, in the worker and in the broker's requests, stops dominating. Decided per fetch, so a step from 10 to 20,000 events/s needs no
-  controller tick to be batched well. The worker fetches only when its agent is free in this mode.
+  and the per-batch cost, in the worker and in the broker's requests, stops dominating. Decided
+  per fetch, so a step from 10 to 20,000 events/s needs no controller tick to be batched well.
+  The worker fetches only when its agent is free in this mode.
 * **throughput mode**, entered when the backlog stays above the high-water mark (4 x the cap) for
   `enter_after` ticks in a row (at the first tick already: a worker starting on a backlog, after
-  a restart or a rebalance, has no burst to wait out), or keeps growing for `enter_after` + 1 ticks above the low-water
-  mark (the cap): batches are the configured cap, and may wait up to the latency budget (never
-  more than `max_wait`) to fill. Larger batches amortise the per-batch cost, so the backlog
-  drains faster; the worker fetches the next batch while its agent works on the current one.
-  Why not wait `max_wait`: under a backlog batches fill without waiting, so the wait only matters
-  to a stream the worker keeps up with, and there it is latency: at 26,000-32,000 events/s a 20 ms
-  wait per 1024-event batch put make bench's p99 at half load at 331-703 ms; waiting the budget
-  (5 ms), 61 ms. Straight to the cap rather than doubling each
-  tick: from a latency size of 16 (a trickle's one-event batches cost about 0.3 ms each) doubling
-  took six seconds to reach 1024, and a 60,000-event burst drained in 6.1 s instead of 2.5 s.
+  a restart or a rebalance, has no burst to wait out), or keeps growing for `enter_after` + 1
+  ticks above the low-water mark (the cap). Batches are the cap, and may wait up to the latency
+  budget (never more than `max_wait`) to fill. Larger batches amortise the per-batch cost, so
+  the backlog drains faster; the worker fetches the next batch while its agent works on the
+  current one. Straight to the cap rather than doubling each tick: from a latency size of 16 (a
+  trickle's one-event batches cost about 0.3 ms each) doubling took six seconds to reach 1024,
+  and a 60,000-event burst drained in 6.1 s instead of 3.5-4.0. Why not wait `max_wait`: under a
+  backlog batches fill without waiting, so the wait only matters to a stream the worker keeps up
+  with, and there it is latency (README, Performance, finding 19).
 * back to **latency mode** only after `leave_after` low ticks in a row: the backlog at or below
   the low-water mark, or no fetch filling the batch size since the previous tick. Why the
   second: with a cap of 1024 and a 20 ms wait, a steady 31,700 events/s is about 630 events a
-  wait; one batch filling and one queued keep the backlog around the low-water mark (1024), and
+  wait; one batch filling and one queued kept the backlog around the low-water mark (1024), and
   the worker stayed in throughput mode, every event waiting for a batch to fill.
 
 Why no oscillation: the two marks are 4x apart and each switch needs several consecutive ticks,
