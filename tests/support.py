@@ -63,3 +63,18 @@ def close_runner(runner) -> None:
     runner.thread.shutdown(wait=True)
     runner.monitor_thread.shutdown(wait=True)
     runner.pipeline.close()
+
+
+class RecordingProducer:
+    """Stands in for AsyncProducer where Kafka is not under test: keeps what the pipeline sends,
+    every output acknowledged at once."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple] = []
+
+    def send_batch(self, messages) -> int:
+        self.messages.extend(messages)
+        return len(messages)
+
+    async def wait_acknowledged(self) -> None:
+        return None

@@ -18,6 +18,7 @@ from stream_infer.config import PipelineConfig, load_config
 from stream_infer.decode import REASONS, DecodedBatch, EventDecoder, InputRecord
 from stream_infer.features import Featurizer
 from stream_infer.replay import bad_events, dataset_events
+from support import RecordingProducer
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = ROOT / "stream_infer" / "configs" / "demo.toml"
@@ -150,20 +151,6 @@ def test_beyond_float32_passes_the_decoder_and_becomes_a_non_finite_row() -> Non
     assert np.isfinite(featurizer.numeric_rows([original])).all()
 
 
-class _RecordingProducer:
-    """Stands in for AsyncProducer (Kafka is not under test): keeps what the pipeline sends."""
-
-    def __init__(self) -> None:
-        self.messages: list[tuple] = []
-
-    def send_batch(self, messages) -> int:
-        self.messages.extend(messages)
-        return len(messages)
-
-    async def wait_acknowledged(self) -> None:
-        return None
-
-
 @pytest.mark.parametrize("dataset", list(PIPELINE_OF))
 def test_pipeline_dead_letters_every_bad_event_with_its_listed_reason(dataset: str) -> None:
     """Through the real batch path (decode, float32 finite check, model), every bad event reaches the
@@ -171,7 +158,7 @@ def test_pipeline_dead_letters_every_bad_event_with_its_listed_reason(dataset: s
     from stream_infer.pipeline import Pipeline
 
     config = _pipeline(dataset)
-    producer = _RecordingProducer()
+    producer = RecordingProducer()
     pipeline = Pipeline(config, producer, changelog=None)  # type: ignore[arg-type]
     try:
         good = list(_good(dataset)[:20])

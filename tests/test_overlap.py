@@ -20,21 +20,10 @@ from stream_infer.bench.harness import engine_events, engines_config
 from stream_infer.config import load_config
 from stream_infer.decode import InputRecord
 from stream_infer.pipeline import OVERLAP_MIN_EVENTS, Pipeline
+from support import RecordingProducer
 
 # Fields that say when, not what: they differ between any two runs.
 _CLOCK_FIELDS = {"latency_ms", "processed_at_ms", "emitted_at_ms"}
-
-
-class _RecordingProducer:
-    def __init__(self) -> None:
-        self.messages: list[tuple] = []
-
-    def send_batch(self, messages) -> int:
-        self.messages.extend(messages)
-        return len(messages)
-
-    async def wait_acknowledged(self) -> None:
-        return None
 
 
 def _records(count: int) -> list[InputRecord]:
@@ -73,7 +62,7 @@ def _comparable(message: tuple) -> tuple:
 
 def _run(tmp_path: Path, records: list[InputRecord], sizes: list[int]) -> tuple[dict, dict, int]:
     config = load_config(engines_config(tmp_path / "c.toml", group="g", input_topic="in", output_prefix="out"))
-    producer = _RecordingProducer()
+    producer = RecordingProducer()
     pipeline = Pipeline(config.pipelines[0], producer, changelog=None)  # type: ignore[arg-type]
     pipeline.loaded.update({0, 1, 2})
     try:
