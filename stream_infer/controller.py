@@ -87,14 +87,17 @@ class CostProfile:
         return last_seconds * rows / last_rows
 
 
+def batch_sizes(cap: int) -> list[int]:
+    """The sizes profiles are calibrated at and the latency size is chosen from: the powers of
+    two up to the cap, and the cap itself, ascending."""
+    return sorted({1 << i for i in range(cap.bit_length())} | {cap})
+
+
 def largest_within(budget: float, cap: int, *profiles: CostProfile) -> int:
-    """The largest power of two <= cap (or the cap itself) that every profile estimates within
-    `budget` (a profile with no measurement yet does not object); at least 1."""
-    sizes = [1 << i for i in range(cap.bit_length()) if (1 << i) <= cap]
-    if cap not in sizes:
-        sizes.append(cap)
+    """The largest of :func:`batch_sizes` that every profile estimates within `budget` (a profile
+    with no measurement yet does not object); at least 1."""
     best = 1
-    for size in sizes:
+    for size in batch_sizes(cap):
         estimates = [e for e in (p.estimate(size) for p in profiles) if e is not None]
         if estimates and max(estimates) > budget:
             break
@@ -154,11 +157,11 @@ class BatchController:
 
         if self.mode == LATENCY:
             # The first step's backlog was there before this worker: no burst to wait out.
-            if self._high_ticks >= self.enter_after or self._growing_ticks > self.enter_after or (first and self._high_ticks):
+            if self._high_ticks >= self.enter_after or self._growing_ticks > self.enter_after or (first and backlog > self.high_water):
                 self.mode = THROUGHPUT
                 self.setting = Setting(self.cap, min(self.max_wait, self.latency_budget), THROUGHPUT)
             else:
-                # The latency size follows the measured inference times.
+                # The latency size follows the measured costs.
                 self.setting = self._latency_setting()
         elif self._low_ticks >= self.leave_after:
             self.mode = LATENCY

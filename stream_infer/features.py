@@ -98,7 +98,6 @@ class Featurizer:
             store.mark_dirty(partitions[first[k]], key)
         return out
 
-
     def _windowed_each(self, keys: Sequence[str], partitions: Sequence[int], rows: np.ndarray, store: StateStore) -> np.ndarray:
         """:meth:`windowed` event by event, for small batches: a few numpy calls per event instead
         of the vectorised path's two dozen per batch. Same rows and state (a test holds them equal)."""

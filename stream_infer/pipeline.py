@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import NamedTuple
 
 import numpy as np
@@ -29,7 +29,7 @@ import orjson
 
 from stream_infer import metrics
 from stream_infer.config import PipelineConfig
-from stream_infer.controller import CostProfile
+from stream_infer.controller import CostProfile, batch_sizes
 from stream_infer.decode import DeadLetter, EventDecoder, InputRecord
 from stream_infer.engine import InferenceEngine
 from stream_infer.features import Featurizer
@@ -61,6 +61,10 @@ class BatchResult:
     reviews: int = 0
     skipped: int = 0
     stale_skipped: int = 0
+
+    def __add__(self, other: BatchResult) -> BatchResult:
+        """Counts of two parts of one batch, field by field."""
+        return BatchResult(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
 
 
 @dataclass
@@ -156,7 +160,7 @@ class Pipeline:
         if inline_budget_s is None:
             inline_budget_s = self.config.batching.latency_budget_s
         width, cap = self.config.features.width, self.config.batching.max_batch_size
-        sizes = sorted({1 << i for i in range(cap.bit_length()) if (1 << i) <= cap} | {cap})
+        sizes = batch_sizes(cap)
         limit, previous, started_all = 0, 0, time.perf_counter()
         for rows in sizes:
             matrix = np.zeros((rows, width), dtype=np.float32)
@@ -227,7 +231,7 @@ class Pipeline:
         else:
             batch = self.prepare(records)
             if batch.matrix is None or len(batch.matrix) <= self.inline_rows:
-                # A handful of rows takes microseconds: less than the hop to the executor thread.
+                # Within the latency budget: cheaper on the loop than the hop (see calibrate).
                 inferred = self._infer(batch)
             else:
                 inferred = await asyncio.get_running_loop().run_in_executor(self.executor, self._infer, batch)
@@ -254,10 +258,7 @@ class Pipeline:
         inferred = await first_inferred
         second_inferred = loop.run_in_executor(self.executor, self._infer, second)
         result = self._finish_and_send(first, inferred, arrival)
-        other = self._finish_and_send(second, await second_inferred, arrival)
-        for name in ("predictions", "alerts", "dead_letters", "reviews", "skipped", "stale_skipped"):
-            setattr(result, name, getattr(result, name) + getattr(other, name))
-        return result
+        return result + self._finish_and_send(second, await second_inferred, arrival)
 
     def _infer(self, batch: PreparedBatch) -> _Inferred:
         """Run the model on a prepared batch, on any thread (one at a time)."""

@@ -60,18 +60,19 @@ def _comparable(message: tuple) -> tuple:
     return topic, key, orjson.dumps(body, option=orjson.OPT_SORT_KEYS), headers
 
 
-def _run(tmp_path: Path, records: list[InputRecord], sizes: list[int]) -> tuple[dict, dict, int]:
+def _run(tmp_path: Path, records: list[InputRecord], sizes: list[int]) -> tuple[dict, dict, int, list]:
     config = load_config(engines_config(tmp_path / "c.toml", group="g", input_topic="in", output_prefix="out"))
     producer = RecordingProducer()
     pipeline = Pipeline(config.pipelines[0], producer, changelog=None)  # type: ignore[arg-type]
     pipeline.loaded.update({0, 1, 2})
     try:
-        start = 0
+        start, counts = 0, []
         for size in sizes:
-            asyncio.run(pipeline.process(records[start : start + size], time.monotonic()))
+            result = asyncio.run(pipeline.process(records[start : start + size], time.monotonic()))
+            counts.append((result.predictions, result.dead_letters))
             start += size
         state = {(p, k): s.to_bytes() for p, keys in pipeline.store.partitions.items() for k, s in keys.items()}
-        return _by_topic(producer.messages), state, pipeline.acknowledged_events
+        return _by_topic(producer.messages), state, pipeline.acknowledged_events, counts
     finally:
         pipeline.close()
 
@@ -93,7 +94,8 @@ def test_overlapped_halves_give_what_one_batch_gives(tmp_path: Path, monkeypatch
     monkeypatch.setattr(pipeline_module, "OVERLAP_MIN_EVENTS", 10**9)  # one batch each, never split
     whole = _run(tmp_path, records, sizes)
     assert overlapped == whole
-    messages, state, acknowledged = overlapped
+    messages, state, acknowledged, counts = overlapped
+    assert counts == [(2 * OVERLAP_MIN_EVENTS - 2, 2), (299, 1)]  # the halves' counts, added up
     assert acknowledged == len(records) and len(state) == 100  # every unit of the fleet has a window
     assert len(messages["out.telemetry.dlq"]) == 3 and len(messages["out.predictions"]) == len(records) - 3
 
