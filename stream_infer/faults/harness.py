@@ -1,0 +1,376 @@
+"""One fault trial against real workers (subprocesses) on a real Kafka, and a run of many trials.
+
+A trial: write a config for the `engines` pipeline on topics and a group of its own, create the
+6-partition input topic and the output topics, start the scenario's workers, feed the looped
+C-MAPSS stream at a fixed rate while the scenario injects its faults, then wait until every input
+has a prediction (or the drain timeout passes), stop the workers and account: lost, duplicated
+and mismatched predictions against the in-process reference, recovery after each fault, exits.
+
+Clusters: the worker scenarios share one single-node local cluster (or the one named by
+KAFKA_BOOTSTRAP_SERVERS); each broker_kill trial gets a fresh 3-node cluster, because it leaves a
+broker dead. Only one cluster runs at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import signal
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from contextlib import suppress
+from pathlib import Path
+
+from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
+
+from stream_infer.bench.harness import DEMO_CONFIG, engines_config
+from stream_infer.config import ConfigError, PipelineConfig, load_config
+from stream_infer.faults.reference import EventStream, load_reference
+from stream_infer.faults.report import TrialResult, WorkerExit, account, latency_max, recovery_seconds
+from stream_infer.faults.traffic import DELIVERY_TIMEOUT_MS, Feeder, PredictionWatcher
+from stream_infer.kafka import local
+from stream_infer.kafka.admin import admin_client, create_topics, group_lag
+from stream_infer.workerproc import WorkerProcess
+
+log = logging.getLogger(__name__)
+
+PARTITIONS = 6
+GUARANTEES = ("at_least_once", "exactly_once")
+# After the stream ends: how long every input may take to get its prediction before the rest
+# count as lost, then how long without a new prediction before the count is final (late
+# duplicates of a replay arrive in this window).
+DRAIN_TIMEOUT_S = 60.0
+SETTLE_S = 2.0
+# How long the group may take to commit its last offsets once every input is predicted.
+FINAL_COMMIT_S = 15.0
+# A stop that takes longer is recorded as it is (and fails a rolling restart's limit of 10 s);
+# past this the worker is killed so the trial can end.
+STOP_TIMEOUT_S = 30.0
+
+
+def write_config(path: Path, prefix: str, *, guarantee: str | None, replication: int) -> tuple[Path, list[str]]:
+    """The demo's engines pipeline on topics `<prefix>.engines.*` and group `prefix`, with
+    `processing_guarantee` under [worker] (omitted for None). Returns (path, notes).
+
+    A worker that does not know the key rejects the config; at-least-once is then its only
+    mode, so for "at_least_once" the key is left out (with a note), and "exactly_once" raises."""
+    engines_config(path, group=prefix, input_topic=f"{prefix}.engines.telemetry", output_prefix=f"{prefix}.engines")
+    text = path.read_text().replace("replication_factor = 1\n", f"replication_factor = {replication}\n", 1)
+    plain = text
+    if guarantee is not None:
+        text = text.replace("[worker]\n", f'[worker]\nprocessing_guarantee = "{guarantee}"\n', 1)
+    path.write_text(text)
+    try:
+        load_config(path)
+    except ConfigError as err:
+        if guarantee is None or "processing_guarantee" not in str(err):
+            raise
+        if guarantee != "at_least_once":
+            raise RuntimeError(f"this worker has no processing_guarantee setting ({err})") from None
+        path.write_text(plain)
+        return path, ["processing_guarantee left out: this worker does not know the key (at-least-once is its only mode)"]
+    return path, []
+
+
+class Trial:
+    """The state of one trial; scenarios drive it through the methods below."""
+
+    def __init__(self, scenario: str, guarantee: str | None, seed: int, *, bootstrap: str, work_dir: Path,
+                 stream: EventStream, reference: dict, rate: float, duration: float, replication: int = 1,
+                 cluster_dir: Path | None = None) -> None:
+        self.bootstrap = bootstrap
+        self.stream = stream
+        self.reference = reference
+        self.rate = rate
+        self.duration = duration
+        self.replication = replication
+        self.cluster_dir = cluster_dir
+        self.rng = random.Random(seed)
+        self.prefix = f"faults-{scenario.replace('_', '-')}-{seed}-{uuid.uuid4().hex[:6]}"
+        self.dir = work_dir / "trials" / self.prefix
+        self.result = TrialResult(scenario, guarantee, seed)
+        self.workers: dict[str, WorkerProcess] = {}
+        self.feeder: Feeder | None = None
+        self.watcher: PredictionWatcher | None = None
+        self._probes: list[tuple[str, float, set[int]]] = []
+        self._admin = admin_client(bootstrap)
+
+    # --- set-up ---------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Config and topics: the input and outputs with the input's partition count; with
+        replication 3 every one of them gets min.insync.replicas 2, so acks=all means two copies."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path, notes = write_config(self.dir / "config.toml", self.prefix, guarantee=self.result.guarantee,
+                                   replication=self.replication)
+        self.result.notes += notes
+        self.config_path = path
+        self.pipeline: PipelineConfig = load_config(path).pipelines[0]
+        self.group = self.prefix
+        topics = self.pipeline.topics
+        extra = {"min.insync.replicas": "2"} if self.replication >= 3 else {}
+        create_topics(self.bootstrap, [self.pipeline.input_topic, topics.predictions, topics.alerts, topics.dead_letters],
+                      partitions=PARTITIONS, replication=self.replication, config=extra)
+        self.watcher = PredictionWatcher(self.bootstrap, topics.predictions, self.pipeline.outputs.score_name)
+
+    # --- workers --------------------------------------------------------------------------------
+
+    def start_workers(self, *names: str) -> None:
+        """Start workers (at once) and wait until each is ready. The instance id is the name, so a
+        restarted worker keeps its transactional ids and fences its predecessor at once."""
+        for name in names:
+            env = {"STREAM_INFER_INSTANCE_ID": f"{self.prefix}-{name}"}
+            self.workers[name] = WorkerProcess(self.config_path, self.bootstrap, self.dir / name, log_level="info", env=env).start()
+        for name in names:
+            seconds = self.workers[name].wait_ready()
+            log.info("worker ready", extra={"trial": self.prefix, "worker": name, "seconds": round(seconds, 1)})
+
+    def stop_worker(self, name: str, *, graceful_required: bool = False) -> WorkerExit:
+        """SIGTERM and time the exit; a worker that already exited on its own is recorded as such."""
+        worker = self.workers.pop(name)
+        if worker.proc.poll() is not None:
+            outcome = WorkerExit(name, worker.proc.returncode, None, "exited", graceful_required)
+        else:
+            started = time.monotonic()
+            code = worker.stop(timeout=STOP_TIMEOUT_S)
+            outcome = WorkerExit(name, code, round(time.monotonic() - started, 2), "stopped", graceful_required)
+        if outcome.code != 0:
+            log.warning("worker ended with status %s; log tail:\n%s", outcome.code, worker.log_tail(15))
+        self.result.exits.append(outcome)
+        return outcome
+
+    def kill_worker(self, name: str) -> float:
+        """SIGKILL; returns the wall-clock moment of the kill."""
+        worker = self.workers.pop(name)
+        at = self.mark(f"SIGKILL worker {name}")
+        worker.kill()
+        self.result.exits.append(WorkerExit(name, worker.proc.returncode, None, "killed"))
+        return at
+
+    # --- the broker -----------------------------------------------------------------------------
+
+    def input_leaders(self) -> dict[int, int]:
+        """Input partition -> id of the broker leading it now."""
+        meta = self._admin.list_topics(self.pipeline.input_topic, timeout=10).topics[self.pipeline.input_topic]
+        return {p: info.leader for p, info in meta.partitions.items()}
+
+    def kill_broker(self, node_id: int) -> float:
+        """SIGKILL the broker process of `node_id` (PID from the cluster's state); returns the moment."""
+        if self.cluster_dir is None:
+            raise RuntimeError("killing a broker needs a local cluster started by the harness")
+        cluster = local.Cluster.load(self.cluster_dir)
+        node = next(n for n in cluster.nodes if n.node_id == node_id)
+        if not local.pid_alive(node.pid):
+            raise RuntimeError(f"broker {node_id} (pid {node.pid}) is not running")
+        at = self.mark(f"SIGKILL broker {node_id}", pid=node.pid)
+        os.kill(node.pid, signal.SIGKILL)
+        with suppress(ChildProcessError, OSError):  # started by this process: reap it
+            os.waitpid(node.pid, 0)
+        return at
+
+    # --- the stream and the clock ---------------------------------------------------------------
+
+    def start_stream(self) -> None:
+        self.watcher.start()
+        self.feeder = Feeder(self.bootstrap, self.pipeline.input_topic, self.stream, rate=self.rate, duration=self.duration)
+        self.feeder.start()
+
+    def elapsed(self) -> float:
+        return time.time() - self.feeder.started_at
+
+    def wait_until(self, seconds: float) -> None:
+        """Sleep until `seconds` after the stream started (at once if that has passed)."""
+        if (left := seconds - self.elapsed()) > 0:
+            time.sleep(left)
+
+    def mark(self, what: str, **details) -> float:
+        """Record an action in the trial's timeline; returns its wall-clock moment."""
+        at = time.time()
+        self.result.faults.append({"what": what, "at_s": round(at - self.feeder.started_at, 2), **details})
+        log.info("%s at %.1f s", what, at - self.feeder.started_at, extra={"trial": self.prefix})
+        return at
+
+    def probe(self, label: str, fault_at: float, partitions: set[int]) -> None:
+        """Measure, once the trial ends, each partition's recovery after this fault."""
+        self._probes.append((label, fault_at, set(partitions)))
+
+    # --- the consumer group ---------------------------------------------------------------------
+
+    def group_members(self) -> dict[str, set[int]]:
+        """Member id -> input partitions assigned, as the group coordinator describes the group."""
+        description = self._admin.describe_consumer_groups([self.group], request_timeout=10)[self.group].result(10)
+        return {
+            m.member_id: {tp.partition for tp in m.assignment.topic_partitions if tp.topic == self.pipeline.input_topic}
+            for m in description.members
+        }
+
+    def wait_group(self, members: int, timeout: float) -> dict[str, set[int]]:
+        """The group's members once there are `members` of them and all partitions are assigned
+        (or whatever it is after `timeout`, with a note)."""
+        deadline = time.monotonic() + timeout
+        current: dict[str, set[int]] = {}
+        while time.monotonic() < deadline:
+            with suppress(Exception):  # a coordinator moving answers with an error for a moment
+                current = self.group_members()
+                assigned = set().union(*current.values()) if current else set()
+                if len(current) == members and len(assigned) == PARTITIONS:
+                    return current
+            time.sleep(0.25)
+        self.result.notes.append(f"group did not settle at {members} member(s) within {timeout:.0f} s: {current}")
+        return current
+
+    # --- the end --------------------------------------------------------------------------------
+
+    def finish(self) -> None:
+        """Wait for the stream and the drain, stop the workers and account (fills `result`)."""
+        feeder = self.feeder
+        if not feeder.join(self.duration + DELIVERY_TIMEOUT_MS / 1000 + 60):
+            raise RuntimeError("the feeder did not finish")
+        if feeder.error is not None:
+            raise RuntimeError(f"the feeder failed: {feeder.error}")
+        self.result.feed_errors = feeder.failed
+        if feeder.failed:
+            self.result.notes.append(f"{feeder.failed} input(s) not acknowledged to the feeder: {feeder.last_error}")
+        inputs = {source: self.stream.identity(index) for source, index in feeder.delivered.items()}
+        wanted = set(inputs)
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while self.watcher.missing(wanted) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        settle_deadline = time.monotonic() + 5 * SETTLE_S
+        while time.time() - self.watcher.last_arrival < SETTLE_S and time.monotonic() < settle_deadline:
+            time.sleep(0.2)
+        self.result.final_lag = self._final_lag()
+        with suppress(Exception):
+            self.result.final_assignment = sorted(sorted(p) for p in self.group_members().values())
+        for name in list(self.workers):
+            self.stop_worker(name)
+        self.watcher.stop()
+        observations = self.watcher.snapshot()
+        self.result.accounting = account(inputs, observations, self.reference)
+        self.result.latency_max_s = latency_max(observations)
+        for label, fault_at, partitions in self._probes:
+            self.result.recovery[label] = recovery_seconds(fault_at, partitions, observations)
+
+    def _final_lag(self) -> int | None:
+        """Input events the group has not committed, once it has had FINAL_COMMIT_S to commit."""
+        deadline = time.monotonic() + FINAL_COMMIT_S
+        lag = None
+        while time.monotonic() < deadline:
+            with suppress(Exception):
+                parts = group_lag(self.bootstrap, self.group, [self.pipeline.input_topic], admin=self._admin)
+                lag = sum(p.log_end if p.lag is None else p.lag for p in parts)
+                if lag == 0:
+                    break
+            time.sleep(0.5)
+        return lag
+
+    def close(self, *, delete_topics: bool = False) -> None:
+        """Whatever happened: no worker or thread of this trial outlives it."""
+        if self.feeder is not None:
+            self.feeder.stop()
+            self.feeder.join(30)
+        for name in list(self.workers):
+            worker = self.workers.pop(name)
+            worker.kill()
+        if self.watcher is not None:
+            self.watcher.stop()
+        if delete_topics:
+            with suppress(Exception):
+                mine = [t for t in self._admin.list_topics(timeout=10).topics if t.startswith(self.prefix)]
+                if mine:
+                    for future in self._admin.delete_topics(mine, operation_timeout=30).values():
+                        future.result(30)
+
+
+Scenario = Callable[[Trial], None]
+
+
+def run_trial(scenario: str, play: Scenario, guarantee: str | None, seed: int, **trial_args) -> TrialResult:
+    """Set up, play the scenario, finish and account; any failure ends the trial with `error` set."""
+    started = time.monotonic()
+    delete_topics = trial_args.pop("delete_topics", False)
+    trial = Trial(scenario, guarantee, seed, **trial_args)
+    try:
+        trial.setup()
+        play(trial)
+        trial.finish()
+    except Exception as err:
+        log.exception("trial %s failed", trial.prefix)
+        trial.result.error = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+    finally:
+        trial.close(delete_topics=delete_topics)
+    trial.result.duration_s = round(time.monotonic() - started, 1)
+    trial.result.notes.append(f"logs and config in {trial.dir}")
+    return trial.result
+
+
+def set_min_insync_replicas(bootstrap: str, value: int) -> None:
+    """Cluster-wide default for topics without their own setting: the worker's changelog and
+    Kafka's internal topics then also need `value` copies for acks=all."""
+    resource = ConfigResource(ResourceType.BROKER, "", incremental_configs=[
+        ConfigEntry("min.insync.replicas", str(value), incremental_operation=AlterConfigOpType.SET)])
+    for future in admin_client(bootstrap).incremental_alter_configs([resource]).values():
+        future.result(30)
+
+
+def run_faults(
+    plan: Sequence[tuple[str, str | None]],
+    *,
+    trials: int,
+    seed: int,
+    rate: float,
+    duration: float,
+    work_dir: Path,
+    bootstrap: str | None = None,
+    on_result: Callable[[TrialResult], None] = lambda r: None,
+    on_skip: Callable[[str], None] = lambda msg: None,
+) -> list[TrialResult]:
+    """Run `trials` trials of each (scenario, guarantee) in `plan`; trial i uses seed + i.
+
+    With `bootstrap` the given cluster serves the worker scenarios and broker_kill is skipped;
+    otherwise local clusters are started in a temporary directory and stopped afterwards."""
+    from stream_infer.faults.scenarios import BROKER_KILL_NODES, SCENARIOS
+
+    stream = EventStream()
+    engines = next(p for p in load_config(DEMO_CONFIG).pipelines if p.name == "engines")
+    reference = load_reference(engines, stream, work_dir / "reference")
+    common = dict(work_dir=work_dir, stream=stream, reference=reference, rate=rate, duration=duration)
+    results: list[TrialResult] = []
+    tmp = Path(tempfile.mkdtemp(prefix="stream-infer-faults-"))
+    single_dir = tmp / "kafka-1"
+    try:
+        for scenario, guarantee in plan:
+            if scenario == "broker_kill" and bootstrap is not None:
+                on_skip("broker_kill skipped: it kills a broker, which only a local cluster started here allows "
+                        "(unset KAFKA_BOOTSTRAP_SERVERS to run it)")
+                continue
+            for i in range(trials):
+                if scenario == "broker_kill":
+                    local.down(single_dir, wipe=True, timeout=15)  # one cluster at a time on a small machine
+                    cluster_dir = tmp / f"kafka-3-{scenario}-{guarantee}-{i}"
+                    cluster, _ = local.up(cluster_dir, port=0, nodes=BROKER_KILL_NODES)
+                    try:
+                        try:
+                            set_min_insync_replicas(cluster.bootstrap, 2)
+                        except Exception as err:  # the input topic still has its own setting
+                            log.warning("could not set min.insync.replicas cluster-wide: %s", err)
+                        result = run_trial(scenario, SCENARIOS[scenario], guarantee, seed + i, bootstrap=cluster.bootstrap,
+                                           replication=BROKER_KILL_NODES, cluster_dir=cluster_dir, **common)
+                    finally:
+                        local.down(cluster_dir, wipe=True, timeout=15)
+                else:
+                    target = bootstrap
+                    if target is None:
+                        target = local.up(single_dir, port=0, nodes=1)[0].bootstrap
+                    result = run_trial(scenario, SCENARIOS[scenario], guarantee, seed + i, bootstrap=target,
+                                       delete_topics=bootstrap is not None, **common)
+                results.append(result)
+                on_result(result)
+    finally:
+        local.down(single_dir, wipe=True, timeout=15)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return results

@@ -1,0 +1,294 @@
+"""Accounting of one fault trial, and the report lines: pure functions over what a trial observed.
+
+Inputs are identified by (partition, offset) in the input topic, as every prediction names its
+source. For each input fed (known from the feeder's delivery reports), a trial counts:
+
+* predicted: inputs with at least one prediction; lost: inputs with none;
+* duplicates: predictions beyond the first for an input (at-least-once allows them, exactly-once
+  must have none, since its reader only sees committed transactions);
+* mismatched: predictions, duplicates included, whose score differs from the reference for the
+  input's (unit, cycle) (equal_to_reference is "none differs, none names an unknown input").
+
+Timing, all on the wall clock (predictions carry the input's producer timestamp):
+
+* recovery after a fault, per partition: from the fault until a prediction arrives (at the
+  reader) for an input produced after the fault: the moment the partition's data flows again end
+  to end, which neither an in-flight prediction of the old owner nor a replay of older inputs fakes;
+* latency_max: the longest any input waited from being produced to its first prediction arriving,
+  which also catches stalls away from the fault moments (a rebalance when a worker joins).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+
+UnitCycle = tuple[int, int]
+Source = tuple[int, int]  # (input partition, input offset)
+
+# A stopped worker must hand its partitions over and exit within this many seconds, with status 0.
+GRACEFUL_STOP_LIMIT_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One prediction as the reader received it."""
+
+    partition: int  # source partition and offset: the input it answers
+    offset: int
+    score: float
+    arrived: float  # wall-clock seconds when the reader received it
+    input_ms: int  # the input's producer timestamp (wall-clock milliseconds)
+
+
+@dataclass
+class Accounting:
+    inputs: int = 0
+    predicted: int = 0
+    lost: int = 0
+    duplicates: int = 0
+    mismatched: int = 0
+    unexpected: int = 0  # predictions naming an input that was never fed
+    max_abs_error: float = 0.0
+    lost_by_partition: dict[int, int] = field(default_factory=dict)
+    lost_examples: list[Source] = field(default_factory=list)
+    mismatch_examples: list[dict] = field(default_factory=list)
+
+    @property
+    def equal_to_reference(self) -> bool:
+        return self.mismatched == 0 and self.unexpected == 0
+
+
+def account(
+    inputs: Mapping[Source, UnitCycle],
+    observations: Iterable[Observation],
+    reference: Mapping[UnitCycle, float],
+    *,
+    examples: int = 5,
+) -> Accounting:
+    """Count lost, duplicated and mismatched predictions of the fed `inputs` (see module docstring).
+
+    An input whose (unit, cycle) has no reference value counts as mismatched: the reference must
+    cover the whole stream, or nothing is being checked."""
+    result = Accounting(inputs=len(inputs))
+    seen: dict[Source, int] = {}
+    for obs in observations:
+        source = (obs.partition, obs.offset)
+        seen[source] = seen.get(source, 0) + 1
+        identity = inputs.get(source)
+        if identity is None:
+            result.unexpected += 1
+            continue
+        expected = reference.get(identity)
+        if expected is None or obs.score != expected:
+            result.mismatched += 1
+            error = float("inf") if expected is None else abs(obs.score - expected)
+            result.max_abs_error = max(result.max_abs_error, error)
+            if len(result.mismatch_examples) < examples:
+                result.mismatch_examples.append(
+                    {"partition": obs.partition, "offset": obs.offset, "unit": identity[0], "cycle": identity[1],
+                     "got": obs.score, "expected": expected}
+                )
+    result.predicted = sum(1 for source in inputs if source in seen)
+    result.lost = result.inputs - result.predicted
+    result.duplicates = sum(count - 1 for source, count in seen.items() if source in inputs)
+    if result.lost:
+        lost = sorted(source for source in inputs if source not in seen)
+        result.lost_examples = lost[:examples]
+        for partition, _offset in lost:
+            result.lost_by_partition[partition] = result.lost_by_partition.get(partition, 0) + 1
+    return result
+
+
+def recovery_seconds(fault_at: float, partitions: Iterable[int], observations: Iterable[Observation]) -> dict[int, float | None]:
+    """Per partition: seconds from `fault_at` until the first prediction arrived for an input
+    produced at or after it; None where none arrived (the partition never recovered)."""
+    wanted = set(partitions)
+    fault_ms = fault_at * 1000
+    first: dict[int, float] = {}
+    for obs in observations:
+        if obs.partition in wanted and obs.input_ms >= fault_ms:
+            if obs.arrived < first.get(obs.partition, float("inf")):
+                first[obs.partition] = obs.arrived
+    return {p: (round(max(0.0, first[p] - fault_at), 3) if p in first else None) for p in sorted(wanted)}
+
+
+def latency_max(observations: Iterable[Observation]) -> float | None:
+    """The longest wait of any input from being produced to its first prediction arriving."""
+    first: dict[Source, Observation] = {}
+    for obs in observations:
+        key = (obs.partition, obs.offset)
+        if key not in first or obs.arrived < first[key].arrived:
+            first[key] = obs
+    if not first:
+        return None
+    return round(max(obs.arrived - obs.input_ms / 1000 for obs in first.values()), 3)
+
+
+@dataclass
+class WorkerExit:
+    """How a worker ended: by SIGTERM (`stopped`, timed) or by SIGKILL (the fault itself)."""
+
+    name: str
+    code: int | None
+    seconds: float | None  # from SIGTERM to exit
+    how: str  # "stopped" or "killed"
+    graceful_required: bool = False  # a rolling restart's stop: must exit 0 within the limit
+
+    @property
+    def violates(self) -> bool:
+        return self.graceful_required and (self.code != 0 or self.seconds is None or self.seconds > GRACEFUL_STOP_LIMIT_S)
+
+
+@dataclass
+class TrialResult:
+    scenario: str
+    guarantee: str | None  # None: the config carried no processing_guarantee key
+    seed: int
+    accounting: Accounting = field(default_factory=Accounting)
+    recovery: dict[str, dict[int, float | None]] = field(default_factory=dict)  # fault label -> partition -> s
+    latency_max_s: float | None = None
+    exits: list[WorkerExit] = field(default_factory=list)
+    faults: list[dict] = field(default_factory=list)  # what happened when (seconds after the feed started)
+    final_lag: int | None = None  # input events not committed by the group at the end
+    final_assignment: list[list[int]] | None = None  # input partitions of each group member at the end
+    feed_errors: int = 0  # inputs the feeder could not deliver (not counted as inputs)
+    duration_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None  # the trial could not run to the end
+
+    @property
+    def recovery_max_s(self) -> float | None:
+        """The slowest recovery of any affected partition after any fault; inf if one never recovered."""
+        values = [v for partitions in self.recovery.values() for v in partitions.values()]
+        if not values:
+            return None
+        return float("inf") if any(v is None for v in values) else max(values)
+
+    def failures(self) -> list[str]:
+        """Why this trial fails; empty when it passes."""
+        out = []
+        if self.error:
+            out.append("error")
+        if self.accounting.lost:
+            out.append("lost")
+        if not self.accounting.equal_to_reference:
+            out.append("not_equal")
+        if self.guarantee == "exactly_once" and self.accounting.duplicates:
+            out.append("duplicates")
+        if any(e.violates for e in self.exits):
+            out.append("graceful_stop")
+        return out
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["accounting"]["equal_to_reference"] = self.accounting.equal_to_reference
+        data["recovery_max_s"] = _json_number(self.recovery_max_s)
+        data["failures"] = self.failures()
+        data["recovery"] = {label: {str(p): s for p, s in parts.items()} for label, parts in self.recovery.items()}
+        data["accounting"]["lost_by_partition"] = {str(p): n for p, n in self.accounting.lost_by_partition.items()}
+        return data
+
+
+def _json_number(value: float | None) -> float | str | None:
+    return "inf" if value == float("inf") else value
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return "never" if value == float("inf") else f"{value:.2f}"
+
+
+def trial_line(result: TrialResult) -> str:
+    """One line per trial, `key=value` fields in a fixed order (see the CLI's help)."""
+    a = result.accounting
+    exits = ",".join(
+        f"{e.name}:{e.how}:{'-' if e.code is None else e.code}@{_seconds(e.seconds)}s" for e in result.exits
+    ) or "-"
+    failures = result.failures()
+    fields = [
+        f"scenario={result.scenario}",
+        f"guarantee={result.guarantee or 'unset'}",
+        f"seed={result.seed}",
+        f"inputs={a.inputs}",
+        f"predicted={a.predicted}",
+        f"lost={a.lost}",
+        f"duplicates={a.duplicates}",
+        f"equal_to_reference={'yes' if a.equal_to_reference else 'no'}",
+        f"recovery_max_s={_seconds(result.recovery_max_s)}",
+        f"latency_max_s={_seconds(result.latency_max_s)}",
+        f"exits={exits}",
+        f"final_lag={'-' if result.final_lag is None else result.final_lag}",
+        f"duration_s={result.duration_s:.1f}",
+        f"result={'FAIL(' + ','.join(failures) + ')' if failures else 'ok'}",
+    ]
+    if a.lost_by_partition:
+        fields.append("lost_by_partition=" + ",".join(f"{p}:{n}" for p, n in sorted(a.lost_by_partition.items())))
+    if result.error:
+        fields.append(f"error={result.error!r}")
+    return " ".join(fields)
+
+
+@dataclass
+class SummaryRow:
+    scenario: str
+    guarantee: str
+    trials: int
+    failed: int
+    lost: int
+    duplicates: int
+    all_equal: bool
+    recovery_median_s: float | None
+    recovery_max_s: float | None
+
+
+def summarize(results: Iterable[TrialResult]) -> list[SummaryRow]:
+    """One row per (scenario, guarantee), in the order first seen."""
+    groups: dict[tuple[str, str], list[TrialResult]] = {}
+    for r in results:
+        groups.setdefault((r.scenario, r.guarantee or "unset"), []).append(r)
+    rows = []
+    for (scenario, guarantee), trials in groups.items():
+        recoveries = [r.recovery_max_s for r in trials if r.recovery_max_s is not None]
+        rows.append(SummaryRow(
+            scenario=scenario,
+            guarantee=guarantee,
+            trials=len(trials),
+            failed=sum(1 for r in trials if r.failures()),
+            lost=sum(r.accounting.lost for r in trials),
+            duplicates=sum(r.accounting.duplicates for r in trials),
+            all_equal=all(r.accounting.equal_to_reference and not r.error for r in trials),
+            recovery_median_s=statistics.median(recoveries) if recoveries else None,
+            recovery_max_s=max(recoveries) if recoveries else None,
+        ))
+    return rows
+
+
+_COLUMNS = ("scenario", "guarantee", "trials", "failed", "lost", "duplicates", "all_equal", "recovery_s median/max")
+
+
+def table(rows: list[SummaryRow]) -> str:
+    """The final table, aligned in plain text."""
+    body = [
+        (r.scenario, r.guarantee, str(r.trials), str(r.failed), str(r.lost), str(r.duplicates),
+         "yes" if r.all_equal else "no", f"{_seconds(r.recovery_median_s)} / {_seconds(r.recovery_max_s)}")
+        for r in rows
+    ]
+    widths = [max(len(c), *(len(line[i]) for line in body)) if body else len(c) for i, c in enumerate(_COLUMNS)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(_COLUMNS, widths)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in body]
+    return "\n".join(lines)
+
+
+def summary_json(results: list[TrialResult]) -> dict:
+    rows = summarize(results)
+    return {
+        "trials": [r.to_json() for r in results],
+        "summary": [
+            {**asdict(row), "recovery_median_s": _json_number(row.recovery_median_s), "recovery_max_s": _json_number(row.recovery_max_s)}
+            for row in rows
+        ],
+        "failed": any(r.failures() for r in results),
+    }
