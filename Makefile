@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CLI := $(VENV)/bin/stream-infer
 STAMP := $(VENV)/.installed
 
-.PHONY: install kafka-jars system-tools test demo bench clean help
+.PHONY: install kafka-jars system-tools test demo bench faults clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -47,6 +47,9 @@ demo: install kafka-jars  ## run the main job end to end on a local Kafka
 
 bench: install kafka-jars  ## benchmark service vs per_event vs ceiling; writes bench-results/bench.{json,png}
 	$(CLI) bench --out bench-results $(BENCH_ARGS)
+
+faults: install kafka-jars  ## fault trials (worker kill, rolling restart, broker kill) against real workers; FAULTS_ARGS="--trials 1" etc.
+	$(CLI) faults $(FAULTS_ARGS)
 
 clean:  ## remove the virtualenv and caches (not the Kafka jar cache)
 	rm -rf $(VENV) .pytest_cache build *.egg-info
