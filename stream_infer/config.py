@@ -31,19 +31,57 @@ class _Strict(BaseModel):
 class KafkaConfig(_Strict):
     bootstrap_servers: str = "127.0.0.1:9092"
     group_id: str = Field("stream-infer", description="Consumer group and Faust app id; workers sharing it split partitions.")
-    replication_factor: int = Field(1, ge=1, description="For the topics the worker creates (state changelogs).")
+    replication_factor: int = Field(1, ge=1, description="For the topics the worker creates (outputs, state changelogs); at most the cluster's broker count.")
+    min_insync_replicas: int | None = Field(
+        None, ge=1,
+        description="min.insync.replicas of the topics the worker creates; default min(2, replication_factor), so acks=all needs two copies where there can be two.",
+    )
+    transaction_timeout_ms: int = Field(
+        10_000, ge=1_000, le=900_000,
+        description=(
+            "Checkpoint transactions of a worker killed inside one are aborted by the broker this long after they began; "
+            "until then the partitions' next owner waits to restore their state (and exactly-once readers wait too)."
+        ),
+    )
     producer: dict[str, str | int | bool] = Field(default_factory=dict, description="Extra librdkafka producer settings.")
     session_timeout_ms: int = Field(
         10_000, ge=3_000, le=300_000,
         description="A worker that stops heartbeating (crash, kill -9) keeps its partitions this long before the group moves them.",
     )
 
+    @model_validator(mode="after")
+    def _insync_within_replication(self) -> KafkaConfig:
+        if self.min_insync_replicas is not None and self.min_insync_replicas > self.replication_factor:
+            raise ValueError(
+                f"min_insync_replicas ({self.min_insync_replicas}) cannot exceed replication_factor ({self.replication_factor})"
+            )
+        return self
+
+    @property
+    def min_insync_replicas_for_created_topics(self) -> int:
+        return self.min_insync_replicas or min(2, self.replication_factor)
+
 
 class WorkerConfig(_Strict):
     web_host: str = "127.0.0.1"
     web_port: int = Field(6066, ge=0, le=65535)
     data_dir: str = ".stream-infer/worker"
-    checkpoint_interval_ms: int = Field(500, ge=10, le=60_000, description="How often state and offsets are checkpointed.")
+    checkpoint_interval_ms: int = Field(
+        500, ge=10, le=60_000,
+        description="How often state and offsets are committed (exactly-once: also when outputs become visible).",
+    )
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
+        "at_least_once",
+        description=(
+            "at_least_once: outputs are visible at once; after a crash some may repeat (each names its input's topic, "
+            "partition and offset). exactly_once: outputs are produced in the checkpoint's transaction, so read_committed "
+            "consumers see each input's outputs once, at the next checkpoint."
+        ),
+    )
+    stall_timeout_s: float = Field(
+        60.0, gt=0, le=86_400,
+        description="/healthz turns 503 when a pipeline has lag and made no progress for this long.",
+    )
 
 
 class FeatureSpec(_Strict):
@@ -202,6 +240,15 @@ class Config(_Strict):
     kafka: KafkaConfig = KafkaConfig()
     worker: WorkerConfig = WorkerConfig()
     pipelines: list[PipelineConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _transactions_outlive_checkpoints(self) -> Config:
+        if self.kafka.transaction_timeout_ms < 2 * self.worker.checkpoint_interval_ms:
+            raise ValueError(
+                f"kafka.transaction_timeout_ms ({self.kafka.transaction_timeout_ms}) must be at least twice "
+                f"worker.checkpoint_interval_ms ({self.worker.checkpoint_interval_ms}): a transaction spans a checkpoint interval"
+            )
+        return self
 
     @field_validator("pipelines")
     @classmethod

@@ -22,7 +22,14 @@ SKIPPED = Counter(
     "stream_infer_events_skipped", "Input events skipped by the staleness policy (summarised on <pipeline>.skipped)",
     ["pipeline", "reason"],
 )
-CHECKPOINTS = Counter("stream_infer_checkpoints", "State checkpoints written", ["pipeline"])
+CHECKPOINTS = Counter("stream_infer_checkpoints", "Checkpoint transactions committed (state, offsets, exactly-once outputs)", ["pipeline"])
+CHECKPOINT_ABORTS = Counter(
+    "stream_infer_checkpoint_aborts", "Checkpoint transactions aborted (group generation moved on, coordinator moved, "
+    "timeout): retried at the next checkpoint (at-least-once) or rewound (exactly-once)", ["pipeline"],
+)
+REWINDS = Counter(
+    "stream_infer_rewinds", "Exactly-once rewinds to the last committed checkpoint after an aborted transaction", ["pipeline"],
+)
 CHECKPOINT_CUTS = Counter(
     "stream_infer_checkpoint_cuts", "Checkpoint snapshots by how they were taken: idle (between batches, all outputs "
     "already acknowledged) or paused (the batch path waited for the acks)", ["pipeline", "how"],

@@ -10,8 +10,10 @@ Contract (what the tests hold it to):
 * every input record yields a prediction or a dead letter, produced with acks=all, before the
   record is handed back to the caller as `done` (only then may its offset be committed);
 * batches are processed one at a time, so outputs of one key keep input order;
-* with state, a record becomes `done` only after a checkpoint covering it is written, so after a
-  crash the restored state and the resume offset agree (see :mod:`stream_infer.kafka.changelog`).
+* :meth:`snapshot` is taken between batches; it covers the partitions this pipeline owns (with
+  their assignment epochs), and the checkpoint protocol (:mod:`stream_infer.checkpoint`)
+  commits it with the state changelog, so after a crash or a rebalance the restored state and
+  the committed offset agree.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import numpy as np
 import orjson
 
 from stream_infer import metrics
+from stream_infer.checkpoint import Checkpoint
 from stream_infer.config import PipelineConfig
 from stream_infer.controller import CostProfile, batch_sizes
 from stream_infer.decode import DeadLetter, EventDecoder, InputRecord
@@ -65,14 +68,6 @@ class BatchResult:
     def __add__(self, other: BatchResult) -> BatchResult:
         """Counts of two parts of one batch, field by field."""
         return BatchResult(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
-
-
-@dataclass
-class Checkpoint:
-    """Input offsets (partition -> next offset) and the serialised key states consistent with them."""
-
-    offsets: dict[int, int]
-    snapshots: dict[int, dict[str, bytes | None]]
 
 
 @dataclass
@@ -119,6 +114,9 @@ class Pipeline:
         # Set by the worker once the changelog topic exists; stays None for stateless pipelines.
         self.changelog = changelog
         self.store = StateStore()
+        # Partitions this pipeline owns now -> the epoch of that assignment (see
+        # stream_infer.kafka.consumer); records of any other partition or epoch are not processed.
+        self.owned: dict[int, int] = {}
         self.loaded: set[int] = set()  # partitions whose state is restored (and owned)
         self.resume_at: dict[int, int] = {}  # partition -> checkpoint offset; below it: already done
         self.progress = _Progress()
@@ -136,8 +134,6 @@ class Pipeline:
         self.inline_rows = 0
         # One thread: ONNX Runtime parallelises inside a run (intra_op_threads); batches stay ordered.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{self.name}")
-        # Checkpoint writes wait on the broker; on their own thread they never delay a batch's inference.
-        self.changelog_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"changelog-{self.name}")
         self.staleness = config.staleness
         self._stale_seen = 0
         self._e2e = metrics.END_TO_END_SECONDS.labels(self.name)
@@ -187,7 +183,7 @@ class Pipeline:
             return
         if self.changelog is not None:
             started = time.perf_counter()
-            restored = await asyncio.get_running_loop().run_in_executor(self.executor, self.changelog.restore, missing)
+            restored = await asyncio.get_running_loop().run_in_executor(None, self.changelog.restore, missing)
             for partition, (states, offset) in restored.items():
                 self.store.load_partition(partition, states)
                 if offset is not None:
@@ -199,9 +195,10 @@ class Pipeline:
             )
         self.loaded.update(missing)
 
-    def drop_partitions(self, partitions: set[int]) -> None:
-        """Partitions revoked: forget their state; the next owner restores it from the changelog."""
+    def drop_partitions(self, partitions: set[int] | list[int]) -> None:
+        """Partitions revoked or lost: forget their state; the next owner restores it from the changelog."""
         for partition in partitions:
+            self.owned.pop(partition, None)
             self.store.drop_partition(partition)
             self.loaded.discard(partition)
             self.resume_at.pop(partition, None)
@@ -287,7 +284,7 @@ class Pipeline:
         as processed); raises DeliveryError if any output failed."""
         if self.unacknowledged:
             await self.producer.wait_acknowledged()
-            self._mark_acknowledged()
+            self.mark_acknowledged()
 
     def acknowledged_now(self) -> bool:
         """Like :meth:`wait_acknowledged` without waiting: True (and the offsets count as
@@ -295,10 +292,10 @@ class Pipeline:
         if self.unacknowledged:
             if not self.producer.idle():
                 return False
-            self._mark_acknowledged()
+            self.mark_acknowledged()
         return True
 
-    def _mark_acknowledged(self) -> None:
+    def mark_acknowledged(self) -> None:
         self.progress.advance(self.unacknowledged)
         self.acknowledged_events += len(self.unacknowledged)
         self.acknowledged_batches += self.unacknowledged_batches
@@ -458,35 +455,41 @@ class Pipeline:
     # --- checkpoint -----------------------------------------------------------------------------
 
     def snapshot(self) -> Checkpoint | None:
-        """Take what the next checkpoint persists: call between batches (state matches offsets).
+        """What the next checkpoint commits: call between batches (state matches offsets), with
+        the outputs of the processed records acknowledged (at-least-once) or in the transaction
+        the checkpoint commits (exactly-once).
 
         Returns None when nothing was processed since the last one. Cheap: serialising the keys
-        changed since then; the write itself (:meth:`persist`) happens outside the batch lock.
+        changed since then; the commit happens on the committer's thread.
         """
-        offsets = {p: o for p, o in self.progress.frontier.items() if p in self.loaded}
+        owned = self.owned
+        offsets = {p: o for p, o in self.progress.frontier.items() if p in self.loaded and p in owned}
         dirty = self.store.take_dirty()  # for stateless pipelines: releases neutral alert states
+        self.progress.frontier = {}
         if not offsets:
             return None
-        self.progress.frontier = {}
         snapshots = {}
         if self.changelog is not None:
             snapshots = {
                 p: {k: (None if s is None else s.to_bytes()) for k, s in keys.items()}
                 for p, keys in dirty.items()
-                if p in self.loaded
+                if p in offsets
             }
-        return Checkpoint(offsets, snapshots)
+        return Checkpoint(offsets, snapshots, {p: owned[p] for p in offsets})
 
-    async def persist(self, checkpoint: Checkpoint) -> None:
-        """Write a stateful pipeline's checkpoint (one transaction); then its offsets may be committed."""
-        if self.changelog is not None:
-            await asyncio.get_running_loop().run_in_executor(
-                self.changelog_executor, self.changelog.write_checkpoint, checkpoint.snapshots, checkpoint.offsets
-            )
-            metrics.CHECKPOINTS.labels(self.name).inc()
+    def reset(self) -> int:
+        """Forget every partition's state and every record not yet checkpointed (exactly-once
+        rewind: they are consumed again from the committed offsets). Returns how many records
+        were in hand."""
+        dropped = len(self.unacknowledged)
+        self.mark_acknowledged()
+        self.progress.frontier = {}
+        for partition in list(self.loaded | set(self.owned)):
+            self.store.drop_partition(partition)
+            self.loaded.discard(partition)
+            self.resume_at.pop(partition, None)
+        self.owned = {}
+        return dropped
 
     def close(self) -> None:
-        self.changelog_executor.shutdown(wait=True)
         self.executor.shutdown(wait=True)
-        if self.changelog is not None:
-            self.changelog.close()

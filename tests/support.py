@@ -60,9 +60,9 @@ def output_topics(cfg: E2EConfig) -> list[str]:
 
 def close_runner(runner) -> None:
     """Stop a PipelineRunner built by a test (no Faust app): its consumer and lag threads, its pipeline."""
-    runner.thread.shutdown(wait=True)
-    runner.monitor_thread.shutdown(wait=True)
-    runner.pipeline.close()
+    runner.source.thread.shutdown(wait=True)
+    runner.monitor.close()
+    runner.close_resources()
 
 
 class RecordingProducer:

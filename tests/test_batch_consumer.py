@@ -1,8 +1,9 @@
-"""BatchConsumer on a real broker: committed offsets known locally, and one thread per consumer.
+"""BatchConsumer on a real broker: committed offsets known locally, ownership epochs, and one
+thread per consumer.
 
 confluent-kafka serializes calls on a Consumer: a call from a second thread waits for the
 consume() in progress. The worker therefore makes every consumer call on the consumer thread, and
-lag reads the committed offsets the broker confirmed to this consumer instead of asking again.
+lag reads the offsets the checkpoint committer committed instead of asking the broker again.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from stream_infer.bench.harness import engines_config
 from stream_infer.config import load_config
 from stream_infer.kafka.admin import create_topics
+from stream_infer.checkpoint import Checkpoint, CheckpointCommitter
 from stream_infer.kafka.consumer import BatchConsumer
-from stream_infer.pipeline import Checkpoint, Pipeline
-from stream_infer.worker import PipelineRunner
+from stream_infer.kafka.transactions import TransactionalProducer
+from stream_infer.pipeline import Pipeline
+from stream_infer.runtime.runner import PipelineRunner
 
 from support import close_runner
 
@@ -41,31 +44,42 @@ def test_lag_snapshot_reports_the_commits_the_broker_confirmed(kafka_bootstrap: 
             producer.produce(topic, value=b"v%d" % i, partition=partition)
     assert producer.flush(30) == 0
 
-    assigned: list[tuple[str, int]] = []
-    consumer = BatchConsumer(kafka_bootstrap, group, topic, on_assign=assigned.extend, on_revoke=lambda parts: None)
+    assigned: dict[int, int] = {}
+    consumer = BatchConsumer(kafka_bootstrap, group, topic, on_assign=assigned.update, on_revoke=lambda parts: None,
+                             on_lost=lambda parts: None)
+    producer_tx = TransactionalProducer(kafka_bootstrap, unique("bc-tx"), transaction_timeout_ms=10_000)
+    committer = CheckpointCommitter("bc", topic, None, producer_tx, consumer.ownership, consumer.note_committed,
+                                    retain_on_abort=True)
     try:
         got = []
         for _ in range(200):
             got += consumer.next_batch(100)
             if len(got) >= 30:
                 break
-        assert len(got) == 30 and sorted(p for _, p in assigned) == [0, 1, 2]
+        assert len(got) == 30 and sorted(assigned) == [0, 1, 2]
+        # Every assignment of a partition has its own epoch, and the ownership view says so.
+        assert consumer.ownership().epochs == assigned and len(set(assigned.values())) == 3
 
         before = {o.partition: o for o in consumer.lag_snapshot([0, 1, 2])}
         assert all(o.committed is None and o.log_end == 10 and o.lag == 10 and o.position == 10 for o in before.values())
 
-        consumer.commit({(topic, 0): 4, (topic, 1): 10})
-        for _ in range(50):  # the commit's result is served inside consume()
-            consumer.next_batch(100, poll_timeout=0.05)
-            after = {o.partition: o for o in consumer.lag_snapshot([0, 1, 2])}
-            if after[0].committed is not None and after[1].committed is not None:
-                break
+        # Committed in a checkpoint transaction (on this thread here; the worker's committer
+        # thread in production), then known to the consumer without asking the broker.
+        committer.add(Checkpoint({0: 4, 1: 10}, {}, {0: assigned[0], 1: assigned[1]}))
+        assert committer.commit_now().offsets == {0: 4, 1: 10}
+        after = {o.partition: o for o in consumer.lag_snapshot([0, 1, 2])}
         assert (after[0].committed, after[0].lag) == (4, 6)
         assert (after[1].committed, after[1].lag) == (10, 0)
         assert (after[2].committed, after[2].lag) == (None, 10)
         broker = _broker_committed(kafka_bootstrap, group, topic, [0, 1, 2])
         assert broker[0] == 4 and broker[1] == 10 and broker[2] < 0
+
+        # A checkpoint cut under an epoch that is no longer current commits nothing.
+        committer.add(Checkpoint({2: 10}, {}, {2: assigned[2] + 1000}))
+        assert committer.commit_now().offsets == {}
+        assert _broker_committed(kafka_bootstrap, group, topic, [2])[2] < 0
     finally:
+        committer.close()
         consumer.close()
 
 
@@ -73,7 +87,8 @@ def test_a_lone_event_is_handed_over_at_once_a_stream_is_coalesced(kafka_bootstr
     topic, group = unique("co"), unique("co-group")
     create_topics(kafka_bootstrap, [topic], partitions=1)
     producer = Producer({"bootstrap.servers": kafka_bootstrap, "acks": "all", "linger.ms": 0})
-    consumer = BatchConsumer(kafka_bootstrap, group, topic, on_assign=lambda parts: None, on_revoke=lambda parts: None)
+    consumer = BatchConsumer(kafka_bootstrap, group, topic, on_assign=lambda parts: None, on_revoke=lambda parts: None,
+                             on_lost=lambda parts: None)
     try:
         for _ in range(100):  # join the group and reach the (empty) end
             if consumer.next_batch(10, poll_timeout=0.1) == [] and consumer.lag_snapshot([0])[0].log_end == 0:
@@ -123,26 +138,28 @@ class _RecordingConsumer:
         self._record("lag_snapshot")
         return []
 
-    def commit(self, offsets, *, asynchronous: bool = True) -> None:
-        self._record("commit")
+    def rewind(self) -> dict[int, int]:
+        self._record("rewind")
+        return {}
 
 
 def test_worker_calls_the_consumer_only_from_its_thread(tmp_path: Path) -> None:
     config = load_config(engines_config(tmp_path / "c.toml", group="g", input_topic="in", output_prefix="out"))
     pipeline = Pipeline(config.pipelines[0], producer=None, changelog=None)
     runner = PipelineRunner(pipeline, config)
-    recording = runner.consumer = _RecordingConsumer()
-    runner.owned = {0}
+    recording = runner.source.consumer = _RecordingConsumer()  # type: ignore[assignment]
+    pipeline.owned = {0: 1}
 
     async def exercise() -> None:
-        runner.loop = asyncio.get_running_loop()
-        await runner.monitor()
-        await runner._persist_and_commit(Checkpoint(offsets={0: 5}, snapshots={}))
-        await runner._persist_and_commit(Checkpoint(offsets={0: 6}, snapshots={}), asynchronous=False)
+        runner.source.loop = asyncio.get_running_loop()
+        await runner.monitor.sample()
+        runner.checkpointing._start_rewind()
+        while runner.checkpointing.rewinding:
+            await asyncio.sleep(0.01)
 
     try:
         asyncio.run(exercise())
     finally:
         close_runner(runner)
-    assert [name for name, _ in recording.calls] == ["lag_snapshot", "commit", "commit"]
+    assert [name for name, _ in recording.calls] == ["lag_snapshot", "rewind"]
     assert all(thread.startswith("consume-engines") for _, thread in recording.calls), recording.calls

@@ -1,6 +1,6 @@
 """The checkpoint's cut: a snapshot only where state and offsets agree (between two batches, every
 submitted output acknowledged), taken without stopping the batch path when the producer is idle,
-and with the batch path paused for the acks only when it is not (see PipelineRunner._cut)."""
+and with the batch path paused for the acks only when it is not (see Checkpointing._cut)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from pathlib import Path
 import prometheus_client
 import pytest
 
-from stream_infer import worker as worker_module
 from stream_infer.bench.harness import engine_events, engines_config
 from stream_infer.config import load_config
 from stream_infer.decode import InputRecord
@@ -19,7 +18,10 @@ from stream_infer.kafka.admin import create_topics
 from stream_infer.kafka.producer import AsyncProducer
 from stream_infer.kafka.reader import TopicReader
 from stream_infer.pipeline import Pipeline
-from stream_infer.worker import PipelineRunner
+from stream_infer.runtime import checkpointing as checkpointing_module
+from stream_infer.runtime.runner import PipelineRunner
+
+from support import close_runner
 
 
 def _cuts(how: str) -> float:
@@ -54,15 +56,14 @@ def _runner(tmp_path: Path, producer, topic: str = "in", group: str = "g") -> tu
     config = load_config(engines_config(tmp_path / "c.toml", group=group, input_topic=topic, output_prefix=group))
     pipeline = Pipeline(config.pipelines[0], producer=producer, changelog=None)
     runner = PipelineRunner(pipeline, config)
+    pipeline.owned = {0: 1}
     if isinstance(producer, _Producer):
         producer.runner = runner
     return runner, pipeline
 
 
 def _close(runner: PipelineRunner, pipeline: Pipeline) -> None:
-    runner.thread.shutdown(wait=True)
-    runner.monitor_thread.shutdown(wait=True)
-    pipeline.close()
+    close_runner(runner)
 
 
 def test_idle_producer_cut_needs_no_pause_and_covers_every_acknowledged_batch(
@@ -72,7 +73,7 @@ def test_idle_producer_cut_needs_no_pause_and_covers_every_acknowledged_batch(
     the batch lock), and its offsets cover that batch, whose predictions the broker holds."""
     # A fresh producer's first acks can take seconds (idempotence PID); the default search window
     # would then fall back to a pause, which the next test covers.
-    monkeypatch.setattr(worker_module, "CUT_SEARCH_S", 30.0)
+    monkeypatch.setattr(checkpointing_module, "CUT_SEARCH_S", 30.0)
     group = unique("cut")
     topic = f"{group}.in"
     create_topics(kafka_bootstrap, [topic, f"{group}.predictions", f"{group}.alerts", f"{group}.telemetry.dlq"], partitions=1)
@@ -83,7 +84,7 @@ def test_idle_producer_cut_needs_no_pause_and_covers_every_acknowledged_batch(
     async def scenario():
         async with runner.lock:  # as the agent submits
             await pipeline.submit(_records(topic, 50), time.monotonic())
-        return await runner._cut()
+        return await runner.checkpointing._cut()
 
     try:
         checkpoint = asyncio.run(scenario())
@@ -115,7 +116,7 @@ def test_cut_waits_for_the_batch_in_progress(tmp_path: Path) -> None:
     async def scenario():
         task = asyncio.create_task(batch())
         await asyncio.sleep(0)  # the batch takes the lock first
-        checkpoint = await runner._cut()
+        checkpoint = await runner.checkpointing._cut()
         events.append("cut")
         await task
         return checkpoint
@@ -132,7 +133,7 @@ def test_cut_waits_for_the_batch_in_progress(tmp_path: Path) -> None:
 def test_cut_pauses_the_batch_path_when_the_producer_never_idles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Under a steady backlog the producer's queue never empties: after CUT_SEARCH_S the cut takes
     the lock and waits for the acks, so checkpoints still happen."""
-    monkeypatch.setattr(worker_module, "CUT_SEARCH_S", 0.02)
+    monkeypatch.setattr(checkpointing_module, "CUT_SEARCH_S", 0.02)
     producer = _Producer(idle_after=float("inf"))
     runner, pipeline = _runner(tmp_path, producer)
     paused_before = _cuts("paused")
@@ -141,7 +142,7 @@ def test_cut_pauses_the_batch_path_when_the_producer_never_idles(tmp_path: Path,
         async with runner.lock:
             await pipeline.submit(_records("in", 10), time.monotonic())
         started = time.monotonic()
-        checkpoint = await runner._cut()
+        checkpoint = await runner.checkpointing._cut()
         return checkpoint, time.monotonic() - started
 
     try:

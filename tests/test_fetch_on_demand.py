@@ -2,7 +2,7 @@
 the next batch while the agent works (prefetch). Against a real broker, with the worker's own
 source and agent; the pipeline's work is replaced by a 50 ms sleep so that overlap is visible.
 
-Contract (see PipelineRunner.source): with the controller in latency mode, no fetch starts while
+Contract (see BatchSource.run): with the controller in latency mode, no fetch starts while
 a batch is in the agent's hands, and everything produced still arrives, in order.
 """
 
@@ -22,7 +22,7 @@ from stream_infer.controller import THROUGHPUT
 from stream_infer.kafka.admin import create_topics
 from stream_infer.kafka.consumer import BatchConsumer
 from stream_infer.pipeline import Pipeline
-from stream_infer.worker import PipelineRunner
+from stream_infer.runtime.runner import PipelineRunner
 
 from support import close_runner
 
@@ -51,7 +51,7 @@ def _run(kafka_bootstrap: str, tmp_path: Path, unique, monkeypatch: pytest.Monke
     pipeline = Pipeline(config.pipelines[0], producer=None, changelog=None)
     runner = PipelineRunner(pipeline, config)
     if throughput:
-        runner.controller.mode = THROUGHPUT
+        runner.monitor.controller.mode = THROUGHPUT
     fetches: list[tuple[float, int]] = []  # (start, events) of every non-empty fetch
     handling: list[tuple[float, float]] = []  # (start, end) of every batch in the agent's hands
     seen: list[bytes] = []
@@ -64,7 +64,7 @@ def _run(kafka_bootstrap: str, tmp_path: Path, unique, monkeypatch: pytest.Monke
             fetches.append((started, len(batch)))
         return batch
 
-    async def slow_handle(messages, fetched_at):
+    async def slow_handle(messages, epochs, fetched_at):
         started = time.monotonic()
         seen.extend(m.value() for m in messages)
         await asyncio.sleep(0.05)
@@ -83,21 +83,21 @@ def _run(kafka_bootstrap: str, tmp_path: Path, unique, monkeypatch: pytest.Monke
 
     async def exercise() -> None:
         channel = _Channel()
-        source = asyncio.ensure_future(runner.source(channel))
+        source = asyncio.ensure_future(runner.run_source(channel))
         agent = asyncio.ensure_future(runner.agent(channel.batches()))
         deadline = time.monotonic() + 30
-        while not runner.joined and time.monotonic() < deadline:
+        while not runner.readiness()[0] and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         sender = threading.Thread(target=produce)
         sender.start()
         while len(seen) < EVENTS and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         sender.join()
-        runner.stopping = True
+        runner.source.stopping = True
         for task in (source, agent):
             task.cancel()
         await asyncio.gather(source, agent, return_exceptions=True)
-        await runner.loop.run_in_executor(runner.thread, runner.consumer.close)
+        await runner.source.call(runner.source.consumer.close)
 
     try:
         asyncio.run(exercise())

@@ -3,11 +3,12 @@
 Why not a plain Faust table: its changelog is written as state changes, independently of the input
 offsets Faust commits, so after a crash the restored state may already contain events that are then
 consumed again, and a sliding window would count them twice. Here every checkpoint is one Kafka
-transaction holding the snapshots of the keys changed since the previous checkpoint *and* a marker
-with the input offset they are consistent with ("all events below X applied, none above"). Readers
-use read_committed, so a checkpoint is seen whole or not at all. After a restore the worker skips
-input events below X (their outputs were acknowledged before X was written) and resumes exactly
-where the state stands: replays cannot enter a window twice.
+transaction holding the snapshots of the keys changed since the previous checkpoint, a marker
+with the input offset they are consistent with ("all events below X applied, none above"), and
+the group's offset commit of X itself (see :mod:`stream_infer.checkpoint`). Readers use
+read_committed, so a checkpoint is seen whole or not at all, and the restored state always
+matches the committed offset. The marker lets the worker also skip input events below X that
+reach it anyway (fetched before a rebalance): replays cannot enter a window twice.
 
 Layout: changelog partition p holds the state of input partition p (same partition count). Keys are
 the pipeline's keys; the marker's key starts with a NUL byte, which no device or account id has.
@@ -19,9 +20,11 @@ import logging
 import time
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, IsolationLevel, KafkaError, TopicPartition
+from confluent_kafka.admin import OffsetSpec
 
 from stream_infer.kafka.admin import admin_client, create_topics
+from stream_infer.kafka.transactions import StateRecord
 from stream_infer.state import KeyState
 
 log = logging.getLogger(__name__)
@@ -34,14 +37,14 @@ def changelog_topic(group_id: str, pipeline: str) -> str:
     return f"{group_id}-{pipeline}-state"
 
 
-def ensure_changelog_topic(bootstrap: str, topic: str, partitions: int, replication: int) -> None:
+def ensure_changelog_topic(bootstrap: str, topic: str, partitions: int, replication: int, config: dict[str, str] | None = None) -> None:
     """Create the compacted changelog with the input's partition count; refuse a mismatched one."""
     create_topics(
         bootstrap,
         [topic],
         partitions=partitions,
         replication=replication,
-        config={"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
+        config={"cleanup.policy": "compact", "min.compaction.lag.ms": "60000", **(config or {})},
     )
     admin = admin_client(bootstrap)
     deadline = time.monotonic() + 15
@@ -58,44 +61,60 @@ def ensure_changelog_topic(bootstrap: str, topic: str, partitions: int, replicat
         )
 
 
-class Changelog:
-    """Blocking API: call from an executor thread, never from the event loop."""
+def checkpoint_records(topic: str, snapshots: dict[int, dict[str, bytes | None]], offsets: dict[int, int]) -> list[StateRecord]:
+    """A checkpoint's changelog records: each changed key's snapshot (None: a tombstone), then per
+    partition the marker with the input offset the snapshots are consistent with."""
+    records: list[StateRecord] = [
+        (topic, partition, key.encode(), value) for partition, keys in snapshots.items() for key, value in keys.items()
+    ]
+    records += [(topic, partition, MARKER_KEY, orjson.dumps({"offset": offset})) for partition, offset in offsets.items()]
+    return records
 
-    def __init__(self, bootstrap: str, topic: str, transactional_id: str) -> None:
+
+class Changelog:
+    """Reads a pipeline's state back. Blocking: call from an executor thread, never the event loop."""
+
+    def __init__(self, bootstrap: str, topic: str, *, settle_timeout: float = 60.0) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
-        self._producer = Producer(
-            {
-                "bootstrap.servers": bootstrap,
-                "transactional.id": transactional_id,
-                # A worker killed mid-checkpoint leaves an open transaction that blocks read_committed
-                # readers until it times out; the restarted worker's init_transactions() aborts it at
-                # once, and this bounds the wait when the worker does not come back.
-                "transaction.timeout.ms": 15000,
-                "linger.ms": 5,
-                "compression.type": "lz4",
-                "logger": _client_log,
-            }
-        )
-        # Fences any earlier producer with the same id and aborts its unfinished checkpoint.
-        self._producer.init_transactions(30)
+        self.settle_timeout = settle_timeout
 
-    def write_checkpoint(self, snapshots: dict[int, dict[str, bytes | None]], offsets: dict[int, int]) -> int:
-        """One transaction: key snapshots (None = tombstone) and, per partition, the offset marker."""
-        self._producer.begin_transaction()
-        count = 0
-        for partition, keys in snapshots.items():
-            for key, value in keys.items():
-                self._producer.produce(self.topic, key=key.encode(), value=value, partition=partition)
-                count += 1
-        for partition, offset in offsets.items():
-            self._producer.produce(self.topic, key=MARKER_KEY, value=orjson.dumps({"offset": offset}), partition=partition)
-        self._producer.commit_transaction(30)
-        return count
+    def wait_settled(self, partitions: list[int]) -> None:
+        """Wait until no transaction is open on the partitions (last stable offset = log end).
+
+        An open transaction there belongs to a previous owner: one that is finishing its last
+        checkpoint (its commit markers follow in milliseconds) or one that died inside it (the
+        coordinator aborts it after its transaction.timeout.ms). Reading before it ends would
+        stop at its first record, and a checkpoint it commits would be missed."""
+        admin = admin_client(self.bootstrap)
+        deadline = time.monotonic() + self.settle_timeout
+        tps = [TopicPartition(self.topic, p) for p in partitions]
+        waited = False
+        while True:
+            ends = {}
+            for level in (IsolationLevel.READ_UNCOMMITTED, IsolationLevel.READ_COMMITTED):
+                futures = admin.list_offsets({tp: OffsetSpec.latest() for tp in tps}, isolation_level=level, request_timeout=10)
+                ends[level] = {tp.partition: f.result().offset for tp, f in futures.items()}
+            open_ = [p for p in partitions if ends[IsolationLevel.READ_COMMITTED][p] < ends[IsolationLevel.READ_UNCOMMITTED][p]]
+            if not open_:
+                if waited:
+                    log.info("state changelog settled", extra={"topic": self.topic, "partitions": partitions})
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{self.topic} partitions {open_} still have an open transaction after {self.settle_timeout:.0f} s: "
+                    "a producer other than this worker's is writing there (is a second deployment using the same kafka.group_id?)"
+                )
+            if not waited:
+                log.info("waiting for a previous owner's open checkpoint transaction to end",
+                         extra={"topic": self.topic, "partitions": open_})
+                waited = True
+            time.sleep(0.2)
 
     def restore(self, partitions: list[int], timeout: float = 60.0) -> dict[int, tuple[dict[str, KeyState], int | None]]:
-        """Read the changelog partitions to their end: per partition, the key states and the
-        checkpoint offset (None if no checkpoint was ever written)."""
+        """Read the changelog partitions to their end, once no transaction is open on them: per
+        partition, the key states and the checkpoint offset (None if none was ever written)."""
+        self.wait_settled(partitions)
         consumer = Consumer(
             {
                 "bootstrap.servers": self.bootstrap,
@@ -140,5 +159,3 @@ class Changelog:
             consumer.close()
         return {p: (result[p][0], checkpoints[p]) for p in partitions}
 
-    def close(self) -> None:
-        self._producer.flush(10)

@@ -16,7 +16,16 @@ Contract of :meth:`BatchConsumer.next_batch` (call it from the consumer thread o
 * with `coalesce` > 0, a batch that already holds `coalesce_events` or more (events arrive
   faster than they are taken) waits up to `coalesce` for more; a lone event never waits.
 
-Rebalance and commit callbacks run inside `next_batch`, on the consumer thread.
+Rebalance callbacks run inside `next_batch` (and `close`), on the consumer thread.
+
+Ownership: every assignment of a partition gets a new *epoch* (a number that only grows).
+Fetched batches carry the epochs they were fetched under, and a checkpoint names the epoch of
+each partition it covers, so work done under an assignment that has since ended (revoked, lost,
+or rewound) is recognised and discarded, wherever it is queued. The group metadata that fences
+a transactional offset commit (KIP-447) is read on the consumer thread in every rebalance
+callback (and at least once a second), and handed to other threads together with the epochs
+(:meth:`BatchConsumer.ownership`): a call into the consumer from another thread would wait for
+the `consume()` in progress, and inside a rebalance callback for as long as the callback runs.
 
 Every method is to be called from that one thread. confluent-kafka (2.16 on) serializes calls on
 a Consumer: a call from another thread waits until the `consume()` in progress returns (up to
@@ -26,7 +35,9 @@ for 50-80 ms at every checkpoint, and that was the p99 latency at low load.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,7 +49,25 @@ from stream_infer.decode import InputRecord
 log = logging.getLogger(__name__)
 _client_log = logging.getLogger("stream_infer.kafka.client")
 
-RebalanceCallback = Callable[[list[tuple[str, int]]], None]
+# Called on the consumer thread with {partition: epoch} (assigned) or a set of partitions.
+AssignCallback = Callable[[dict[int, int]], None]
+RevokeCallback = Callable[[set[int]], None]
+
+# The group metadata is re-read at least this often outside rebalance callbacks.
+METADATA_REFRESH_S = 1.0
+_epochs = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class Ownership:
+    """What the consumer owns, as one consistent view: the group metadata (member id and
+    generation, for send_offsets_to_transaction) and the epoch of each assigned partition."""
+
+    group_metadata: object | None
+    epochs: dict[int, int]
+
+    def owns(self, partition: int, epoch: int) -> bool:
+        return self.epochs.get(partition) == epoch
 
 
 @dataclass(frozen=True)
@@ -67,14 +96,15 @@ class BatchConsumer:
         group_id: str,
         topic: str,
         *,
-        on_assign: RebalanceCallback,
-        on_revoke: RebalanceCallback,
+        on_assign: AssignCallback,
+        on_revoke: RevokeCallback,
+        on_lost: RevokeCallback,
         session_timeout_ms: int = 10_000,
         max_prefetch_kbytes: int = 8_192,
+        extra: dict | None = None,
     ) -> None:
         self.topic = topic
-        self._consumer = Consumer(
-            {
+        config = {
                 "bootstrap.servers": bootstrap,
                 "group.id": group_id,
                 # Offsets are committed by the pipeline, only after outputs (and state) are safe.
@@ -93,40 +123,82 @@ class BatchConsumer:
                 # One fetch response may overshoot the queue bound by up to this much (default
                 # 50 MB, lz4-compressed on the wire): keep the overshoot small.
                 "fetch.max.bytes": 4 * 1024 * 1024,
+                # Incremental rebalancing: a worker joining or leaving moves only the partitions
+                # that change owner; every other partition keeps being processed, and its state
+                # stays in memory (no stop-the-world revoke of everything, as with the eager
+                # assignors). Sticky: a restarted worker tends to get its partitions back.
+                # KIP-848's `group.protocol=consumer` would also drop the group-wide sync barrier,
+                # but transactional offset commits are fenced here by the classic generation,
+                # which cooperative-sticky keeps; see docs (guarantees).
                 "partition.assignment.strategy": "cooperative-sticky",
-                "on_commit": self._on_commit,
+                # Offsets are committed inside checkpoint transactions (KIP-447); reading them
+                # back must wait for a commit still in flight, which read_committed does
+                # (OffsetFetch with require_stable).
+                "isolation.level": "read_committed",
                 "logger": _client_log,
-            }
-        )
-        # The group's committed offsets of the assigned partitions, as the broker confirmed them
-        # (read once per partition, then from each commit's result): lag needs no broker call.
+        }
+        config.update(extra or {})
+        self._consumer = Consumer(config)
+        # The group's committed offsets of the assigned partitions (read once per partition,
+        # then told by the checkpoint committer after each commit): lag needs no broker call.
         self._committed: dict[int, int] = {}
-        self._assigned_partitions: set[int] = set()
-        self._on_assign, self._on_revoke = on_assign, on_revoke
+        self._on_assign, self._on_revoke, self._on_lost = on_assign, on_revoke, on_lost
         self._paused_partitions: set[int] = set()
-        self._consumer.subscribe([topic], on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._revoked)
+        self._lock = threading.Lock()  # guards _ownership (read by other threads)
+        self._ownership = Ownership(None, {})
+        self._metadata_read_at = 0.0
+        self._consumer.subscribe([topic], on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._lost)
 
-    # librdkafka calls these from inside consume(), on the consumer thread.
+    # --- ownership (librdkafka calls these from inside consume() or close(), on this thread) ----
+
+    def ownership(self) -> Ownership:
+        """The current group metadata and partition epochs; any thread, never blocks."""
+        with self._lock:
+            return self._ownership
+
+    def _set_ownership(self, epochs: dict[int, int]) -> None:
+        metadata = self._consumer.consumer_group_metadata()
+        with self._lock:
+            self._ownership = Ownership(metadata, epochs)
+        self._metadata_read_at = time.monotonic()
+
     def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._assigned_partitions.update(tp.partition for tp in partitions)
-        self._on_assign([(tp.topic, tp.partition) for tp in partitions])
+        new = {tp.partition: next(_epochs) for tp in partitions}
+        self._set_ownership({**self._ownership.epochs, **new})
+        # Called for every rebalance this member takes part in, with nothing new as often as not:
+        # membership itself is news (ready with no partition when there are more workers).
+        self._on_assign(new)
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if partitions:
-            self._on_revoke([(tp.topic, tp.partition) for tp in partitions])
-            for tp in partitions:
-                self._committed.pop(tp.partition, None)
-                self._assigned_partitions.discard(tp.partition)
+        """Graceful hand-over: the callback's owner checkpoints the partitions before they move,
+        so it runs while this member still owns them; then they are forgotten."""
+        revoked = {tp.partition for tp in partitions}
+        self._set_ownership(self._ownership.epochs)  # the generation the final commit needs
+        if revoked:
+            self._on_revoke(revoked)
+        self._forget(revoked)
 
-    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
-        if err is not None and err.code() != KafkaError._NO_OFFSET:
-            # A later checkpoint commits newer offsets; until then lag shows the last good commit.
-            log.warning("offset commit failed", extra={"error": err.str()})
-            return
-        for tp in partitions:
-            # A late result for a partition revoked meanwhile is not ours to remember.
-            if tp.error is None and tp.offset >= 0 and tp.topic == self.topic and tp.partition in self._assigned_partitions:
-                self._committed[tp.partition] = tp.offset
+    def _lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Partitions lost (session expired, fenced): another member may own them already, so
+        they are forgotten first, and nothing is written for them."""
+        lost = {tp.partition for tp in partitions}
+        self._forget(lost)
+        if lost:
+            self._on_lost(lost)
+
+    def _forget(self, partitions: set[int]) -> None:
+        for partition in partitions:
+            self._committed.pop(partition, None)
+        self._paused_partitions -= partitions
+        self._set_ownership({p: e for p, e in self._ownership.epochs.items() if p not in partitions})
+
+    def note_committed(self, offsets: dict[int, int], epochs: dict[int, int]) -> None:
+        """Offsets the checkpoint committer committed (any thread); kept for partitions still
+        owned under the same epoch, for the lag monitor."""
+        current = self._ownership.epochs
+        for partition, offset in offsets.items():
+            if current.get(partition) == epochs.get(partition):
+                self._committed[partition] = offset
 
     def next_batch(self, max_size: int, *, linger: float = 0.0, max_wait: float = 0.0, coalesce: float = 0.0,
                    coalesce_events: int = 2, poll_timeout: float = 0.1) -> list[Message]:
@@ -146,7 +218,24 @@ class BatchConsumer:
                 if left <= 0:
                     break
                 batch += consume(max_size - len(batch), timeout=min(left, 0.005))
+        if time.monotonic() - self._metadata_read_at > METADATA_REFRESH_S:
+            self._set_ownership(self._ownership.epochs)
         return [m for m in batch if _usable(m)]
+
+    def rewind(self) -> dict[int, int]:
+        """Seek every assigned partition back to the group's committed offset (log start where
+        none) under a new epoch, so whatever was fetched under the old one is discarded.
+        Exactly-once uses it after an aborted transaction. Returns the new epochs."""
+        assigned = self._consumer.assignment()
+        committed = self._consumer.committed(assigned, timeout=30) if assigned else []
+        epochs = {}
+        for tp in committed:
+            epochs[tp.partition] = next(_epochs)
+            self._committed.pop(tp.partition, None)
+            target = tp.offset if tp.offset >= 0 else self._consumer.get_watermark_offsets(tp, timeout=10)[0]
+            self._consumer.seek(TopicPartition(tp.topic, tp.partition, target))
+        self._set_ownership({**self._ownership.epochs, **epochs})
+        return epochs
 
     # --- backpressure (consumer thread) -------------------------------------------------------
 
@@ -198,13 +287,6 @@ class BatchConsumer:
                                  position if position >= 0 else None, low if low >= 0 else None)
             )
         return out
-
-    def commit(self, offsets: dict[tuple[str, int], int], *, asynchronous: bool = True) -> None:
-        """Commit `next offset to read` per partition (Kafka's convention)."""
-        if offsets:
-            self._consumer.commit(
-                offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=asynchronous
-            )
 
     def close(self) -> None:
         self._consumer.close()

@@ -185,6 +185,11 @@ def _node_properties(node: Node, cluster: Cluster) -> str:
             f"transaction.state.log.min.isr={min_isr}",
             f"share.coordinator.state.topic.replication.factor={replication}",
             f"share.coordinator.state.topic.min.isr={min_isr}",
+            # A worker killed inside a checkpoint transaction leaves it open, and the next owner of
+            # its partitions waits for the broker to abort it (after the producer's
+            # transaction.timeout.ms). The broker looks for such transactions every 10 s by
+            # default, which can add up to 10 s to that wait.
+            "transaction.abort.timed.out.transaction.cleanup.interval.ms=1000",
             # Tests start many short-lived groups: do not delay the first rebalance by 3 s.
             "group.initial.rebalance.delay.ms=0",
             "auto.create.topics.enable=true",

@@ -31,6 +31,27 @@ class DeliveryError(RuntimeError):
     """The broker refused or timed out a message; its input offsets must not be committed."""
 
 
+def produce_all(producer: Producer, messages: Iterable[OutMessage]) -> int:
+    """Queue messages in order on a confluent-kafka producer; returns how many. When the local
+    queue is full, waits for librdkafka to send (never drops)."""
+    produce = producer.produce
+    count = 0
+    for topic, key, value, headers in messages:
+        while True:
+            try:
+                # Positional arguments, headers only when there are any: keyword parsing cost
+                # about 0.9 us a message, and most messages are headerless predictions.
+                if headers is None:
+                    produce(topic, value, key)
+                else:
+                    produce(topic, value, key, headers=headers)
+                break
+            except BufferError:
+                time.sleep(0.005)
+        count += 1
+    return count
+
+
 class AsyncProducer:
     def __init__(self, bootstrap: str, extra: dict | None = None) -> None:
         config = {
@@ -62,23 +83,7 @@ class AsyncProducer:
 
     def send_batch(self, messages: Iterable[OutMessage]) -> int:
         """Queue messages in order; returns how many. Blocks briefly only if the local queue is full."""
-        produce = self._producer.produce
-        count = 0
-        for topic, key, value, headers in messages:
-            while True:
-                try:
-                    # Positional arguments, headers only when there are any: keyword parsing
-                    # cost about 0.9 us a message, and most messages are headerless predictions.
-                    if headers is None:
-                        produce(topic, value, key)
-                    else:
-                        produce(topic, value, key, headers=headers)
-                    break
-                except BufferError:
-                    # Local queue full: librdkafka is sending; wait briefly, never drop.
-                    time.sleep(0.005)
-            count += 1
-        return count
+        return produce_all(self._producer, messages)
 
     async def wait_acknowledged(self, timeout: float = 120.0) -> None:
         """Wait until every message queued so far is acknowledged; DeliveryError if one failed."""
