@@ -48,6 +48,7 @@ def faults(trials: int, scenario: str, guarantee: str, rate: float, duration: fl
     in a temporary directory, unless KAFKA_BOOTSTRAP_SERVERS is set (then broker_kill is skipped).
     """
     from stream_infer.faults import run_faults, summarize, summary_json, table, trial_line
+    from stream_infer.kafka.jars import KafkaSetupError
 
     seed = random.randrange(1_000_000) if seed is None else seed
     scenarios = SCENARIO_ORDER if scenario == "all" else (scenario,)
@@ -56,12 +57,16 @@ def faults(trials: int, scenario: str, guarantee: str, rate: float, duration: fl
     echo = (lambda line: click.echo(line, err=True)) if as_json else click.echo
     echo(f"faults: seed {seed}, {trials} trial(s) each of {', '.join(f'{s}/{g}' for s, g in plan)}, "
          f"{rate:g} events/s for {duration:g} s")
-    results = run_faults(
-        plan, trials=trials, seed=seed, rate=rate, duration=duration, work_dir=work_dir,
-        bootstrap=os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or None,
-        on_result=lambda result: echo(trial_line(result)),
-        on_skip=lambda message: click.echo(message, err=True),
-    )
+    try:
+        results = run_faults(
+            plan, trials=trials, seed=seed, rate=rate, duration=duration, work_dir=work_dir,
+            bootstrap=os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or None,
+            on_result=lambda result: echo(trial_line(result)),
+            on_skip=lambda message: click.echo(message, err=True),
+        )
+    except KafkaSetupError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(1)
     summary = summary_json(results)
     if as_json:
         click.echo(orjson.dumps(summary).decode())

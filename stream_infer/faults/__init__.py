@@ -10,7 +10,8 @@ affected partitions stalled (:mod:`stream_infer.faults.report`). The command lin
 `stream-infer faults`.
 """
 
-from stream_infer.faults.harness import GUARANTEES, run_faults, run_trial
+from stream_infer.faults.harness import GUARANTEES, run_trial
 from stream_infer.faults.report import TrialResult, summarize, summary_json, table, trial_line
+from stream_infer.faults.run import run_faults
 
 __all__ = ["GUARANTEES", "TrialResult", "run_faults", "run_trial", "summarize", "summary_json", "table", "trial_line"]

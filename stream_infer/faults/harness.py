@@ -1,14 +1,10 @@
-"""One fault trial against real workers (subprocesses) on a real Kafka, and a run of many trials.
+"""One fault trial against real workers (subprocesses) on a real Kafka.
 
 A trial: write a config for the `engines` pipeline on topics and a group of its own, create the
 6-partition input topic and the output topics, start the scenario's workers, feed the looped
 C-MAPSS stream at a fixed rate while the scenario injects its faults, then wait until every input
 has a prediction (or the drain timeout passes), stop the workers and account: lost, duplicated
 and mismatched predictions against the in-process reference, recovery after each fault, exits.
-
-Clusters: the worker scenarios share one single-node local cluster (or the one named by
-KAFKA_BOOTSTRAP_SERVERS); each broker_kill trial gets a fresh 3-node cluster, because it leaves a
-broker dead. Only one cluster runs at a time.
 """
 
 from __future__ import annotations
@@ -16,20 +12,16 @@ from __future__ import annotations
 import logging
 import os
 import random
-import shutil
 import signal
-import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 
-from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
-
-from stream_infer.bench.harness import DEMO_CONFIG, engines_config
+from stream_infer.bench.harness import engines_config
 from stream_infer.config import ConfigError, PipelineConfig, load_config
-from stream_infer.faults.reference import EventStream, load_reference
+from stream_infer.faults.reference import EventStream
 from stream_infer.faults.report import TrialResult, WorkerExit, account, latency_max, recovery_seconds
 from stream_infer.faults.traffic import DELIVERY_TIMEOUT_MS, Feeder, PredictionWatcher
 from stream_infer.kafka import local
@@ -43,7 +35,7 @@ GUARANTEES = ("at_least_once", "exactly_once")
 # After the stream ends: how long every input may take to get its prediction before the rest
 # count as lost, then how long without a new prediction before the count is final (late
 # duplicates of a replay arrive in this window).
-DRAIN_TIMEOUT_S = 60.0
+DRAIN_TIMEOUT_S = 30.0
 SETTLE_S = 2.0
 # How long the group may take to commit its last offsets once every input is predicted.
 FINAL_COMMIT_S = 15.0
@@ -79,6 +71,9 @@ def write_config(path: Path, prefix: str, *, guarantee: str | None, replication:
 class Trial:
     """The state of one trial; scenarios drive it through the methods below."""
 
+    config_path: Path  # set by setup()
+    pipeline: PipelineConfig  # the trial config's engines pipeline, set by setup()
+
     def __init__(self, scenario: str, guarantee: str | None, seed: int, *, bootstrap: str, work_dir: Path,
                  stream: EventStream, reference: dict, rate: float, duration: float, replication: int = 1,
                  cluster_dir: Path | None = None) -> None:
@@ -92,6 +87,7 @@ class Trial:
         self.rng = random.Random(seed)
         self.prefix = f"faults-{scenario.replace('_', '-')}-{seed}-{uuid.uuid4().hex[:6]}"
         self.dir = work_dir / "trials" / self.prefix
+        self.group = self.prefix  # the input topic's consumer group
         self.result = TrialResult(scenario, guarantee, seed)
         self.workers: dict[str, WorkerProcess] = {}
         self.feeder: Feeder | None = None
@@ -109,8 +105,7 @@ class Trial:
                                    replication=self.replication)
         self.result.notes += notes
         self.config_path = path
-        self.pipeline: PipelineConfig = load_config(path).pipelines[0]
-        self.group = self.prefix
+        self.pipeline = load_config(path).pipelines[0]
         topics = self.pipeline.topics
         extra = {"min.insync.replicas": "2"} if self.replication >= 3 else {}
         create_topics(self.bootstrap, [self.pipeline.input_topic, topics.predictions, topics.alerts, topics.dead_letters],
@@ -306,71 +301,3 @@ def run_trial(scenario: str, play: Scenario, guarantee: str | None, seed: int, *
     trial.result.duration_s = round(time.monotonic() - started, 1)
     trial.result.notes.append(f"logs and config in {trial.dir}")
     return trial.result
-
-
-def set_min_insync_replicas(bootstrap: str, value: int) -> None:
-    """Cluster-wide default for topics without their own setting: the worker's changelog and
-    Kafka's internal topics then also need `value` copies for acks=all."""
-    resource = ConfigResource(ResourceType.BROKER, "", incremental_configs=[
-        ConfigEntry("min.insync.replicas", str(value), incremental_operation=AlterConfigOpType.SET)])
-    for future in admin_client(bootstrap).incremental_alter_configs([resource]).values():
-        future.result(30)
-
-
-def run_faults(
-    plan: Sequence[tuple[str, str | None]],
-    *,
-    trials: int,
-    seed: int,
-    rate: float,
-    duration: float,
-    work_dir: Path,
-    bootstrap: str | None = None,
-    on_result: Callable[[TrialResult], None] = lambda r: None,
-    on_skip: Callable[[str], None] = lambda msg: None,
-) -> list[TrialResult]:
-    """Run `trials` trials of each (scenario, guarantee) in `plan`; trial i uses seed + i.
-
-    With `bootstrap` the given cluster serves the worker scenarios and broker_kill is skipped;
-    otherwise local clusters are started in a temporary directory and stopped afterwards."""
-    from stream_infer.faults.scenarios import BROKER_KILL_NODES, SCENARIOS
-
-    stream = EventStream()
-    engines = next(p for p in load_config(DEMO_CONFIG).pipelines if p.name == "engines")
-    reference = load_reference(engines, stream, work_dir / "reference")
-    common = dict(work_dir=work_dir, stream=stream, reference=reference, rate=rate, duration=duration)
-    results: list[TrialResult] = []
-    tmp = Path(tempfile.mkdtemp(prefix="stream-infer-faults-"))
-    single_dir = tmp / "kafka-1"
-    try:
-        for scenario, guarantee in plan:
-            if scenario == "broker_kill" and bootstrap is not None:
-                on_skip("broker_kill skipped: it kills a broker, which only a local cluster started here allows "
-                        "(unset KAFKA_BOOTSTRAP_SERVERS to run it)")
-                continue
-            for i in range(trials):
-                if scenario == "broker_kill":
-                    local.down(single_dir, wipe=True, timeout=15)  # one cluster at a time on a small machine
-                    cluster_dir = tmp / f"kafka-3-{scenario}-{guarantee}-{i}"
-                    cluster, _ = local.up(cluster_dir, port=0, nodes=BROKER_KILL_NODES)
-                    try:
-                        try:
-                            set_min_insync_replicas(cluster.bootstrap, 2)
-                        except Exception as err:  # the input topic still has its own setting
-                            log.warning("could not set min.insync.replicas cluster-wide: %s", err)
-                        result = run_trial(scenario, SCENARIOS[scenario], guarantee, seed + i, bootstrap=cluster.bootstrap,
-                                           replication=BROKER_KILL_NODES, cluster_dir=cluster_dir, **common)
-                    finally:
-                        local.down(cluster_dir, wipe=True, timeout=15)
-                else:
-                    target = bootstrap
-                    if target is None:
-                        target = local.up(single_dir, port=0, nodes=1)[0].bootstrap
-                    result = run_trial(scenario, SCENARIOS[scenario], guarantee, seed + i, bootstrap=target,
-                                       delete_topics=bootstrap is not None, **common)
-                results.append(result)
-                on_result(result)
-    finally:
-        local.down(single_dir, wipe=True, timeout=15)
-        shutil.rmtree(tmp, ignore_errors=True)
-    return results

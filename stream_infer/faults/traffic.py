@@ -47,9 +47,9 @@ class Feeder:
         self.last_error: str | None = None
         self.sent = 0
         self.started_at: float | None = None  # wall clock, set when the first event is due
+        self.error: BaseException | None = None  # why the feeder thread ended early, if it did
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="faults-feeder", daemon=True)
-        self.error: BaseException | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -75,7 +75,7 @@ class Feeder:
     def _run(self) -> None:
         try:
             self._feed()
-        except BaseException as err:  # surfaced to the trial by join()'s caller via .error
+        except BaseException as err:  # the trial reads .error after join()
             log.exception("feeder failed")
             self.error = err
 

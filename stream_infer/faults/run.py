@@ -1,0 +1,102 @@
+"""A run of many fault trials, and the Kafka clusters they need.
+
+Clusters: the worker scenarios share one single-node local cluster (or the one named by
+KAFKA_BOOTSTRAP_SERVERS, where each trial deletes its topics afterwards); each broker_kill trial
+gets a fresh 3-node cluster, because it leaves a broker dead. Only one cluster runs at a time: a
+3-node cluster is three JVMs, and the workers, feeder and reader need the rest of the machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
+
+from stream_infer.bench.harness import DEMO_CONFIG
+from stream_infer.config import load_config
+from stream_infer.faults.harness import run_trial
+from stream_infer.faults.reference import EventStream, load_reference
+from stream_infer.faults.report import TrialResult
+from stream_infer.faults.scenarios import BROKER_KILL_NODES, SCENARIOS
+from stream_infer.kafka import local
+from stream_infer.kafka.admin import admin_client
+from stream_infer.kafka.jars import KafkaSetupError
+
+log = logging.getLogger(__name__)
+
+
+def set_min_insync_replicas(bootstrap: str, value: int) -> None:
+    """Cluster-wide default for topics without their own setting: the worker's changelog and
+    Kafka's internal topics then also need `value` copies for acks=all."""
+    resource = ConfigResource(ResourceType.BROKER, "", incremental_configs=[
+        ConfigEntry("min.insync.replicas", str(value), incremental_operation=AlterConfigOpType.SET)])
+    for future in admin_client(bootstrap).incremental_alter_configs([resource]).values():
+        future.result(30)
+
+
+def run_faults(
+    plan: Sequence[tuple[str, str | None]],
+    *,
+    trials: int,
+    seed: int,
+    rate: float,
+    duration: float,
+    work_dir: Path,
+    bootstrap: str | None = None,
+    on_result: Callable[[TrialResult], None] = lambda r: None,
+    on_skip: Callable[[str], None] = lambda msg: None,
+) -> list[TrialResult]:
+    """Run `trials` trials of each (scenario, guarantee) in `plan`; trial i uses seed + i.
+
+    With `bootstrap` the given cluster serves the worker scenarios and broker_kill is skipped;
+    otherwise local clusters are started in a temporary directory and stopped afterwards. Raises
+    KafkaSetupError if the single-node cluster cannot start; a 3-node cluster that cannot start
+    fails only its trial."""
+    stream = EventStream()
+    engines = next(p for p in load_config(DEMO_CONFIG).pipelines if p.name == "engines")
+    reference = load_reference(engines, stream, work_dir / "reference")
+    common = dict(work_dir=work_dir, stream=stream, reference=reference, rate=rate, duration=duration)
+    results: list[TrialResult] = []
+    tmp = Path(tempfile.mkdtemp(prefix="stream-infer-faults-"))
+    single_dir = tmp / "kafka-1"
+    try:
+        for scenario, guarantee in plan:
+            if scenario == "broker_kill" and bootstrap is not None:
+                on_skip("broker_kill skipped: it kills a broker, which only a local cluster started here allows "
+                        "(unset KAFKA_BOOTSTRAP_SERVERS to run it)")
+                continue
+            for i in range(trials):
+                if scenario == "broker_kill":
+                    local.down(single_dir, wipe=True, timeout=15)  # one cluster at a time
+                    result = _broker_kill_trial(tmp / f"kafka-3-{guarantee}-{i}", guarantee, seed + i, common)
+                else:
+                    target = bootstrap or local.up(single_dir, port=0, nodes=1)[0].bootstrap
+                    result = run_trial(scenario, SCENARIOS[scenario], guarantee, seed + i, bootstrap=target,
+                                       delete_topics=bootstrap is not None, **common)
+                results.append(result)
+                on_result(result)
+    finally:
+        local.down(single_dir, wipe=True, timeout=15)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return results
+
+
+def _broker_kill_trial(cluster_dir: Path, guarantee: str | None, seed: int, common: dict) -> TrialResult:
+    """One broker_kill trial on a fresh 3-node cluster, stopped and wiped afterwards."""
+    try:
+        cluster, _ = local.up(cluster_dir, port=0, nodes=BROKER_KILL_NODES)
+    except KafkaSetupError as err:
+        return TrialResult("broker_kill", guarantee, seed, error=f"3-node cluster did not start: {str(err).splitlines()[0]}")
+    try:
+        try:
+            set_min_insync_replicas(cluster.bootstrap, 2)
+        except Exception as err:  # the topics the harness creates still carry their own setting
+            log.warning("could not set min.insync.replicas cluster-wide: %s", err)
+        return run_trial("broker_kill", SCENARIOS["broker_kill"], guarantee, seed, bootstrap=cluster.bootstrap,
+                         replication=BROKER_KILL_NODES, cluster_dir=cluster_dir, **common)
+    finally:
+        local.down(cluster_dir, wipe=True, timeout=15)
