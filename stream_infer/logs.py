@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 
 import orjson
@@ -44,6 +45,64 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+class ConnectionOutageFilter(logging.Filter):
+    """librdkafka logs every failed reconnect to a broker (several a second per client while a
+    broker is down, with backoff up to 10 s). This keeps one line when a client's connection to
+    a broker starts failing and one when no failure has come for `quiet_s` (how many were
+    suppressed, over how long): an outage costs two lines per client and broker, not a stream.
+
+    Records are librdkafka's, as confluent-kafka passes them: args (facility, client, message);
+    connection failures have facility FAIL and name the broker before the first colon."""
+
+    def __init__(self, quiet_s: float = 15.0) -> None:
+        super().__init__()
+        self.quiet_s = quiet_s
+        self._outages: dict[tuple[str, str], list[float]] = {}  # (client, broker) -> [first, last, suppressed]
+        self._lock = threading.Lock()
+        self._watcher: threading.Thread | None = None
+        self.log = logging.getLogger("stream_infer.kafka.connection")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if not (isinstance(args, tuple) and len(args) == 3 and args[0] == "FAIL"):
+            return True
+        _, client, message = args
+        text = str(message).split("]: ", 1)[-1]
+        broker, _, reason = text.partition(": ")
+        key = (str(client), broker)
+        now = time.monotonic()
+        with self._lock:
+            outage = self._outages.get(key)
+            if outage is not None:
+                outage[1] = now
+                outage[2] += 1
+                return False
+            self._outages[key] = [now, now, 0]
+            if self._watcher is None:
+                self._watcher = threading.Thread(target=self._watch, name="outage-log", daemon=True)
+                self._watcher.start()
+        self.log.warning("connection to broker %s failing: %s (repeats suppressed until it recovers)", broker, reason,
+                         extra={"client": client})
+        return False
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(1.0)
+            self.report_quiet(time.monotonic())
+
+    def report_quiet(self, now: float) -> None:
+        with self._lock:
+            ended = [(key, o) for key, o in self._outages.items() if now - o[1] >= self.quiet_s]
+            for key, _ in ended:
+                del self._outages[key]
+        for (client, broker), (first, last, suppressed) in ended:
+            self.log.warning("connection to broker %s: no failure for %.0f s (failing for %.0f s before, %d repeats suppressed)",
+                             broker, now - last, last - first, int(suppressed), extra={"client": client})
+
+
+_OUTAGES = ConnectionOutageFilter()
+
+
 def setup_logging(level: str = "warning", fmt: str = "text") -> None:
     """Configure the root logger once for a command; libraries' chatter stays at WARNING."""
     handler = logging.StreamHandler(sys.stderr)
@@ -56,4 +115,7 @@ def setup_logging(level: str = "warning", fmt: str = "text") -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     # librdkafka warns about every transient retry (coordinator loading, leader moves) that it then
     # resolves itself; its errors still show.
-    logging.getLogger("stream_infer.kafka.client").setLevel(max(logging.ERROR, root.level))
+    client = logging.getLogger("stream_infer.kafka.client")
+    client.setLevel(max(logging.ERROR, root.level))
+    if _OUTAGES not in client.filters:
+        client.addFilter(_OUTAGES)

@@ -25,7 +25,7 @@ def test_bench_harness_smoke(kafka_bootstrap: str, tmp_path: Path, monkeypatch: 
     burst = written["burst"]
     assert burst["burst_events"] == 20_000 and burst["drain_seconds"] > 0 and burst["samples"]
     assert burst["samples"][-1]["mode"] == "latency" and burst["samples"][-1]["lag_messages"] == 0
-    for mode in ("service", "per_event", "ceiling"):
+    for mode in ("service", "service_eos", "per_event", "ceiling"):
         assert written["throughput_eps"][mode] > 0
         assert written["process"][mode]["peak_rss_mb"] > 0
     assert written["process"]["service"]["events"] >= 4_000 and written["process"]["ceiling"]["events"] >= 4_000
@@ -33,6 +33,7 @@ def test_bench_harness_smoke(kafka_bootstrap: str, tmp_path: Path, monkeypatch: 
     warm = written["latency_warmup"]  # a broker the run did not start: no PID to watch, the minimum only
     assert warm["events"] > 0 and warm["seconds"] >= 0.5 and warm["broker_jit_cores"] is None and warm["p99_last_5s"] >= 0
     assert all(v["events"] > 0 and v["p99"] >= v["p50"] >= 0 for v in written["latency_ms"].values())
-    assert set(results["targets"]) >= {"service_vs_ceiling", "ok_service_ge_0.7_ceiling", "ok_p99_at_10eps_le_15ms"}
+    assert set(results["targets"]) >= {"service_vs_ceiling", "ok_service_ge_0.7_ceiling", "ok_p99_at_10eps_le_15ms",
+                                       "exactly_once_vs_service", "ok_exactly_once_ge_0.8_service"}
     assert any(line.startswith("service") for line in lines)
     assert os.environ["KAFKA_BOOTSTRAP_SERVERS"] == kafka_bootstrap

@@ -1,6 +1,8 @@
 """`stream-infer bench`: the service against two yardsticks, in one run, on one local broker.
 
 * service:   the worker as users run it (one process, the `engines` pipeline);
+* service_eos: the same with processing_guarantee = exactly_once (outputs in the checkpoint's
+  transaction), to price that guarantee in the same run;
 * per_event: the same worker with max_batch_size = 1 (inference per event, the naive way);
 * ceiling:   a minimal loop with no framework (:mod:`stream_infer.bench.ceiling`).
 
@@ -79,9 +81,11 @@ class Plan:
                    burst_events=500_000, warmup_max_seconds=90)
 
 
-def engines_config(path: Path, *, group: str, input_topic: str, output_prefix: str, batching: dict | None = None) -> Path:
+def engines_config(path: Path, *, group: str, input_topic: str, output_prefix: str, batching: dict | None = None,
+                   guarantee: str | None = None) -> Path:
     """Write the demo config's engines pipeline alone, on the given topics and group, with
-    [pipelines.batching] keys overridden; paths made absolute. Returns `path`."""
+    [pipelines.batching] keys overridden and the processing guarantee set (None: the default);
+    paths made absolute. Returns `path`."""
     text = DEMO_CONFIG.read_text()
     text = text[: text.index("# AI4I 2020")]  # engines only
     base = DEMO_CONFIG.parent
@@ -95,6 +99,8 @@ def engines_config(path: Path, *, group: str, input_topic: str, output_prefix: s
     settings.update({k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in (batching or {}).items()})
     lines = "".join(f"{k} = {v}\n" for k, v in settings.items())
     text = text[: block.start(1)] + lines + text[block.end(1):]
+    if guarantee is not None:
+        text = text.replace("[worker]\n", f'[worker]\nprocessing_guarantee = "{guarantee}"\n', 1)
     path.write_text(text)
     return path
 
@@ -234,12 +240,14 @@ class Bench:
         self.results: dict = {"plan": plan.__dict__, "throughput_eps": {}, "process": {}, "latency_ms": {}}
 
     def config(self, mode: str, *, input_topic: str | None = None, batch: int | None = None, batching: dict | None = None) -> Path:
-        """A config with only the engines pipeline, on this run's topics, with its own group."""
+        """A config with only the engines pipeline, on this run's topics, with its own group;
+        mode `service_eos` is the service with processing_guarantee = exactly_once."""
         overrides = dict(batching or {})
         if batch is not None:
             overrides["max_batch_size"] = batch
         return engines_config(self.workdir / f"{mode}.toml", group=f"{self.run_id}-{mode}", input_topic=input_topic or self.input,
-                              output_prefix=f"{self.run_id}-{mode}", batching=overrides)
+                              output_prefix=f"{self.run_id}-{mode}", batching=overrides,
+                              guarantee="exactly_once" if mode == "service_eos" else None)
 
     def run(self) -> dict:
         plan = self.plan
@@ -248,6 +256,7 @@ class Bench:
         self.echo(f"preloaded {plan.rss_backlog:,} events in {seconds:.1f} s")
         self._drain("ceiling", plan.ceiling_backlog)
         self._drain("service", plan.backlog, total=plan.rss_backlog)
+        self._drain("service_eos", plan.backlog)
         self._per_event()
         self._latency()
         self._burst()
@@ -464,6 +473,8 @@ def targets(results: dict, max_wait_ms: float) -> dict:
     return {
         "service_vs_ceiling": round(tp["service"] / tp["ceiling"], 3),
         "service_vs_per_event": round(tp["service"] / max(tp["per_event"], 1), 1),
+        "exactly_once_vs_service": round(tp["service_eos"] / tp["service"], 3),
+        "ok_exactly_once_ge_0.8_service": tp["service_eos"] >= 0.8 * tp["service"],
         "ok_service_ge_0.7_ceiling": tp["service"] >= 0.7 * tp["ceiling"],
         "ok_service_ge_20x_per_event": tp["service"] >= 20 * tp["per_event"],
         "ok_p99_at_50pct_le_max_wait_plus_25ms": lat["50pct"]["p99"] <= max_wait_ms + 25,

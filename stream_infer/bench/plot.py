@@ -13,8 +13,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 def plot(results: dict, path: Path) -> None:
     fig, (ax_tp, ax_lat, ax_rss) = plt.subplots(1, 3, figsize=(15, 4.2))
     tp = results["throughput_eps"]
-    modes = [m for m in ("ceiling", "service", "per_event") if m in tp]
-    bars = ax_tp.bar(modes, [tp[m] for m in modes], color=["#888888", "#2a7ab9", "#d9822b"][: len(modes)])
+    colors = {"ceiling": "#888888", "service": "#2a7ab9", "service_eos": "#5aa05a", "per_event": "#d9822b"}
+    modes = [m for m in colors if m in tp]
+    bars = ax_tp.bar(modes, [tp[m] for m in modes], color=[colors[m] for m in modes])
     ax_tp.bar_label(bars, labels=[f"{tp[m]:,}" for m in modes])
     ax_tp.set_ylabel("events/s")
     ax_tp.set_title("Sustained throughput (engines pipeline)")
