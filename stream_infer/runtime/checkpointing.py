@@ -164,9 +164,8 @@ class Checkpointing:
             epochs = await self.source.call(self.source.consumer.rewind)
         except Exception:
             exit_for_restart("rewinding the consumer failed")
-        async with self.lock:
-            self.pipeline.owned.update(epochs)
-            await self.pipeline.ensure_restored(set(epochs))
+        self.pipeline.owned.update(epochs)
+        await self._restore(set(epochs))
         self.rewinding = False
 
     # --- rebalance ---------------------------------------------------------------------------
@@ -174,21 +173,30 @@ class Checkpointing:
     def on_assign(self, epochs: dict[int, int]) -> None:
         """Consumer thread: a rebalance this member takes part in (maybe with nothing new)."""
         assert self.source.loop is not None
-        self.source.loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._assigned(epochs)))
+        self.source.loop.call_soon_threadsafe(self._assigned, epochs)
 
-    async def _assigned(self, epochs: dict[int, int]) -> None:
+    def _assigned(self, epochs: dict[int, int]) -> None:
+        """Event loop, before any batch fetched under these epochs: this callback was queued
+        inside the fetch that saw the assignment, ahead of the fetch's own result, so the
+        agent never sees a record of a partition it does not yet know it owns (it would drop
+        it, and the partition would move on past it)."""
         self.member = True
         if not epochs:
             return
         log.info("partitions assigned", extra={"pipeline": self.name, "partitions": sorted(epochs)})
-        # Restore now, not when each partition's first event arrives (that event would wait for
-        # the changelog read). Ready (for /readyz) once restored.
+        pipeline = self.pipeline
+        stale = [p for p in epochs if p in pipeline.owned or p in pipeline.loaded]
+        if stale:  # a loss of these not yet handled: what is in memory is from the old assignment
+            pipeline.drop_partitions(stale)
+        pipeline.owned.update(epochs)
+        asyncio.ensure_future(self._restore(set(epochs)))
+
+    async def _restore(self, partitions: set[int]) -> None:
+        """Restore now, not when each partition's first event arrives (that event would wait for
+        the changelog read). Ready (for /readyz) once restored."""
         async with self.lock:
-            stale = [p for p in epochs if p in self.pipeline.owned or p in self.pipeline.loaded]
-            self.pipeline.drop_partitions(stale)
-            self.pipeline.owned.update(epochs)
             try:
-                await self.pipeline.ensure_restored(set(epochs))
+                await self.pipeline.ensure_restored(partitions & set(self.pipeline.owned))
             except Exception:
                 exit_for_restart("restoring state failed")
 
@@ -196,8 +204,9 @@ class Checkpointing:
         """Consumer thread, inside the rebalance: the partitions move when this returns, so their
         last checkpoint is committed first (bounded: past revoke_timeout_s the next owner
         starts from the last commit, and reprocesses what came after it)."""
-        assert self.source.loop is not None
-        future = asyncio.run_coroutine_threadsafe(self._revoke(partitions), self.source.loop)
+        assert self.source.loop is not None and self.source.consumer is not None
+        epochs = {p: e for p, e in self.source.consumer.ownership().epochs.items() if p in partitions}
+        future = asyncio.run_coroutine_threadsafe(self._revoke(epochs), self.source.loop)
         try:
             future.result(timeout=self.revoke_timeout_s)
         except TimeoutError:
@@ -208,23 +217,26 @@ class Checkpointing:
             log.exception("last checkpoint of revoked partitions failed; their next owner resumes from the previous one",
                           extra={"pipeline": self.name, "partitions": sorted(partitions)})
 
-    async def _revoke(self, partitions: set[int]) -> None:
-        if self.committer is not None:
-            async with self.lock:
+    async def _revoke(self, epochs: dict[int, int]) -> None:
+        """The revoked partitions' last checkpoint, then their state goes. `epochs`: those of the
+        revoked assignment (should the wait time out and the group give a partition back
+        meanwhile, its new assignment is left alone)."""
+        partitions = set(epochs)
+        owned = self.pipeline.owned
+        async with self.lock:
+            if self.committer is not None:
                 if self.exactly_once:
                     await self._commit_locked()
                 else:
                     await self.settle_locked()
                     self.committer.add(self.pipeline.snapshot())
-                # From here no record of these partitions is processed.
-                for partition in partitions:
-                    self.pipeline.owned.pop(partition, None)
-            if not self.exactly_once:
-                await self._commit()
-        async with self.lock:
-            self.pipeline.drop_partitions(partitions)
-        self.source.forget(partitions)
-        self._remove_gauges(partitions)
+            # From here no record of these partitions is processed.
+            for partition, epoch in epochs.items():
+                if owned.get(partition) == epoch:
+                    del owned[partition]
+        if self.committer is not None and not self.exactly_once:
+            await self._commit()
+        await self._drop_unowned(partitions)
         log.info("partitions revoked", extra={"pipeline": self.name, "partitions": sorted(partitions)})
 
     def on_lost(self, partitions: set[int]) -> None:
@@ -233,18 +245,26 @@ class Checkpointing:
         if self.committer is not None:
             self.committer.discard(partitions)
         assert self.source.loop is not None
-        self.source.loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._lost(partitions)))
+        self.source.loop.call_soon_threadsafe(self._lost_now, partitions)
 
-    async def _lost(self, partitions: set[int]) -> None:
+    def _lost_now(self, partitions: set[int]) -> None:
+        """Event loop, in order with assignments (see _assigned): no record of these is
+        processed from now on, until the group assigns them again."""
+        self.member = False
+        for partition in partitions:
+            self.pipeline.owned.pop(partition, None)
         log.warning("partitions lost (session expired or fenced): their state is dropped, the group reassigns them",
                     extra={"pipeline": self.name, "partitions": sorted(partitions)})
-        for partition in partitions:  # no record of them is processed from now on
-            self.pipeline.owned.pop(partition, None)
-        self.member = False
+        asyncio.ensure_future(self._drop_unowned(partitions))
+
+    async def _drop_unowned(self, partitions: set[int]) -> None:
+        """Forget the state of those of `partitions` not owned again by now (a partition the
+        group gave back meanwhile keeps its fresh assignment, restored from the changelog)."""
         async with self.lock:
-            self.pipeline.drop_partitions(partitions)
-        self.source.forget(partitions)
-        self._remove_gauges(partitions)
+            gone = {p for p in partitions if p not in self.pipeline.owned}
+            self.pipeline.drop_partitions(gone)
+        self.source.forget(gone)
+        self._remove_gauges(gone)
 
     def _remove_gauges(self, partitions: set[int]) -> None:
         for partition in partitions:
