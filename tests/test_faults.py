@@ -21,6 +21,7 @@ from stream_infer.faults.report import (
     WorkerExit,
     account,
     latency_max,
+    predictions_seen,
     recovery_seconds,
     summarize,
     summary_json,
@@ -77,7 +78,9 @@ def test_recovery_counts_only_inputs_produced_after_the_fault() -> None:
         _obs(1, 5, 0.0, arrived=1000.2, input_ms=1_000_050),
         _obs(3, 1, 0.0, arrived=1001.0, input_ms=1_000_010),  # not an affected partition
     ]
-    assert recovery_seconds(fault, {0, 1, 2}, observations) == {0: 11.0, 1: 0.2, 2: None}
+    assert recovery_seconds(fault, {0, 1, 2}, predictions_seen(observations)) == {0: 11.0, 1: 0.2, 2: None}
+    acknowledged = [(0, 999_990, 1000.01), (0, 1_000_100, 1009.5), (1, 1_000_000, 1000.004)]  # from the feeder
+    assert recovery_seconds(fault, {0, 1}, acknowledged) == {0: 9.5, 1: 0.004}
 
 
 def test_latency_max_uses_each_inputs_first_prediction() -> None:
@@ -98,6 +101,7 @@ def _result(**changes) -> TrialResult:
     result.accounting = account({(0, 0): (1, 1), (0, 1): (1, 2)}, [_obs(0, 0, 1.0), _obs(0, 0, 1.0), _obs(0, 1, 2.0)],
                                 {(1, 1): 1.0, (1, 2): 2.0})
     result.recovery = {"kill w2": {0: 11.25, 3: 12.5}}
+    result.feed_recovery = {"kill w2": {0: 0.01, 3: 0.02}}
     result.latency_max_s = 13.0
     result.exits = [WorkerExit("w2", -9, None, "killed"), WorkerExit("w1", 0, 1.5, "stopped")]
     result.final_lag = 0
@@ -120,7 +124,7 @@ def test_failures_follow_the_guarantee_and_the_graceful_stop_limit() -> None:
 def test_trial_line_has_every_field_in_order() -> None:
     assert trial_line(_result()) == (
         "scenario=worker_kill guarantee=at_least_once seed=7 inputs=2 predicted=2 lost=0 duplicates=1 "
-        "equal_to_reference=yes recovery_max_s=12.50 latency_max_s=13.00 exits=w2:killed:-9@-s,w1:stopped:0@1.50s "
+        "equal_to_reference=yes recovery_max_s=12.50 feed_recovery_max_s=0.02 latency_max_s=13.00 exits=w2:killed:-9@-s,w1:stopped:0@1.50s "
         "final_lag=0 duration_s=88.0 result=ok"
     )
     never = _result(recovery={"kill w2": {0: None, 3: 1.0}}, guarantee=None, error="worker not ready")

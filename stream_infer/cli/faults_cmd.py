@@ -39,9 +39,12 @@ def faults(trials: int, scenario: str, guarantee: str, rate: float, duration: fl
     Each trial prints one line of key=value fields: scenario, guarantee, seed, inputs, predicted
     (inputs with a prediction), lost, duplicates (predictions beyond the first per input),
     equal_to_reference (every prediction equals an uninterrupted in-process run's), recovery_max_s
-    (from a fault until every affected partition's new inputs are predicted again), latency_max_s
-    (longest wait of any input for its first prediction), exits (worker:how:status@seconds),
-    final_lag, duration_s, result. A table per scenario and guarantee follows.
+    (from a fault until every affected partition's new inputs are predicted again),
+    feed_recovery_max_s (the same until the input topic takes new inputs again: the cluster's
+    share), latency_max_s (longest wait of a predicted input for its first prediction), exits
+    (worker:how:status@seconds), final_lag (inputs the group left uncommitted), duration_s,
+    result; lost_by_partition and error when there are any. A table per scenario and guarantee
+    follows. Each trial's logs, config and result.json stay in WORK_DIR/trials/.
 
     Exit status 1 if any trial lost an input, differed from the reference, duplicated under
     exactly_once, failed a graceful stop, or could not run. Starts and stops local Kafka clusters

@@ -9,6 +9,7 @@ and mismatched predictions against the in-process reference, recovery after each
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -22,7 +23,7 @@ from pathlib import Path
 from stream_infer.bench.harness import engines_config
 from stream_infer.config import ConfigError, PipelineConfig, load_config
 from stream_infer.faults.reference import EventStream
-from stream_infer.faults.report import TrialResult, WorkerExit, account, latency_max, recovery_seconds
+from stream_infer.faults.report import TrialResult, WorkerExit, account, latency_max, predictions_seen, recovery_seconds
 from stream_infer.faults.traffic import DELIVERY_TIMEOUT_MS, Feeder, PredictionWatcher
 from stream_infer.kafka import local
 from stream_infer.kafka.admin import admin_client, create_topics, group_lag
@@ -247,8 +248,10 @@ class Trial:
         observations = self.watcher.snapshot()
         self.result.accounting = account(inputs, observations, self.reference)
         self.result.latency_max_s = latency_max(observations)
+        seen = predictions_seen(observations)
         for label, fault_at, partitions in self._probes:
-            self.result.recovery[label] = recovery_seconds(fault_at, partitions, observations)
+            self.result.recovery[label] = recovery_seconds(fault_at, partitions, seen)
+            self.result.feed_recovery[label] = recovery_seconds(fault_at, partitions, feeder.acknowledged)
 
     def _final_lag(self) -> int | None:
         """Input events the group has not committed, once it has had FINAL_COMMIT_S to commit."""
@@ -299,5 +302,7 @@ def run_trial(scenario: str, play: Scenario, guarantee: str | None, seed: int, *
     finally:
         trial.close(delete_topics=delete_topics)
     trial.result.duration_s = round(time.monotonic() - started, 1)
-    trial.result.notes.append(f"logs and config in {trial.dir}")
+    trial.result.notes.append(f"logs, config and result.json in {trial.dir}")
+    with suppress(OSError):  # the trial's record next to its logs, for a look afterwards
+        (trial.dir / "result.json").write_text(json.dumps(trial.result.to_json(), indent=1))
     return trial.result

@@ -14,6 +14,8 @@ Timing, all on the wall clock (predictions carry the input's producer timestamp)
 * recovery after a fault, per partition: from the fault until a prediction arrives (at the
   reader) for an input produced after the fault: the moment the partition's data flows again end
   to end, which neither an in-flight prediction of the old owner nor a replay of older inputs fakes;
+* feed recovery, the same up to the broker's acknowledgement of such an input to the feeder:
+  where recovery is long, this tells the cluster's share (leader election) from the worker's;
 * latency_max: the longest any input waited from being produced to its first prediction arriving,
   which also catches stalls away from the fault moments (a rebalance when a worker joins).
 """
@@ -101,17 +103,27 @@ def account(
     return result
 
 
-def recovery_seconds(fault_at: float, partitions: Iterable[int], observations: Iterable[Observation]) -> dict[int, float | None]:
-    """Per partition: seconds from `fault_at` until the first prediction arrived for an input
-    produced at or after it; None where none arrived (the partition never recovered)."""
+# (partition, producer timestamp of an input in ms, wall-clock seconds when it was seen somewhere)
+Sighting = tuple[int, int, float]
+
+
+def recovery_seconds(fault_at: float, partitions: Iterable[int], sightings: Iterable[Sighting]) -> dict[int, float | None]:
+    """Per partition: seconds from `fault_at` until the first sighting of an input produced at
+    or after it; None where there was none (the partition never recovered). Sightings are the
+    predictions' arrivals (recovery of the whole path) or the feeder's acknowledgements (when
+    the input topic took new data again)."""
     wanted = set(partitions)
     fault_ms = fault_at * 1000
     first: dict[int, float] = {}
-    for obs in observations:
-        if obs.partition in wanted and obs.input_ms >= fault_ms:
-            if obs.arrived < first.get(obs.partition, float("inf")):
-                first[obs.partition] = obs.arrived
+    for partition, produced_ms, seen_at in sightings:
+        if partition in wanted and produced_ms >= fault_ms and seen_at < first.get(partition, float("inf")):
+            first[partition] = seen_at
     return {p: (round(max(0.0, first[p] - fault_at), 3) if p in first else None) for p in sorted(wanted)}
+
+
+def predictions_seen(observations: Iterable[Observation]) -> list[Sighting]:
+    """Each prediction as a sighting of its input, at its arrival."""
+    return [(o.partition, o.input_ms, o.arrived) for o in observations]
 
 
 def latency_max(observations: Iterable[Observation]) -> float | None:
@@ -148,6 +160,7 @@ class TrialResult:
     seed: int
     accounting: Accounting = field(default_factory=Accounting)
     recovery: dict[str, dict[int, float | None]] = field(default_factory=dict)  # fault label -> partition -> s
+    feed_recovery: dict[str, dict[int, float | None]] = field(default_factory=dict)  # the same, to the input topic
     latency_max_s: float | None = None
     exits: list[WorkerExit] = field(default_factory=list)
     faults: list[dict] = field(default_factory=list)  # what happened when (seconds after the feed started)
@@ -161,10 +174,11 @@ class TrialResult:
     @property
     def recovery_max_s(self) -> float | None:
         """The slowest recovery of any affected partition after any fault; inf if one never recovered."""
-        values = [v for partitions in self.recovery.values() for v in partitions.values()]
-        if not values:
-            return None
-        return float("inf") if any(v is None for v in values) else max(values)
+        return _slowest(self.recovery)
+
+    @property
+    def feed_recovery_max_s(self) -> float | None:
+        return _slowest(self.feed_recovery)
 
     def failures(self) -> list[str]:
         """Why this trial fails; empty when it passes."""
@@ -185,10 +199,19 @@ class TrialResult:
         data = asdict(self)
         data["accounting"]["equal_to_reference"] = self.accounting.equal_to_reference
         data["recovery_max_s"] = _json_number(self.recovery_max_s)
+        data["feed_recovery_max_s"] = _json_number(self.feed_recovery_max_s)
         data["failures"] = self.failures()
-        data["recovery"] = {label: {str(p): s for p, s in parts.items()} for label, parts in self.recovery.items()}
+        for name in ("recovery", "feed_recovery"):
+            data[name] = {label: {str(p): s for p, s in parts.items()} for label, parts in getattr(self, name).items()}
         data["accounting"]["lost_by_partition"] = {str(p): n for p, n in self.accounting.lost_by_partition.items()}
         return data
+
+
+def _slowest(recovery: dict[str, dict[int, float | None]]) -> float | None:
+    values = [v for partitions in recovery.values() for v in partitions.values()]
+    if not values:
+        return None
+    return float("inf") if any(v is None for v in values) else max(values)
 
 
 def _json_number(value: float | None) -> float | str | None:
@@ -218,6 +241,7 @@ def trial_line(result: TrialResult) -> str:
         f"duplicates={a.duplicates}",
         f"equal_to_reference={'yes' if a.equal_to_reference else 'no'}",
         f"recovery_max_s={_seconds(result.recovery_max_s)}",
+        f"feed_recovery_max_s={_seconds(result.feed_recovery_max_s)}",
         f"latency_max_s={_seconds(result.latency_max_s)}",
         f"exits={exits}",
         f"final_lag={'-' if result.final_lag is None else result.final_lag}",

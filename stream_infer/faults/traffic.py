@@ -22,7 +22,7 @@ import orjson
 from confluent_kafka import KafkaError, Message, Producer
 
 from stream_infer.faults.reference import EventStream
-from stream_infer.faults.report import Observation, Source
+from stream_infer.faults.report import Observation, Sighting, Source
 from stream_infer.kafka.reader import ReadRecord, TopicReader
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ class Feeder:
         self.rate = rate
         self.duration = duration
         self.delivered: dict[Source, int] = {}  # (partition, offset) -> stream index; filled on the feeder thread
+        self.acknowledged: list[Sighting] = []  # (partition, producer timestamp ms, wall-clock second of the ack)
         self.failed = 0
         self.last_error: str | None = None
         self.sent = 0
@@ -68,6 +69,7 @@ class Feeder:
     def _delivered(self, index: int, err: KafkaError | None, msg: Message) -> None:
         if err is None:
             self.delivered[(msg.partition(), msg.offset())] = index
+            self.acknowledged.append((msg.partition(), msg.timestamp()[1], time.time()))
         else:
             self.failed += 1
             self.last_error = err.str()
