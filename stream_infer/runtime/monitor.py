@@ -143,9 +143,12 @@ class LagMonitor:
     def stalled_for(self, last_commit: float) -> float:
         """Seconds this pipeline has had lag without progress (0 when it has none, or progresses):
         since the later of the last commit that moved offsets and the last moment without lag.
-        A sample that is itself overdue counts as no progress: the consumer thread may be stuck."""
+        A lag sample that is itself overdue counts from the last one: the consumer thread may
+        be stuck, and then nothing is known to progress."""
         now = time.monotonic()
-        if self.lag == 0 and now - self.sampled_at < 10 * LAG_INTERVAL_S:
+        if now - self.sampled_at > 10 * LAG_INTERVAL_S:
+            return now - self.sampled_at
+        if self.lag == 0:
             return 0.0
         return now - max(last_commit, self.caught_up_at)
 
