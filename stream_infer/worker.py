@@ -146,7 +146,9 @@ class Worker:
             bootstrap, f"{kafka.group_id}-{pc.name}-{self.instance}",
             transaction_timeout_ms=kafka.transaction_timeout_ms, extra=dict(kafka.producer),
         )
-        pipeline.producer = transactions if self.exactly_once else self.producer
+        # Exactly-once: outputs go into the checkpoint's transaction (the pipeline only calls
+        # send_batch; acks are the commit's business, see runtime.checkpointing).
+        pipeline.producer = transactions if self.exactly_once else self.producer  # type: ignore[assignment]
         runner: PipelineRunner | None = None
 
         def ownership() -> Ownership:

@@ -35,7 +35,7 @@ def test_readiness_names_each_state(tmp_path: Path) -> None:
     try:
         assert runner.readiness() == (False, {"ready": False, "partitions": [],
                                               "reason": "not a member of the consumer group (joining or rebalancing)"})
-        cp.member = True
+        runner.rebalance.member = True
         pipeline.owned = {0: 1, 3: 2}
         pipeline.loaded = {0}
         assert runner.readiness()[1] == {"ready": False, "partitions": [0, 3], "reason": "restoring state of partitions [3]"}

@@ -1,14 +1,11 @@
-"""Checkpoints and rebalances of one pipeline, on the event loop: where the protocol of
-:mod:`stream_infer.checkpoint` is driven from (cut, commit, rewind), and what happens when the
-group assigns, revokes or loses partitions.
+"""Checkpoints of one pipeline, on the event loop: where the protocol of
+:mod:`stream_infer.checkpoint` is driven from (cut, commit, exactly-once rewind, the last
+checkpoint before a hand-over or a stop).
 
-Waiting rules (why this cannot deadlock): the event loop never waits for the consumer thread
-while holding the batch lock; the consumer thread waits for the loop only inside a revoke
-callback, for at most `revoke_timeout_s` (half the session timeout); the committer thread waits
-for nothing but the broker, each call bounded. On revoke, the revoked partitions' last
-checkpoint is committed before the callback returns (graceful hand-over: the next owner starts
-exactly where this one stopped, no duplicates). On lost partitions nothing is written for them:
-another member may own them already.
+Waiting rules: nothing here waits for the consumer thread while holding the batch lock (the
+rewind's seek runs after the lock is released); the committer thread waits only on the broker,
+each call bounded. A revoke callback on the consumer thread may therefore wait for
+:meth:`Checkpointing.hand_over` (see :mod:`stream_infer.runtime.rebalance`) without a deadlock.
 """
 
 from __future__ import annotations
@@ -52,17 +49,9 @@ class Checkpointing:
         self.exactly_once = config.worker.processing_guarantee == "exactly_once"
         self.name = pipeline.name
         self.lock = lock  # one batch, or one cut, at a time
-        self.revoke_timeout_s = config.kafka.session_timeout_ms / 2000
-        self.member = False  # in the group (an assignment seen since the last loss)
         self.rewinding = False
         self.last_commit = time.monotonic()  # when offsets last moved forward (health)
         self.stopping = False
-
-    # --- readiness --------------------------------------------------------------------------
-
-    @property
-    def restoring(self) -> set[int]:
-        return set(self.pipeline.owned) - self.pipeline.loaded
 
     # --- the cut and the commit --------------------------------------------------------------
 
@@ -165,63 +154,19 @@ class Checkpointing:
         except Exception:
             exit_for_restart("rewinding the consumer failed")
         self.pipeline.owned.update(epochs)
-        await self._restore(set(epochs))
-        self.rewinding = False
-
-    # --- rebalance ---------------------------------------------------------------------------
-
-    def on_assign(self, epochs: dict[int, int]) -> None:
-        """Consumer thread: a rebalance this member takes part in (maybe with nothing new)."""
-        assert self.source.loop is not None
-        self.source.loop.call_soon_threadsafe(self._assigned, epochs)
-
-    def _assigned(self, epochs: dict[int, int]) -> None:
-        """Event loop, before any batch fetched under these epochs: this callback was queued
-        inside the fetch that saw the assignment, ahead of the fetch's own result, so the
-        agent never sees a record of a partition it does not yet know it owns (it would drop
-        it, and the partition would move on past it)."""
-        self.member = True
-        if not epochs:
-            return
-        log.info("partitions assigned", extra={"pipeline": self.name, "partitions": sorted(epochs)})
-        pipeline = self.pipeline
-        stale = [p for p in epochs if p in pipeline.owned or p in pipeline.loaded]
-        if stale:  # a loss of these not yet handled: what is in memory is from the old assignment
-            pipeline.drop_partitions(stale)
-        pipeline.owned.update(epochs)
-        asyncio.ensure_future(self._restore(set(epochs)))
-
-    async def _restore(self, partitions: set[int]) -> None:
-        """Restore now, not when each partition's first event arrives (that event would wait for
-        the changelog read). Ready (for /readyz) once restored."""
         async with self.lock:
             try:
-                await self.pipeline.ensure_restored(partitions & set(self.pipeline.owned))
+                await self.pipeline.ensure_restored(set(epochs) & set(self.pipeline.owned))
             except Exception:
                 exit_for_restart("restoring state failed")
+        self.rewinding = False
 
-    def on_revoke(self, partitions: set[int]) -> None:
-        """Consumer thread, inside the rebalance: the partitions move when this returns, so their
-        last checkpoint is committed first (bounded: past revoke_timeout_s the next owner
-        starts from the last commit, and reprocesses what came after it)."""
-        assert self.source.loop is not None and self.source.consumer is not None
-        epochs = {p: e for p, e in self.source.consumer.ownership().epochs.items() if p in partitions}
-        future = asyncio.run_coroutine_threadsafe(self._revoke(epochs), self.source.loop)
-        try:
-            future.result(timeout=self.revoke_timeout_s)
-        except TimeoutError:
-            log.warning("last checkpoint of revoked partitions not committed within %.1f s; their next owner "
-                        "resumes from the previous one", self.revoke_timeout_s,
-                        extra={"pipeline": self.name, "partitions": sorted(partitions)})
-        except Exception:
-            log.exception("last checkpoint of revoked partitions failed; their next owner resumes from the previous one",
-                          extra={"pipeline": self.name, "partitions": sorted(partitions)})
+    # --- hand-over (a revoke) ----------------------------------------------------------------
 
-    async def _revoke(self, epochs: dict[int, int]) -> None:
-        """The revoked partitions' last checkpoint, then their state goes. `epochs`: those of the
-        revoked assignment (should the wait time out and the group give a partition back
-        meanwhile, its new assignment is left alone)."""
-        partitions = set(epochs)
+    async def hand_over(self, epochs: dict[int, int]) -> None:
+        """The last checkpoint of partitions being revoked, committed; from then on none of their
+        records is processed. `epochs`: those of the revoked assignment (should the revoke's wait
+        time out and the group give a partition back meanwhile, its new assignment is left alone)."""
         owned = self.pipeline.owned
         async with self.lock:
             if self.committer is not None:
@@ -230,49 +175,16 @@ class Checkpointing:
                 else:
                     await self.settle_locked()
                     self.committer.add(self.pipeline.snapshot())
-            # From here no record of these partitions is processed.
             for partition, epoch in epochs.items():
                 if owned.get(partition) == epoch:
                     del owned[partition]
         if self.committer is not None and not self.exactly_once:
             await self._commit()
-        await self._drop_unowned(partitions)
-        log.info("partitions revoked", extra={"pipeline": self.name, "partitions": sorted(partitions)})
 
-    def on_lost(self, partitions: set[int]) -> None:
-        """Consumer thread: partitions lost (session expired, fenced). Nothing is written for
-        them; whatever is pending for them is forgotten; no waiting."""
+    def forget_pending(self, partitions: set[int]) -> None:
+        """Partitions lost: what is pending for them is never committed (any thread)."""
         if self.committer is not None:
             self.committer.discard(partitions)
-        assert self.source.loop is not None
-        self.source.loop.call_soon_threadsafe(self._lost_now, partitions)
-
-    def _lost_now(self, partitions: set[int]) -> None:
-        """Event loop, in order with assignments (see _assigned): no record of these is
-        processed from now on, until the group assigns them again."""
-        self.member = False
-        for partition in partitions:
-            self.pipeline.owned.pop(partition, None)
-        log.warning("partitions lost (session expired or fenced): their state is dropped, the group reassigns them",
-                    extra={"pipeline": self.name, "partitions": sorted(partitions)})
-        asyncio.ensure_future(self._drop_unowned(partitions))
-
-    async def _drop_unowned(self, partitions: set[int]) -> None:
-        """Forget the state of those of `partitions` not owned again by now (a partition the
-        group gave back meanwhile keeps its fresh assignment, restored from the changelog)."""
-        async with self.lock:
-            gone = {p for p in partitions if p not in self.pipeline.owned}
-            self.pipeline.drop_partitions(gone)
-        self.source.forget(gone)
-        self._remove_gauges(gone)
-
-    def _remove_gauges(self, partitions: set[int]) -> None:
-        for partition in partitions:
-            for gauge in (metrics.LAG_MESSAGES, metrics.LAG_SECONDS):
-                try:
-                    gauge.remove(self.name, self.pipeline.config.input_topic, str(partition))
-                except KeyError:
-                    pass
 
     # --- shutdown ----------------------------------------------------------------------------
 

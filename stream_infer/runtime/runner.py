@@ -21,6 +21,7 @@ from stream_infer.kafka.consumer import records_from_messages
 from stream_infer.pipeline import Pipeline
 from stream_infer.runtime.checkpointing import Checkpointing, exit_for_restart
 from stream_infer.runtime.monitor import LagMonitor
+from stream_infer.runtime.rebalance import RebalanceHandler
 from stream_infer.runtime.source import BatchSource
 
 log = logging.getLogger(__name__)
@@ -39,15 +40,16 @@ class PipelineRunner:
         self.source = BatchSource(pipeline, config)
         self.monitor = LagMonitor(pipeline, self.source, config)
         self.checkpointing = Checkpointing(pipeline, self.source, committer, config, self.lock)
+        self.rebalance = RebalanceHandler(pipeline, self.source, self.checkpointing, config, self.lock)
         self.committer = committer
         self.stopping = False
 
     # --- the Faust roles: source task, agent, checkpoint timer, monitor task ----------------
 
     async def run_source(self, channel: Any) -> None:
-        cp = self.checkpointing
-        await self.source.connect(cp.on_assign, cp.on_revoke, cp.on_lost)
-        await self.source.run(lambda value: channel.send(value=value), cp.drain)
+        rebalance = self.rebalance
+        await self.source.connect(rebalance.on_assign, rebalance.on_revoke, rebalance.on_lost)
+        await self.source.run(lambda value: channel.send(value=value), self.checkpointing.drain)
 
     async def agent(self, batches) -> None:
         async for messages, epochs, fetched_at in batches:
@@ -106,12 +108,12 @@ class PipelineRunner:
 
     def readiness(self) -> tuple[bool, dict]:
         """Ready: a member of the group, every assigned partition restored, not rewinding."""
-        cp = self.checkpointing
-        restoring = sorted(cp.restoring)
+        cp, member = self.checkpointing, self.rebalance.member
+        restoring = sorted(self.rebalance.restoring)
         partitions = sorted(self.pipeline.owned)
         if self.stopping:
             reason = "stopping"
-        elif not cp.member:
+        elif not member:
             reason = "not a member of the consumer group (joining or rebalancing)"
         elif cp.rewinding:
             reason = "rewinding to the last committed checkpoint"
@@ -121,14 +123,14 @@ class PipelineRunner:
             reason = "member with no partition assigned (more workers than partitions)"
         else:
             reason = "processing"
-        ready = not self.stopping and cp.member and not cp.rewinding and not restoring
+        ready = not self.stopping and member and not cp.rewinding and not restoring
         return ready, {"ready": ready, "partitions": partitions, "reason": reason}
 
     def health(self, stall_timeout_s: float) -> tuple[bool, dict]:
         """Healthy unless there is lag and no progress for `stall_timeout_s`."""
         stalled = self.monitor.stalled_for(self.checkpointing.last_commit)
         healthy = stalled < stall_timeout_s
-        body = {"healthy": healthy, "lag": self.monitor.lag, "stalled_s": round(stalled, 1)}
+        body: dict[str, object] = {"healthy": healthy, "lag": self.monitor.lag, "stalled_s": round(stalled, 1)}
         if not healthy:
             body["reason"] = f"lag {self.monitor.lag} and no checkpoint progress for {stalled:.0f} s"
         return healthy, body
