@@ -158,6 +158,13 @@ class CheckpointCommitter:
             return CommitResult({}, 0, 0.0)
         ownership = self._ownership()
         checkpoint = taken.owned(ownership)
+        if not self._retain_on_abort and set(checkpoint.epochs) != set(taken.epochs):
+            # Exactly-once: the open transaction holds outputs of a partition lost since the cut;
+            # committing it would publish them although the partition's next owner produces them
+            # again. Abort it all; the caller rewinds what it still owns.
+            metrics.CHECKPOINT_ABORTS.labels(self.pipeline).inc()
+            self.producer.abort()
+            raise TransactionAborted(f"partitions {sorted(set(taken.epochs) - set(checkpoint.epochs))} lost since the checkpoint's cut")
         if checkpoint.empty:
             return CommitResult({}, 0, 0.0)
         records = checkpoint_records(self.changelog_topic, checkpoint.snapshots, checkpoint.offsets) if self.changelog_topic else []

@@ -130,3 +130,33 @@ def test_a_killed_owners_open_transaction_is_waited_for_then_skipped(kafka_boots
     waited = time.monotonic() - started
     assert list(restored[0][0]) == ["k"] and restored[0][0]["k"].empty
     assert 1.5 < waited < 20, waited  # until the broker aborted it (3 s after it began)
+
+
+def test_exactly_once_aborts_when_a_partition_was_lost_since_the_cut(kafka_bootstrap: str, unique) -> None:
+    """The open transaction holds outputs of every partition cut; publishing it without the lost
+    partition's offsets would duplicate what its next owner produces: abort, nothing visible."""
+    topic = unique("eos-lost")
+    create_topics(kafka_bootstrap, [topic, f"{topic}.out"], partitions=2)
+    producer = TransactionalProducer(kafka_bootstrap, unique("eos-lost-tx"), transaction_timeout_ms=10_000)
+    committer = CheckpointCommitter("p", topic, None, producer, lambda: Ownership(None, {0: 1}), lambda o, e: None,
+                                    retain_on_abort=False)
+    try:
+        producer.send_batch([(f"{topic}.out", b"k", b"output of partition 1", None)])
+        committer.add(Checkpoint({0: 3, 1: 4}, {}, {0: 1, 1: 1}))  # partition 1 lost since the cut
+        with pytest.raises(TransactionAborted, match=r"partitions \[1\] lost"):
+            committer.commit_now()
+        assert not committer.pending  # exactly-once rewinds instead of retrying
+        reader = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": unique("eos-lost-r"), "isolation.level": "read_committed",
+                           "auto.offset.reset": "earliest", "enable.partition.eof": True})
+        reader.assign([TopicPartition(f"{topic}.out", p, 0) for p in range(2)])
+        seen, eofs = [], 0
+        while eofs < 2:
+            for msg in reader.consume(10, timeout=2):
+                if msg.error():
+                    eofs += 1
+                else:
+                    seen.append(msg.value())
+        reader.close()
+        assert seen == []
+    finally:
+        committer.close()
