@@ -109,9 +109,23 @@ class Trial:
         self.pipeline = load_config(path).pipelines[0]
         topics = self.pipeline.topics
         extra = {"min.insync.replicas": "2"} if self.replication >= 3 else {}
-        create_topics(self.bootstrap, [self.pipeline.input_topic, topics.predictions, topics.alerts, topics.dead_letters],
-                      partitions=PARTITIONS, replication=self.replication, config=extra)
+        names = [self.pipeline.input_topic, topics.predictions, topics.alerts, topics.dead_letters]
+        create_topics(self.bootstrap, names, partitions=PARTITIONS, replication=self.replication, config=extra)
+        self._wait_for_topics(names)
         self.watcher = PredictionWatcher(self.bootstrap, topics.predictions, self.pipeline.outputs.score_name)
+
+    def _wait_for_topics(self, names: list[str], timeout: float = 15.0) -> None:
+        """Until metadata lists every topic with all its partitions: a created topic reaches the
+        broker's metadata a moment after the creation answers, and a reader assigned before that
+        fails to find it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            topics = self._admin.list_topics(timeout=10).topics
+            if all(name in topics and len(topics[name].partitions) == PARTITIONS for name in names):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"topics {names} not in the cluster's metadata {timeout:.0f} s after creation")
+            time.sleep(0.2)
 
     # --- workers --------------------------------------------------------------------------------
 

@@ -3,7 +3,8 @@
 Inputs are identified by (partition, offset) in the input topic, as every prediction names its
 source. For each input fed (known from the feeder's delivery reports), a trial counts:
 
-* predicted: inputs with at least one prediction; lost: inputs with none;
+* predicted: inputs with at least one prediction; lost: inputs with none when the trial ended
+  (the drain timeout after the stream), so a partition stalled past that counts as loss too;
 * duplicates: predictions beyond the first for an input (at-least-once allows them, exactly-once
   must have none, since its reader only sees committed transactions);
 * mismatched: predictions, duplicates included, whose score differs from the reference for the

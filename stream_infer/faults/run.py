@@ -8,13 +8,10 @@ gets a fresh 3-node cluster, because it leaves a broker dead. Only one cluster r
 
 from __future__ import annotations
 
-import logging
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-
-from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
 from stream_infer.bench.harness import DEMO_CONFIG
 from stream_infer.config import load_config
@@ -23,19 +20,7 @@ from stream_infer.faults.reference import EventStream, load_reference
 from stream_infer.faults.report import TrialResult
 from stream_infer.faults.scenarios import BROKER_KILL_NODES, SCENARIOS
 from stream_infer.kafka import local
-from stream_infer.kafka.admin import admin_client
 from stream_infer.kafka.jars import KafkaSetupError
-
-log = logging.getLogger(__name__)
-
-
-def set_min_insync_replicas(bootstrap: str, value: int) -> None:
-    """Cluster-wide default for topics without their own setting: the worker's changelog and
-    Kafka's internal topics then also need `value` copies for acks=all."""
-    resource = ConfigResource(ResourceType.BROKER, "", incremental_configs=[
-        ConfigEntry("min.insync.replicas", str(value), incremental_operation=AlterConfigOpType.SET)])
-    for future in admin_client(bootstrap).incremental_alter_configs([resource]).values():
-        future.result(30)
 
 
 def run_faults(
@@ -92,10 +77,6 @@ def _broker_kill_trial(cluster_dir: Path, guarantee: str | None, seed: int, comm
     except KafkaSetupError as err:
         return TrialResult("broker_kill", guarantee, seed, error=f"3-node cluster did not start: {str(err).splitlines()[0]}")
     try:
-        try:
-            set_min_insync_replicas(cluster.bootstrap, 2)
-        except Exception as err:  # the topics the harness creates still carry their own setting
-            log.warning("could not set min.insync.replicas cluster-wide: %s", err)
         return run_trial("broker_kill", SCENARIOS["broker_kill"], guarantee, seed, bootstrap=cluster.bootstrap,
                          replication=BROKER_KILL_NODES, cluster_dir=cluster_dir, **common)
     finally:
