@@ -190,6 +190,11 @@ def _node_properties(node: Node, cluster: Cluster) -> str:
             # transaction.timeout.ms). The broker looks for such transactions every 10 s by
             # default, which can add up to 10 s to that wait.
             "transaction.abort.timed.out.transaction.cleanup.interval.ms=1000",
+            # A killed node is fenced (its partitions get new leaders) this long after its last
+            # heartbeat; the default 9 s is meant for networks that hiccup, a development
+            # cluster on one machine can tell a dead JVM sooner.
+            "broker.session.timeout.ms=4000",
+            "broker.heartbeat.interval.ms=1000",
             # Tests start many short-lived groups: do not delay the first rebalance by 3 s.
             "group.initial.rebalance.delay.ms=0",
             "auto.create.topics.enable=true",

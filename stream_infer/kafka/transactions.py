@@ -43,6 +43,9 @@ _client_log = logging.getLogger("stream_infer.kafka.client")
 # coordinator gone) is aborted and retried by the next checkpoint rather than holding the
 # checkpoint path (and, on a revoke, the rebalance) for librdkafka's default of minutes.
 CALL_TIMEOUT_S = 10.0
+# How long an abort is retried (the transaction coordinator moving with a dead broker takes the
+# cluster's broker.session.timeout.ms to notice) before the producer is given up on.
+ABORT_TIMEOUT_S = 30.0
 
 # (topic, partition, key, value or None for a tombstone): a record for an explicit partition.
 StateRecord = tuple[str, int, bytes, bytes | None]
@@ -104,26 +107,49 @@ class TransactionalProducer:
             for topic, partition, key, value in records:
                 produce(topic, value, key, partition=partition)
             if offsets:
-                self._producer.send_offsets_to_transaction(
-                    [TopicPartition(t, p, o) for (t, p), o in offsets.items()], group_metadata, CALL_TIMEOUT_S
-                )
-            self._producer.commit_transaction(CALL_TIMEOUT_S)
+                tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+                self._retrying(lambda: self._producer.send_offsets_to_transaction(tps, group_metadata, CALL_TIMEOUT_S))
+            # A retriable failure of the commit (a timeout, a coordinator moving) leaves its
+            # outcome open: the commit is repeated, never aborted, since the broker may have
+            # committed it already and an abort would then undo nothing but trigger a replay.
+            self._retrying(lambda: self._producer.commit_transaction(CALL_TIMEOUT_S))
             self._open = False
         except KafkaException as exc:
             self._fail(exc.args[0])
         return time.perf_counter() - started
 
+    def _retrying(self, call, attempts: int = 3) -> None:
+        """`call`, repeated while it fails with a retriable error that needs no abort."""
+        for attempt in range(attempts):
+            try:
+                call()
+                return
+            except KafkaException as exc:
+                err = exc.args[0]
+                if attempt == attempts - 1 or not err.retriable() or err.txn_requires_abort() or err.fatal():
+                    raise
+                log.info("transaction call failed, retrying", extra={"transactional_id": self.transactional_id, "error": err.str()})
+
     def abort(self) -> None:
-        """Abort the open transaction, if any (its outputs are discarded)."""
-        if self._open:
+        """Abort the open transaction, if any (its outputs are discarded). Retried while the
+        coordinator is unavailable (a broker failing over), up to ABORT_TIMEOUT_S."""
+        if not self._open:
+            return
+        deadline = time.monotonic() + ABORT_TIMEOUT_S
+        while True:
             try:
                 self._producer.abort_transaction(CALL_TIMEOUT_S)
+                self._open = False
+                return
             except KafkaException as exc:
-                raise TransactionFatal(f"aborting transaction {self.transactional_id} failed: {exc.args[0].str()}") from None
-            self._open = False
+                err = exc.args[0]
+                if err.fatal() or time.monotonic() > deadline:
+                    raise TransactionFatal(f"aborting transaction {self.transactional_id} failed: {err.str()}") from None
+                log.info("aborting transaction failed, retrying", extra={"transactional_id": self.transactional_id, "error": err.str()})
+                time.sleep(0.5)
 
     def _fail(self, err: KafkaError) -> None:
-        if err.fatal() or not (err.txn_requires_abort() or err.retriable()):
+        if err.fatal():
             raise TransactionFatal(f"transaction {self.transactional_id}: {err.str()}")
         self.abort()
         raise TransactionAborted(err.str())

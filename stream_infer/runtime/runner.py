@@ -72,7 +72,10 @@ class PipelineRunner:
             # Only records of partitions owned now, under the assignment they were fetched in:
             # a batch fetched before a revoke, loss or rewind belongs to someone (or something) else.
             owned = self.pipeline.owned
-            records = records_from_messages([m for m in messages if owned.get(m.partition()) == epochs.get(m.partition())])
+            # A partition is taken only if owned under the epoch of this fetch: a partition in
+            # neither (revoked inside the very fetch that returned its messages) is not taken.
+            taken = {p for p, epoch in epochs.items() if owned.get(p) == epoch}
+            records = records_from_messages([m for m in messages if m.partition() in taken])
             if len(records) < len(messages):
                 source.drop(len(messages) - len(records), 0 if records else 1)
             if not records:
