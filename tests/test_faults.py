@@ -54,6 +54,7 @@ def test_account_counts_lost_duplicates_mismatches_and_unknown_sources() -> None
     assert not result.equal_to_reference
     assert result.max_abs_error == pytest.approx(0.5)
     assert result.lost_examples == [(1, 1)] and result.lost_by_partition == {1: 1}
+    assert result.duplicate_examples == [{"partition": 0, "offset": 0, "count": 3}, {"partition": 1, "offset": 0, "count": 2}]
     assert result.mismatch_examples == [{"partition": 1, "offset": 0, "unit": 2, "cycle": 1, "got": 20.5, "expected": 20.0}]
 
 
@@ -125,7 +126,7 @@ def test_trial_line_has_every_field_in_order() -> None:
     assert trial_line(_result()) == (
         "scenario=worker_kill guarantee=at_least_once seed=7 inputs=2 predicted=2 lost=0 duplicates=1 "
         "equal_to_reference=yes recovery_max_s=12.50 feed_recovery_max_s=0.02 latency_max_s=13.00 exits=w2:killed:-9@-s,w1:stopped:0@1.50s "
-        "final_lag=0 duration_s=88.0 result=ok"
+        "restarts=0 final_lag=0 duration_s=88.0 result=ok"
     )
     never = _result(recovery={"kill w2": {0: None, 3: 1.0}}, guarantee=None, error="worker not ready")
     never.accounting = account({(0, 0): (1, 1), (2, 4): (1, 2), (2, 5): (1, 3)}, [], {})

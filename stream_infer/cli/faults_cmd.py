@@ -42,7 +42,8 @@ def faults(trials: int, scenario: str, guarantee: str, rate: float, duration: fl
     (from a fault until every affected partition's new inputs are predicted again),
     feed_recovery_max_s (the same until the input topic takes new inputs again: the cluster's
     share), latency_max_s (longest wait of a predicted input for its first prediction), exits
-    (worker:how:status@seconds), final_lag (inputs the group left uncommitted), duration_s,
+    (worker:how:status@seconds), restarts (workers that exited on their own were started again,
+    as a supervisor would), final_lag (inputs the group left uncommitted), duration_s,
     result; lost_by_partition and error when there are any. A table per scenario and guarantee
     follows. Each trial's logs, config and result.json stay in WORK_DIR/trials/.
 

@@ -5,6 +5,7 @@ A trial: write a config for the `engines` pipeline on topics and a group of its 
 C-MAPSS stream at a fixed rate while the scenario injects its faults, then wait until every input
 has a prediction (or the drain timeout passes), stop the workers and account: lost, duplicated
 and mismatched predictions against the in-process reference, recovery after each fault, exits.
+Workers that exit on their own are restarted, as a supervisor would (:mod:`.workers`).
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from stream_infer.config import ConfigError, PipelineConfig, load_config
 from stream_infer.faults.reference import EventStream
 from stream_infer.faults.report import TrialResult, WorkerExit, account, latency_max, predictions_seen, recovery_seconds
 from stream_infer.faults.traffic import DELIVERY_TIMEOUT_MS, Feeder, PredictionWatcher
+from stream_infer.faults.workers import WorkerPool
 from stream_infer.kafka import local
 from stream_infer.kafka.admin import admin_client, create_topics, group_lag
-from stream_infer.workerproc import WorkerProcess
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class Trial:
 
     config_path: Path  # set by setup()
     pipeline: PipelineConfig  # the trial config's engines pipeline, set by setup()
+    pool: WorkerPool  # set by setup()
 
     def __init__(self, scenario: str, guarantee: str | None, seed: int, *, bootstrap: str, work_dir: Path,
                  stream: EventStream, reference: dict, rate: float, duration: float, replication: int = 1,
@@ -90,7 +92,6 @@ class Trial:
         self.dir = work_dir / "trials" / self.prefix
         self.group = self.prefix  # the input topic's consumer group
         self.result = TrialResult(scenario, guarantee, seed)
-        self.workers: dict[str, WorkerProcess] = {}
         self.feeder: Feeder | None = None
         self.watcher: PredictionWatcher | None = None
         self._probes: list[tuple[str, float, set[int]]] = []
@@ -107,6 +108,7 @@ class Trial:
         self.result.notes += notes
         self.config_path = path
         self.pipeline = load_config(path).pipelines[0]
+        self.pool = WorkerPool(path, self.bootstrap, self.dir, self.prefix, on_event=self.mark, stop_timeout=STOP_TIMEOUT_S)
         topics = self.pipeline.topics
         extra = {"min.insync.replicas": "2"} if self.replication >= 3 else {}
         names = [self.pipeline.input_topic, topics.predictions, topics.alerts, topics.dead_letters]
@@ -127,38 +129,19 @@ class Trial:
                 raise RuntimeError(f"topics {names} not in the cluster's metadata {timeout:.0f} s after creation")
             time.sleep(0.2)
 
-    # --- workers --------------------------------------------------------------------------------
+    # --- workers (see stream_infer.faults.workers) -----------------------------------------------
 
     def start_workers(self, *names: str) -> None:
-        """Start workers (at once) and wait until each is ready. The instance id is the name, so a
-        restarted worker keeps its transactional ids and fences its predecessor at once."""
-        for name in names:
-            env = {"STREAM_INFER_INSTANCE_ID": f"{self.prefix}-{name}"}
-            self.workers[name] = WorkerProcess(self.config_path, self.bootstrap, self.dir / name, log_level="info", env=env).start()
-        for name in names:
-            seconds = self.workers[name].wait_ready()
-            log.info("worker ready", extra={"trial": self.prefix, "worker": name, "seconds": round(seconds, 1)})
+        """Start workers and wait until each is ready; the name is the instance id's suffix."""
+        self.pool.start(*names)
 
     def stop_worker(self, name: str, *, graceful_required: bool = False) -> WorkerExit:
-        """SIGTERM and time the exit; a worker that already exited on its own is recorded as such."""
-        worker = self.workers.pop(name)
-        if worker.proc.poll() is not None:
-            outcome = WorkerExit(name, worker.proc.returncode, None, "exited", graceful_required)
-        else:
-            started = time.monotonic()
-            code = worker.stop(timeout=STOP_TIMEOUT_S)
-            outcome = WorkerExit(name, code, round(time.monotonic() - started, 2), "stopped", graceful_required)
-        if outcome.code != 0:
-            log.warning("worker ended with status %s; log tail:\n%s", outcome.code, worker.log_tail(15))
-        self.result.exits.append(outcome)
-        return outcome
+        return self.pool.stop(name, graceful_required=graceful_required)
 
     def kill_worker(self, name: str) -> float:
-        """SIGKILL; returns the wall-clock moment of the kill."""
-        worker = self.workers.pop(name)
+        """SIGKILL (no restart); returns the wall-clock moment of the kill."""
         at = self.mark(f"SIGKILL worker {name}")
-        worker.kill()
-        self.result.exits.append(WorkerExit(name, worker.proc.returncode, None, "killed"))
+        self.pool.kill(name)
         return at
 
     # --- the broker -----------------------------------------------------------------------------
@@ -200,8 +183,10 @@ class Trial:
     def mark(self, what: str, **details) -> float:
         """Record an action in the trial's timeline; returns its wall-clock moment."""
         at = time.time()
-        self.result.faults.append({"what": what, "at_s": round(at - self.feeder.started_at, 2), **details})
-        log.info("%s at %.1f s", what, at - self.feeder.started_at, extra={"trial": self.prefix})
+        origin = self.feeder.started_at if self.feeder is not None and self.feeder.started_at else at
+        # Called from the scenario and from the pool's supervisor thread: list.append is atomic.
+        self.result.faults.append({"what": what, "at_s": round(at - origin, 2), **details})
+        log.info("%s at %.1f s", what, at - origin, extra={"trial": self.prefix})
         return at
 
     def probe(self, label: str, fault_at: float, partitions: set[int]) -> None:
@@ -256,8 +241,10 @@ class Trial:
         self.result.final_lag = self._final_lag()
         with suppress(Exception):
             self.result.final_assignment = sorted(sorted(p) for p in self.group_members().values())
-        for name in list(self.workers):
+        self.pool.stop_supervising()
+        for name in self.pool.names():
             self.stop_worker(name)
+        self.result.exits, self.result.restarts = self.pool.exits, self.pool.restarts
         self.watcher.stop()
         observations = self.watcher.snapshot()
         self.result.accounting = account(inputs, observations, self.reference)
@@ -285,9 +272,9 @@ class Trial:
         if self.feeder is not None:
             self.feeder.stop()
             self.feeder.join(30)
-        for name in list(self.workers):
-            worker = self.workers.pop(name)
-            worker.kill()
+        if hasattr(self, "pool"):
+            self.pool.kill_all()
+            self.result.exits, self.result.restarts = self.pool.exits, self.pool.restarts
         if self.watcher is not None:
             self.watcher.stop()
         if delete_topics:

@@ -56,6 +56,7 @@ class Accounting:
     max_abs_error: float = 0.0
     lost_by_partition: dict[int, int] = field(default_factory=dict)
     lost_examples: list[Source] = field(default_factory=list)
+    duplicate_examples: list[dict] = field(default_factory=list)  # inputs predicted more than once
     mismatch_examples: list[dict] = field(default_factory=list)
 
     @property
@@ -96,6 +97,9 @@ def account(
     result.predicted = sum(1 for source in inputs if source in seen)
     result.lost = result.inputs - result.predicted
     result.duplicates = sum(count - 1 for source, count in seen.items() if source in inputs)
+    if result.duplicates:
+        repeated = sorted(source for source, count in seen.items() if count > 1 and source in inputs)
+        result.duplicate_examples = [{"partition": p, "offset": o, "count": seen[(p, o)]} for p, o in repeated[:examples]]
     if result.lost:
         lost = sorted(source for source in inputs if source not in seen)
         result.lost_examples = lost[:examples]
@@ -164,6 +168,7 @@ class TrialResult:
     feed_recovery: dict[str, dict[int, float | None]] = field(default_factory=dict)  # the same, to the input topic
     latency_max_s: float | None = None
     exits: list[WorkerExit] = field(default_factory=list)
+    restarts: int = 0  # workers that exited on their own and were started again
     faults: list[dict] = field(default_factory=list)  # what happened when (seconds after the feed started)
     final_lag: int | None = None  # input events not committed by the group at the end
     final_assignment: list[list[int]] | None = None  # input partitions of each group member at the end
@@ -245,6 +250,7 @@ def trial_line(result: TrialResult) -> str:
         f"feed_recovery_max_s={_seconds(result.feed_recovery_max_s)}",
         f"latency_max_s={_seconds(result.latency_max_s)}",
         f"exits={exits}",
+        f"restarts={result.restarts}",
         f"final_lag={'-' if result.final_lag is None else result.final_lag}",
         f"duration_s={result.duration_s:.1f}",
         f"result={'FAIL(' + ','.join(failures) + ')' if failures else 'ok'}",
