@@ -76,6 +76,7 @@ class Trial:
     config_path: Path  # set by setup()
     pipeline: PipelineConfig  # the trial config's engines pipeline, set by setup()
     pool: WorkerPool  # set by setup()
+    session_timeout_s: float  # the group's: how long a killed worker keeps its partitions; set by setup()
 
     def __init__(self, scenario: str, guarantee: str | None, seed: int, *, bootstrap: str, work_dir: Path,
                  stream: EventStream, reference: dict, rate: float, duration: float, replication: int = 1,
@@ -107,7 +108,9 @@ class Trial:
                                    replication=self.replication)
         self.result.notes += notes
         self.config_path = path
-        self.pipeline = load_config(path).pipelines[0]
+        config = load_config(path)
+        self.pipeline = config.pipelines[0]
+        self.session_timeout_s = config.kafka.session_timeout_ms / 1000
         self.pool = WorkerPool(path, self.bootstrap, self.dir, self.prefix, on_event=self.mark, stop_timeout=STOP_TIMEOUT_S)
         topics = self.pipeline.topics
         extra = {"min.insync.replicas": "2"} if self.replication >= 3 else {}

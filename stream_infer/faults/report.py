@@ -204,6 +204,7 @@ class TrialResult:
     def to_json(self) -> dict:
         data = asdict(self)
         data["accounting"]["equal_to_reference"] = self.accounting.equal_to_reference
+        data["accounting"]["max_abs_error"] = _json_number(self.accounting.max_abs_error)
         data["recovery_max_s"] = _json_number(self.recovery_max_s)
         data["feed_recovery_max_s"] = _json_number(self.feed_recovery_max_s)
         data["failures"] = self.failures()

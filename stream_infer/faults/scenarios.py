@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from stream_infer.faults.harness import PARTITIONS, Scenario, Trial
 
-# A killed worker keeps its partitions until the session timeout (the demo config's 10 s) passes;
-# the stream must outlast that and a takeover by this much.
-SESSION_TIMEOUT_S = 10.0
+# A killed worker keeps its partitions until the group's session timeout passes; a fault comes
+# at the latest this long before the stream ends plus that timeout, so the takeover happens on
+# a running stream.
 RECOVERY_ROOM_S = 10.0
 BROKER_KILL_NODES = 3
 
@@ -30,10 +30,10 @@ def worker_kill(trial: Trial) -> None:
     trial.start_workers("w3")
     trial.mark("worker w3 ready")
     trial.wait_group(3, timeout=30)
-    trial.wait_until(min(kill_at, duration - SESSION_TIMEOUT_S - RECOVERY_ROOM_S))
+    trial.wait_until(min(kill_at, duration - trial.session_timeout_s - RECOVERY_ROOM_S))
     before = trial.group_members()
     killed_at = trial.kill_worker(victim)
-    after = trial.wait_group(2, timeout=SESSION_TIMEOUT_S + 30)
+    after = trial.wait_group(2, timeout=trial.session_timeout_s + 30)
     gone = set(before) - set(after)
     if len(gone) == 1:
         owned = before[gone.pop()]
@@ -70,7 +70,7 @@ def broker_kill(trial: Trial) -> None:
     kill_at = rng.uniform(0.3, 0.5) * duration
     trial.start_workers("w1", "w2")
     trial.start_stream()
-    trial.wait_until(min(kill_at, duration - SESSION_TIMEOUT_S - RECOVERY_ROOM_S))
+    trial.wait_until(min(kill_at, duration - trial.session_timeout_s - RECOVERY_ROOM_S))
     leaders = trial.input_leaders()
     counts: dict[int, int] = {}
     for leader in leaders.values():
