@@ -112,11 +112,13 @@ def _result(**changes) -> TrialResult:
     return result
 
 
-def test_failures_follow_the_guarantee_and_the_graceful_stop_limit() -> None:
+def test_failures_follow_the_guarantee_the_graceful_stop_and_the_recovery_limits() -> None:
     assert _result().failures() == []  # duplicates are allowed at least once
     assert _result(guarantee="exactly_once").failures() == ["duplicates"]
     slow = _result(scenario="rolling_restart", exits=[WorkerExit("a", 0, 10.5, "stopped", graceful_required=True)])
-    assert slow.failures() == ["graceful_stop"]
+    assert slow.failures() == ["duplicates", "graceful_stop"]  # a graceful hand-over repeats nothing
+    assert _result(recovery={"kill w2": {0: 15.5}}).failures() == ["slow_recovery"]
+    assert _result(scenario="broker_kill", recovery={"kill broker 1": {0: 14.9, 1: None}}).failures() == ["slow_recovery"]
     crashed = _result(exits=[WorkerExit("a", 70, 0.3, "stopped", graceful_required=True)])
     assert crashed.failures() == ["graceful_stop"]
     assert _result(error="boom").failures() == ["error"]
@@ -132,28 +134,28 @@ def test_trial_line_has_every_field_in_order() -> None:
     never.accounting = account({(0, 0): (1, 1), (2, 4): (1, 2), (2, 5): (1, 3)}, [], {})
     line = trial_line(never)
     assert "guarantee=unset" in line and "recovery_max_s=never" in line and " lost=3 " in line
-    assert line.endswith("result=FAIL(error,lost) lost_by_partition=0:1,2:2 error='worker not ready'")
+    assert line.endswith("result=FAIL(error,lost,slow_recovery) lost_by_partition=0:1,2:2 error='worker not ready'")
 
 
 def test_table_and_json_summarise_per_scenario_and_guarantee() -> None:
     results = [
         _result(),
-        _result(recovery={"kill w1": {1: 20.0}}),
+        _result(recovery={"kill w1": {1: 15.0}}),
         _result(recovery={"kill w3": {2: 14.0}}),
         _result(scenario="broker_kill", guarantee="exactly_once", recovery={"kill broker 2": {0: None}}),
     ]
     rows = summarize(results)
     assert [(r.scenario, r.guarantee, r.trials, r.failed, r.duplicates) for r in rows] == [
         ("worker_kill", "at_least_once", 3, 0, 3), ("broker_kill", "exactly_once", 1, 1, 1)]
-    assert (rows[0].recovery_median_s, rows[0].recovery_max_s) == (14.0, 20.0)
+    assert (rows[0].recovery_median_s, rows[0].recovery_max_s) == (14.0, 15.0)
     assert table(rows).splitlines() == [
         "scenario     guarantee      trials  failed  lost  duplicates  all_equal  recovery_s median/max",
-        "worker_kill  at_least_once  3       0       0     3           yes        14.00 / 20.00",
+        "worker_kill  at_least_once  3       0       0     3           yes        14.00 / 15.00",
         "broker_kill  exactly_once   1       1       0     1           yes        never / never",
     ]
     data = json.loads(orjson.dumps(summary_json(results)))  # strict JSON: no Infinity
     assert data["failed"] is True
-    assert data["trials"][3]["recovery_max_s"] == "inf" and data["trials"][3]["failures"] == ["duplicates"]
+    assert data["trials"][3]["recovery_max_s"] == "inf" and data["trials"][3]["failures"] == ["duplicates", "slow_recovery"]
     assert data["trials"][0]["recovery"] == {"kill w2": {"0": 11.25, "3": 12.5}}
     assert data["summary"][1]["recovery_max_s"] == "inf"
 

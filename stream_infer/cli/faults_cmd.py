@@ -24,10 +24,12 @@ SCENARIO_ORDER = ("worker_kill", "rolling_restart", "broker_kill")
 @click.option("--seed", type=int, default=None, help="Seed of the first trial (trial i uses SEED + i). Default: random, printed.")
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".stream-infer/faults"),
               show_default=True, help="Worker logs and configs per trial, and the cached reference predictions.")
+@click.option("--stable-ids", is_flag=True, help="Give each worker a stable STREAM_INFER_INSTANCE_ID (as the Kubernetes "
+              "Deployment does) instead of the default transactional ids unique per process.")
 @click.option("--json", "as_json", is_flag=True, help="Print every trial and the summary as one JSON object on stdout "
               "(the per-trial lines go to stderr).")
 def faults(trials: int, scenario: str, guarantee: str, rate: float, duration: float, seed: int | None, work_dir: Path,
-           as_json: bool) -> None:
+           stable_ids: bool, as_json: bool) -> None:
     """Run fault scenarios against real workers and check every prediction.
 
     \b
@@ -63,7 +65,7 @@ def faults(trials: int, scenario: str, guarantee: str, rate: float, duration: fl
          f"{rate:g} events/s for {duration:g} s")
     try:
         results = run_faults(
-            plan, trials=trials, seed=seed, rate=rate, duration=duration, work_dir=work_dir,
+            plan, trials=trials, seed=seed, rate=rate, duration=duration, work_dir=work_dir, stable_ids=stable_ids,
             bootstrap=os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or None,
             on_result=lambda result: echo(trial_line(result)),
             on_skip=lambda message: click.echo(message, err=True),

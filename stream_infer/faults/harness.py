@@ -80,8 +80,9 @@ class Trial:
 
     def __init__(self, scenario: str, guarantee: str | None, seed: int, *, bootstrap: str, work_dir: Path,
                  stream: EventStream, reference: dict, rate: float, duration: float, replication: int = 1,
-                 cluster_dir: Path | None = None) -> None:
+                 cluster_dir: Path | None = None, stable_ids: bool = False) -> None:
         self.bootstrap = bootstrap
+        self.stable_ids = stable_ids
         self.stream = stream
         self.reference = reference
         self.rate = rate
@@ -111,7 +112,8 @@ class Trial:
         config = load_config(path)
         self.pipeline = config.pipelines[0]
         self.session_timeout_s = config.kafka.session_timeout_ms / 1000
-        self.pool = WorkerPool(path, self.bootstrap, self.dir, self.prefix, on_event=self.mark, stop_timeout=STOP_TIMEOUT_S)
+        self.pool = WorkerPool(path, self.bootstrap, self.dir, self.prefix if self.stable_ids else None,
+                               on_event=self.mark, stop_timeout=STOP_TIMEOUT_S)
         topics = self.pipeline.topics
         extra = {"min.insync.replicas": "2"} if self.replication >= 3 else {}
         names = [self.pipeline.input_topic, topics.predictions, topics.alerts, topics.dead_letters]

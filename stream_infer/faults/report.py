@@ -32,6 +32,10 @@ Source = tuple[int, int]  # (input partition, input offset)
 
 # A stopped worker must hand its partitions over and exit within this many seconds, with status 0.
 GRACEFUL_STOP_LIMIT_S = 10.0
+# How soon affected partitions must make progress again (docs/guarantees.md): a killed worker's
+# partitions within the session timeout (10 s in the trial config) plus 5 s; every partition
+# within 15 s of a broker's death.
+RECOVERY_LIMIT_S = {"worker_kill": 15.0, "broker_kill": 15.0}
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,8 +199,12 @@ class TrialResult:
             out.append("lost")
         if not self.accounting.equal_to_reference:
             out.append("not_equal")
-        if self.guarantee == "exactly_once" and self.accounting.duplicates:
-            out.append("duplicates")
+        if self.accounting.duplicates and (self.guarantee == "exactly_once" or self.scenario == "rolling_restart"):
+            out.append("duplicates")  # a graceful hand-over repeats nothing, whatever the guarantee
+        limit = RECOVERY_LIMIT_S.get(self.scenario)
+        slowest = self.recovery_max_s
+        if limit is not None and slowest is not None and slowest > limit:
+            out.append("slow_recovery")
         if any(e.violates for e in self.exits):
             out.append("graceful_stop")
         return out

@@ -31,6 +31,7 @@ def run_faults(
     rate: float,
     duration: float,
     work_dir: Path,
+    stable_ids: bool = False,
     bootstrap: str | None = None,
     on_result: Callable[[TrialResult], None] = lambda r: None,
     on_skip: Callable[[str], None] = lambda msg: None,
@@ -44,7 +45,7 @@ def run_faults(
     stream = EventStream()
     engines = next(p for p in load_config(DEMO_CONFIG).pipelines if p.name == "engines")
     reference = load_reference(engines, stream, work_dir / "reference")
-    common = dict(work_dir=work_dir, stream=stream, reference=reference, rate=rate, duration=duration)
+    common = dict(work_dir=work_dir, stream=stream, reference=reference, rate=rate, duration=duration, stable_ids=stable_ids)
     results: list[TrialResult] = []
     tmp = Path(tempfile.mkdtemp(prefix="stream-infer-faults-"))
     single_dir = tmp / "kafka-1"

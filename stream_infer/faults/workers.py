@@ -2,8 +2,10 @@
 
 Workers exit on purpose where a restart fixes the fault (a failed checkpoint transaction, say);
 in production a supervisor (Kubernetes, systemd) restarts them. The pool plays that part: a worker
-that exits on its own is started again at once under the same name (so with the same instance id
-and transactional ids, which fence its predecessor), and the exit is recorded. Workers the
+that exits on its own is started again at once under the same name, and the exit is recorded.
+Workers run with default settings (transactional ids unique per process) unless an
+`instance_prefix` is given: then each name gets a stable STREAM_INFER_INSTANCE_ID, as the
+Kubernetes Deployment sets, and a restarted worker fences its predecessor at once. Workers the
 scenario stops or kills leave the pool first, so they are never restarted behind its back.
 """
 
@@ -25,7 +27,7 @@ SUPERVISE_EVERY_S = 0.5
 
 
 class WorkerPool:
-    def __init__(self, config: Path, bootstrap: str, directory: Path, instance_prefix: str, *,
+    def __init__(self, config: Path, bootstrap: str, directory: Path, instance_prefix: str | None, *,
                  on_event: Callable[[str], object], stop_timeout: float) -> None:
         self.config = config
         self.bootstrap = bootstrap
@@ -41,7 +43,7 @@ class WorkerPool:
         self._supervisor = threading.Thread(target=self._supervise, name="faults-supervisor", daemon=True)
 
     def _spawn(self, name: str) -> WorkerProcess:
-        env = {"STREAM_INFER_INSTANCE_ID": f"{self.instance_prefix}-{name}"}
+        env = {"STREAM_INFER_INSTANCE_ID": f"{self.instance_prefix}-{name}"} if self.instance_prefix else {}
         return WorkerProcess(self.config, self.bootstrap, self.directory / name, log_level="info", env=env).start()
 
     def start(self, *names: str) -> None:
