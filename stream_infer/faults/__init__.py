@@ -3,10 +3,11 @@
 Scenarios (:mod:`stream_infer.faults.scenarios`): ``worker_kill`` (SIGKILL one of three workers
 mid-stream), ``rolling_restart`` (SIGTERM and restart two workers one by one), ``broker_kill``
 (SIGKILL the broker leading the most input partitions of a 3-node cluster). Each trial feeds the
-`engines` pipeline a looped C-MAPSS stream at a fixed rate and checks, against predictions
-computed in process without Kafka (:mod:`stream_infer.faults.reference`), that no input was lost,
-that every prediction equals the uninterrupted run's, how many were duplicated, and how long the
-affected partitions stalled (:mod:`stream_infer.faults.report`). The command line is
+`engines` pipeline a looped C-MAPSS stream at a fixed rate and checks, against predictions and
+alerts computed in process without Kafka (:mod:`stream_infer.faults.reference`), that no input was
+lost, that every prediction equals the uninterrupted run's, that the alerts are the uninterrupted
+run's, how many predictions and alerts were duplicated, and how long the affected partitions
+stalled (:mod:`stream_infer.faults.report`). The command line is
 `stream-infer faults`.
 """
 

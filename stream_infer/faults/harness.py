@@ -4,7 +4,8 @@ A trial: write a config for the `engines` pipeline on topics and a group of its 
 6-partition input topic and the output topics, start the scenario's workers, feed the looped
 C-MAPSS stream at a fixed rate while the scenario injects its faults, then wait until every input
 has a prediction (or the drain timeout passes), stop the workers and account: lost, duplicated
-and mismatched predictions against the in-process reference, recovery after each fault, exits.
+and mismatched predictions, and missing, unexpected and repeated alerts, against the in-process
+reference, recovery after each fault, exits.
 Workers that exit on their own are restarted, as a supervisor would (:mod:`.workers`).
 """
 
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from stream_infer.bench.harness import engines_config
 from stream_infer.config import ConfigError, PipelineConfig, load_config
-from stream_infer.faults.reference import EventStream
+from stream_infer.faults.reference import EventStream, Reference
 from stream_infer.faults.report import TrialResult, WorkerExit, account, latency_max, predictions_seen, recovery_seconds
 from stream_infer.faults.traffic import DELIVERY_TIMEOUT_MS, Feeder, PredictionWatcher
 from stream_infer.faults.workers import WorkerPool
@@ -79,7 +80,7 @@ class Trial:
     session_timeout_s: float  # the group's: how long a killed worker keeps its partitions; set by setup()
 
     def __init__(self, scenario: str, guarantee: str | None, seed: int, *, bootstrap: str, work_dir: Path,
-                 stream: EventStream, reference: dict, rate: float, duration: float, replication: int = 1,
+                 stream: EventStream, reference: Reference, rate: float, duration: float, replication: int = 1,
                  cluster_dir: Path | None = None, stable_ids: bool = False) -> None:
         self.bootstrap = bootstrap
         self.stable_ids = stable_ids
@@ -119,7 +120,8 @@ class Trial:
         names = [self.pipeline.input_topic, topics.predictions, topics.alerts, topics.dead_letters]
         create_topics(self.bootstrap, names, partitions=PARTITIONS, replication=self.replication, config=extra)
         self._wait_for_topics(names)
-        self.watcher = PredictionWatcher(self.bootstrap, topics.predictions, self.pipeline.outputs.score_name)
+        self.watcher = PredictionWatcher(self.bootstrap, topics.predictions, self.pipeline.outputs.score_name,
+                                         alerts_topic=topics.alerts)
 
     def _wait_for_topics(self, names: list[str], timeout: float = 15.0) -> None:
         """Until metadata lists every topic with all its partitions: a created topic reaches the
@@ -252,7 +254,8 @@ class Trial:
         self.result.exits, self.result.restarts = self.pool.exits, self.pool.restarts
         self.watcher.stop()
         observations = self.watcher.snapshot()
-        self.result.accounting = account(inputs, observations, self.reference)
+        self.result.accounting = account(inputs, observations, self.reference.predictions,
+                                         alerts=self.watcher.alerts_snapshot(), reference_alerts=self.reference.alerts)
         self.result.latency_max_s = latency_max(observations)
         seen = predictions_seen(observations)
         for label, fault_at, partitions in self._probes:

@@ -1,17 +1,20 @@
-"""The event stream the fault trials feed, and the predictions an uninterrupted run gives for it.
+"""The event stream the fault trials feed, and the predictions and alerts an uninterrupted run gives for it.
 
 Stream: C-MAPSS FD001 test (13,096 events, 100 engines) in replay order, looped as long as a trial
 needs. Loop n renames engine u to u + n * UNIT_STRIDE, so every loop is a fleet of new engines
 whose windows start empty: the prediction for an event then depends only on its base engine and
 cycle, never on how many loops came before, and one reference per (base unit, cycle) serves
-every loop.
+every loop. The same holds for alerts: the rule's debounce state is per key, so a loop's engines
+start neutral and raise the same alerts at the same (base unit, cycle) as loop 0's.
 
 Reference: the `engines` pipeline run in process (no Kafka, no changelog) over the base data set
 in order, on one partition. The model reads a key's last `window` cycles, so only per-key order
 matters, and one partition keeps it; the batch boundaries do not change any prediction (the
-pipeline holds batched and per-event windows bit-equal, and inference is row by row). The result
-is cached in the work dir under a key that changes with the model, schema, feature and output
-settings, so a new model never meets an old reference.
+pipeline holds batched and per-event windows bit-equal, and inference is row by row; the alert
+rule walks each key's events in input order). An alert is identified by the (unit, cycle) of the
+last input of its run (the event that raised it) and carries that event's score. The result is
+cached in the work dir under a key that changes with the model, schema, feature, output and alert
+settings and with the file's format, so a new model, rule or format never meets an old reference.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -38,7 +42,22 @@ UNIT_STRIDE = 1000
 # Batch size of the in-process run: large enough to be quick, small enough to keep memory flat.
 REFERENCE_BATCH = 512
 
+# Version of the cached file's layout: part of its name and key, so a cache of an older layout
+# (version 1: predictions only, no alerts) is recomputed rather than misread.
+REFERENCE_FORMAT = 2
+
 UnitCycle = tuple[int, int]  # (base engine unit, cycle)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What an uninterrupted run gives for one loop of the stream.
+
+    predictions: score per (unit, cycle) of every event. alerts: score per (unit, cycle) of the
+    event that raised an alert (the last input of its run); at most one alert per event."""
+
+    predictions: dict[UnitCycle, float]
+    alerts: dict[UnitCycle, float]
 
 
 class EventStream:
@@ -84,10 +103,12 @@ class _RecordingProducer:
         return True
 
 
-def compute_reference(config: PipelineConfig, stream: EventStream, *, batch: int = REFERENCE_BATCH) -> dict[UnitCycle, float]:
+def compute_reference(config: PipelineConfig, stream: EventStream, *, batch: int = REFERENCE_BATCH) -> Reference:
     """Run the pipeline in process over one loop of `stream`, in order, on partition 0; returns
-    the score (`outputs.<score_name>`) per (unit, cycle). Raises if any event is not predicted
-    (a dead letter in the data set would make the reference incomplete)."""
+    the score (`outputs.<score_name>`) per (unit, cycle), and the alerts (their `score`) per
+    (unit, cycle) of the event that raised them. Raises if any event is not predicted (a dead
+    letter in the data set would make the reference incomplete) or if two alerts name the same
+    event (the rule raises at most one per event; two would be lost in the mapping)."""
     from stream_infer.pipeline import Pipeline  # heavy (ONNX Runtime): only when a reference is computed
 
     producer = _RecordingProducer()
@@ -107,42 +128,63 @@ def compute_reference(config: PipelineConfig, stream: EventStream, *, batch: int
     finally:
         pipeline.close()
     score = config.outputs.score_name
-    reference: dict[UnitCycle, float] = {}
+    predictions: dict[UnitCycle, float] = {}
+    alerts: dict[UnitCycle, float] = {}
     for topic, _key, value, _headers in producer.messages:
-        if topic != config.topics.predictions:
-            continue
-        body = orjson.loads(value)
-        reference[stream.identity(body["source"]["offset"])] = body["outputs"][score]
-    missing = len(stream) - len(reference)
+        if topic == config.topics.predictions:
+            body = orjson.loads(value)
+            predictions[stream.identity(body["source"]["offset"])] = body["outputs"][score]
+        elif config.topics.alerts is not None and topic == config.topics.alerts:
+            body = orjson.loads(value)
+            # Offsets of this run are stream indices (one partition, from 0): the last input is
+            # the event whose score completed the run.
+            identity = stream.identity(body["inputs"][-1]["offset"])
+            if identity in alerts:
+                raise RuntimeError(f"the reference run raised two alerts for (unit, cycle) {identity}")
+            alerts[identity] = body["score"]
+    missing = len(stream) - len(predictions)
     if missing:
         raise RuntimeError(f"the reference run left {missing} of {len(stream)} events without a prediction")
-    return reference
+    return Reference(predictions, alerts)
 
 
 def reference_key(config: PipelineConfig, stream: EventStream) -> str:
-    """Changes whenever a prediction could: model bytes, schema bytes, features, outputs, data."""
+    """Changes whenever a prediction or an alert could: model bytes, schema bytes, features,
+    outputs, the alert rule, data, and the cached file's format."""
     digest = hashlib.sha256()
+    digest.update(f"format:{REFERENCE_FORMAT}".encode())
     digest.update(Path(config.model).read_bytes())
     digest.update(Path(config.schema_file).read_bytes())
     digest.update(config.features.model_dump_json().encode())
     digest.update(config.outputs.model_dump_json().encode())
+    digest.update((config.alert.model_dump_json() if config.alert is not None else "no alert").encode())
     digest.update(f"{DATASET}:{len(stream)}".encode())
     return digest.hexdigest()[:16]
 
 
-def load_reference(config: PipelineConfig, stream: EventStream, cache_dir: Path) -> dict[UnitCycle, float]:
-    """The reference from `cache_dir` when its key matches, else computed and cached there."""
+def load_reference(config: PipelineConfig, stream: EventStream, cache_dir: Path) -> Reference:
+    """The reference from `cache_dir` when its key matches, else computed and cached there (as
+    `reference-v<format>-<pipeline>-<key>.json`)."""
     key = reference_key(config, stream)
-    path = cache_dir / f"reference-{config.name}-{key}.json"
+    path = cache_dir / f"reference-v{REFERENCE_FORMAT}-{config.name}-{key}.json"
     if path.exists():
         data = json.loads(path.read_text())
-        return {(unit, cycle): value for unit, cycle, value in data["predictions"]}
+        return Reference(
+            predictions={(unit, cycle): value for unit, cycle, value in data["predictions"]},
+            alerts={(unit, cycle): value for unit, cycle, value in data["alerts"]},
+        )
     started = time.monotonic()
     reference = compute_reference(config, stream)
-    log.info("reference computed", extra={"events": len(reference), "seconds": round(time.monotonic() - started, 2)})
+    log.info("reference computed", extra={"events": len(reference.predictions), "alerts": len(reference.alerts),
+                                          "seconds": round(time.monotonic() - started, 2)})
     cache_dir.mkdir(parents=True, exist_ok=True)
-    rows = [[unit, cycle, value] for (unit, cycle), value in sorted(reference.items())]
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"key": key, "dataset": DATASET, "predictions": rows}))
+    tmp.write_text(json.dumps({
+        "format": REFERENCE_FORMAT,
+        "key": key,
+        "dataset": DATASET,
+        "predictions": [[unit, cycle, value] for (unit, cycle), value in sorted(reference.predictions.items())],
+        "alerts": [[unit, cycle, value] for (unit, cycle), value in sorted(reference.alerts.items())],
+    }))
     tmp.replace(path)  # atomic: a trial started meanwhile never reads half a file
     return reference

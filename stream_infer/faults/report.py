@@ -10,6 +10,18 @@ source. For each input fed (known from the feeder's delivery reports), a trial c
 * mismatched: predictions, duplicates included, whose score differs from the reference for the
   input's (unit, cycle) (equal_to_reference is "none differs, none names an unknown input").
 
+Alerts: an alert is identified by the input that raised it (the last of its run's `inputs`, by
+(partition, offset)) and its score. Expected are the reference's alerts for the (unit, cycle) of
+every fed input, with the reference's score; seen are the distinct alerts read. Then:
+
+* alerts_missing: expected alerts never seen (with the expected score);
+* alerts_unexpected: seen alerts that are not expected: raised by an input that was not fed, by one
+  for which the reference raises none, or with another score (an alert with a wrong score is
+  therefore both missing and unexpected);
+* alerts_duplicates: alert records beyond the first per alert, so seen = expected - missing +
+  unexpected. At-least-once may repeat an alert (a replay after a kill re-runs the events that
+  raised it); exactly-once must not, its reader sees each committed alert once.
+
 Timing, all on the wall clock (predictions carry the input's producer timestamp):
 
 * recovery after a fault, per partition: from the fault until a prediction arrives (at the
@@ -49,6 +61,16 @@ class Observation:
     input_ms: int  # the input's producer timestamp (wall-clock milliseconds)
 
 
+@dataclass(frozen=True, slots=True)
+class AlertObservation:
+    """One alert as the reader received it."""
+
+    partition: int  # source partition and offset of the last input of the alert's run: the event that raised it
+    offset: int
+    score: float
+    arrived: float  # wall-clock seconds when the reader received it
+
+
 @dataclass
 class Accounting:
     inputs: int = 0
@@ -58,14 +80,28 @@ class Accounting:
     mismatched: int = 0
     unexpected: int = 0  # predictions naming an input that was never fed
     max_abs_error: float = 0.0
+    alerts_expected: int = 0  # see the module docstring
+    alerts_seen: int = 0
+    alerts_missing: int = 0
+    alerts_unexpected: int = 0
+    alerts_duplicates: int = 0
     lost_by_partition: dict[int, int] = field(default_factory=dict)
     lost_examples: list[Source] = field(default_factory=list)
     duplicate_examples: list[dict] = field(default_factory=list)  # inputs predicted more than once
     mismatch_examples: list[dict] = field(default_factory=list)
+    alerts_missing_examples: list[dict] = field(default_factory=list)
+    alerts_unexpected_examples: list[dict] = field(default_factory=list)
+    alerts_duplicate_examples: list[dict] = field(default_factory=list)
 
     @property
     def equal_to_reference(self) -> bool:
+        """Every prediction equals the reference's (alerts are judged on their own: alerts_equal)."""
         return self.mismatched == 0 and self.unexpected == 0
+
+    @property
+    def alerts_equal(self) -> bool:
+        """The alerts seen are exactly the expected ones, each with its score (repeats aside)."""
+        return self.alerts_missing == 0 and self.alerts_unexpected == 0
 
 
 def account(
@@ -73,12 +109,17 @@ def account(
     observations: Iterable[Observation],
     reference: Mapping[UnitCycle, float],
     *,
+    alerts: Iterable[AlertObservation] = (),
+    reference_alerts: Mapping[UnitCycle, float] | None = None,
     examples: int = 5,
 ) -> Accounting:
-    """Count lost, duplicated and mismatched predictions of the fed `inputs` (see module docstring).
+    """Count lost, duplicated and mismatched predictions of the fed `inputs`, and expected, seen,
+    missing, unexpected and repeated `alerts` against `reference_alerts` (see module docstring).
 
-    An input whose (unit, cycle) has no reference value counts as mismatched: the reference must
-    cover the whole stream, or nothing is being checked."""
+    `reference` is the score per (unit, cycle); an input whose (unit, cycle) has no reference value
+    counts as mismatched: the reference must cover the whole stream, or nothing is being checked.
+    `reference_alerts` is the score of the alert per (unit, cycle) of the event that raised it;
+    None (or empty) expects no alert, so every alert seen is unexpected."""
     result = Accounting(inputs=len(inputs))
     seen: dict[Source, int] = {}
     for obs in observations:
@@ -109,7 +150,44 @@ def account(
         result.lost_examples = lost[:examples]
         for partition, _offset in lost:
             result.lost_by_partition[partition] = result.lost_by_partition.get(partition, 0) + 1
+    _account_alerts(result, inputs, alerts, reference_alerts or {}, examples)
     return result
+
+
+def _account_alerts(
+    result: Accounting,
+    inputs: Mapping[Source, UnitCycle],
+    alerts: Iterable[AlertObservation],
+    reference_alerts: Mapping[UnitCycle, float],
+    examples: int,
+) -> None:
+    """Fill the alert counts of `result` (see the module docstring)."""
+    # Expected: every fed input whose (unit, cycle) raises an alert in the reference. Sources are
+    # unique per trial, so (source, score) identifies an alert even where loops repeat a (unit, cycle).
+    expected: dict[Source, float] = {
+        source: reference_alerts[identity] for source, identity in inputs.items() if identity in reference_alerts
+    }
+    counts: dict[tuple[Source, float], int] = {}
+    for alert in alerts:
+        key = ((alert.partition, alert.offset), alert.score)
+        counts[key] = counts.get(key, 0) + 1
+    result.alerts_expected = len(expected)
+    result.alerts_seen = len(counts)
+    missing = sorted(source for source, score in expected.items() if (source, score) not in counts)
+    unexpected = sorted(key for key in counts if not (key[0] in expected and expected[key[0]] == key[1]))
+    repeated = sorted(key for key, count in counts.items() if count > 1)
+    result.alerts_missing = len(missing)
+    result.alerts_unexpected = len(unexpected)
+    result.alerts_duplicates = sum(count - 1 for count in counts.values())
+
+    def where(source: Source) -> dict:
+        identity = inputs.get(source)
+        return {"partition": source[0], "offset": source[1],
+                "unit": None if identity is None else identity[0], "cycle": None if identity is None else identity[1]}
+
+    result.alerts_missing_examples = [{**where(s), "expected": expected[s]} for s in missing[:examples]]
+    result.alerts_unexpected_examples = [{**where(s), "got": got, "expected": expected.get(s)} for s, got in unexpected[:examples]]
+    result.alerts_duplicate_examples = [{**where(s), "score": score, "count": counts[(s, score)]} for s, score in repeated[:examples]]
 
 
 # (partition, producer timestamp of an input in ms, wall-clock seconds when it was seen somewhere)
@@ -191,16 +269,30 @@ class TrialResult:
         return _slowest(self.feed_recovery)
 
     def failures(self) -> list[str]:
-        """Why this trial fails; empty when it passes."""
+        """Why this trial fails; empty when it passes.
+
+        error: it could not run to the end. lost: an input without a prediction. not_equal: a
+        prediction unlike the reference's. duplicates: a repeated prediction under exactly_once,
+        or in a rolling restart whatever the guarantee (a graceful hand-over repeats nothing).
+        alerts: an expected alert missing, or an alert seen that is not expected (or with another
+        score), whatever the guarantee. alert_duplicates: an alert repeated, under exactly_once
+        only: at-least-once may repeat an alert when it replays the events that raised it.
+        slow_recovery: a partition recovered past the scenario's limit. graceful_stop: a required
+        graceful stop failed or took too long."""
         out = []
+        a = self.accounting
         if self.error:
             out.append("error")
-        if self.accounting.lost:
+        if a.lost:
             out.append("lost")
-        if not self.accounting.equal_to_reference:
+        if not a.equal_to_reference:
             out.append("not_equal")
-        if self.accounting.duplicates and (self.guarantee == "exactly_once" or self.scenario == "rolling_restart"):
+        if a.duplicates and (self.guarantee == "exactly_once" or self.scenario == "rolling_restart"):
             out.append("duplicates")  # a graceful hand-over repeats nothing, whatever the guarantee
+        if not a.alerts_equal:
+            out.append("alerts")
+        if a.alerts_duplicates and self.guarantee == "exactly_once":
+            out.append("alert_duplicates")
         limit = RECOVERY_LIMIT_S.get(self.scenario)
         slowest = self.recovery_max_s
         if limit is not None and slowest is not None and slowest > limit:
@@ -212,6 +304,7 @@ class TrialResult:
     def to_json(self) -> dict:
         data = asdict(self)
         data["accounting"]["equal_to_reference"] = self.accounting.equal_to_reference
+        data["accounting"]["alerts_equal"] = self.accounting.alerts_equal
         data["accounting"]["max_abs_error"] = _json_number(self.accounting.max_abs_error)
         data["recovery_max_s"] = _json_number(self.recovery_max_s)
         data["feed_recovery_max_s"] = _json_number(self.feed_recovery_max_s)
@@ -240,7 +333,9 @@ def _seconds(value: float | None) -> str:
 
 
 def trial_line(result: TrialResult) -> str:
-    """One line per trial, `key=value` fields in a fixed order (see the CLI's help)."""
+    """One line per trial, `key=value` fields in a fixed order (see the CLI's help), then
+    `alerts=<seen>/<expected>`, then only where non-zero alerts_missing, alerts_unexpected and
+    alerts_duplicates, then only where there are any lost_by_partition and error."""
     a = result.accounting
     exits = ",".join(
         f"{e.name}:{e.how}:{'-' if e.code is None else e.code}@{_seconds(e.seconds)}s" for e in result.exits
@@ -263,7 +358,11 @@ def trial_line(result: TrialResult) -> str:
         f"final_lag={'-' if result.final_lag is None else result.final_lag}",
         f"duration_s={result.duration_s:.1f}",
         f"result={'FAIL(' + ','.join(failures) + ')' if failures else 'ok'}",
+        f"alerts={a.alerts_seen}/{a.alerts_expected}",
     ]
+    for name in ("alerts_missing", "alerts_unexpected", "alerts_duplicates"):
+        if value := getattr(a, name):
+            fields.append(f"{name}={value}")
     if a.lost_by_partition:
         fields.append("lost_by_partition=" + ",".join(f"{p}:{n}" for p, n in sorted(a.lost_by_partition.items())))
     if result.error:

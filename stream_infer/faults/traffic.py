@@ -6,9 +6,10 @@ records for every input the broker acknowledged its (partition, offset) -> strea
 the broker did not acknowledge within the delivery timeout is counted in `failed` and is not an
 input of the trial (it may or may not be in the topic; the trial cannot tell).
 
-Watcher contract: reads the predictions topic from the beginning with read_committed (what an
-exactly-once consumer sees) and records one :class:`Observation` per prediction, stamped with its
-arrival time.
+Watcher contract: reads the predictions topic, and the alerts topic when one is given, from the
+beginning with read_committed (what an exactly-once consumer sees; one consumer for both) and
+records one :class:`Observation` per prediction and one :class:`AlertObservation` per alert,
+stamped with its arrival time.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import orjson
 from confluent_kafka import KafkaError, Message, Producer
 
 from stream_infer.faults.reference import EventStream
-from stream_infer.faults.report import Observation, Sighting, Source
+from stream_infer.faults.report import AlertObservation, Observation, Sighting, Source
 from stream_infer.kafka.reader import ReadRecord, TopicReader
 
 log = logging.getLogger(__name__)
@@ -113,17 +114,28 @@ class Feeder:
             self.last_error = f"{remaining} event(s) still queued after the delivery timeout"
 
 
-class PredictionWatcher:
-    """Reads the predictions topic on a thread; `observations` grows as predictions arrive."""
+def alert_observation(body: dict, arrived: float) -> AlertObservation:
+    """An alert record's JSON as the accounting sees it: the source of the last of its `inputs`
+    (the run lists them in order, so the last raised it) and its `score`. An alert without inputs
+    names no event, (-1, -1), which the accounting counts as unexpected."""
+    last = body["inputs"][-1] if body.get("inputs") else {"partition": -1, "offset": -1}
+    return AlertObservation(last["partition"], last["offset"], body["score"], arrived)
 
-    def __init__(self, bootstrap: str, topic: str, score_name: str) -> None:
+
+class PredictionWatcher:
+    """Reads the predictions topic (and `alerts_topic`, if given) on a thread; `observations` and
+    `alerts` grow as predictions and alerts arrive. `last_arrival` is the latest of either."""
+
+    def __init__(self, bootstrap: str, topic: str, score_name: str, alerts_topic: str | None = None) -> None:
         self.topic = topic
+        self.alerts_topic = alerts_topic
         self.score_name = score_name
         self.observations: list[Observation] = []
+        self.alerts: list[AlertObservation] = []
         self._seen: set[Source] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._reader = TopicReader(bootstrap, [topic])
+        self._reader = TopicReader(bootstrap, [topic] if alerts_topic is None else [topic, alerts_topic])
         self._thread = threading.Thread(target=self._run, name="faults-watcher", daemon=True)
         self.last_arrival = time.time()
 
@@ -132,6 +144,9 @@ class PredictionWatcher:
 
     def _record(self, record: ReadRecord) -> None:
         body = orjson.loads(record.value)
+        if record.topic != self.topic:
+            self._record_alert(body)
+            return
         source = body["source"]
         obs = Observation(source["partition"], source["offset"], body["outputs"][self.score_name], time.time(),
                           source["timestamp_ms"])
@@ -140,12 +155,19 @@ class PredictionWatcher:
             self._seen.add((obs.partition, obs.offset))
             self.last_arrival = obs.arrived
 
+    def _record_alert(self, body: dict) -> None:
+        alert = alert_observation(body, time.time())
+        with self._lock:
+            self.alerts.append(alert)
+            self.last_arrival = alert.arrived
+
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
                 self._reader.poll(0.2, self._record)
                 # The reader keeps every record too; the observations are all a trial needs.
-                self._reader.records[self.topic].clear()
+                for records in self._reader.records.values():
+                    records.clear()
         finally:
             self._reader.close()
 
@@ -157,6 +179,10 @@ class PredictionWatcher:
     def snapshot(self) -> list[Observation]:
         with self._lock:
             return list(self.observations)
+
+    def alerts_snapshot(self) -> list[AlertObservation]:
+        with self._lock:
+            return list(self.alerts)
 
     def stop(self) -> None:
         self._stop.set()
