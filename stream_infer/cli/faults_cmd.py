@@ -46,11 +46,13 @@ def faults(trials: int, scenario: str, guarantee: str, rate: float, duration: fl
     share), latency_max_s (longest wait of a predicted input for its first prediction), exits
     (worker:how:status@seconds), restarts (workers that exited on their own were started again,
     as a supervisor would), final_lag (inputs the group left uncommitted), duration_s,
-    result; lost_by_partition and error when there are any. A table per scenario and guarantee
+    result, alerts (seen/expected against the uninterrupted run's alerts); alerts_missing,
+    alerts_unexpected, alerts_duplicates, lost_by_partition and error when there are any. A table per scenario and guarantee
     follows. Each trial's logs, config and result.json stay in WORK_DIR/trials/.
 
-    Exit status 1 if any trial lost an input, differed from the reference, duplicated under
-    exactly_once, failed a graceful stop, or could not run. Starts and stops local Kafka clusters
+    Exit status 1 if any trial lost an input, differed from the reference, missed or added an
+    alert, duplicated a prediction or alert under exactly_once or in a rolling restart, recovered
+    later than 15 s after a worker or broker kill, failed a graceful stop, or could not run. Starts and stops local Kafka clusters
     in a temporary directory, unless KAFKA_BOOTSTRAP_SERVERS is set (then broker_kill is skipped).
     """
     from stream_infer.faults import run_faults, summarize, summary_json, table, trial_line

@@ -276,7 +276,8 @@ class TrialResult:
         or in a rolling restart whatever the guarantee (a graceful hand-over repeats nothing).
         alerts: an expected alert missing, or an alert seen that is not expected (or with another
         score), whatever the guarantee. alert_duplicates: an alert repeated, under exactly_once
-        only: at-least-once may repeat an alert when it replays the events that raised it.
+        or in a rolling restart: at-least-once may repeat an alert only when it replays the
+        events that raised it after a crash.
         slow_recovery: a partition recovered past the scenario's limit. graceful_stop: a required
         graceful stop failed or took too long."""
         out = []
@@ -291,7 +292,7 @@ class TrialResult:
             out.append("duplicates")  # a graceful hand-over repeats nothing, whatever the guarantee
         if not a.alerts_equal:
             out.append("alerts")
-        if a.alerts_duplicates and self.guarantee == "exactly_once":
+        if a.alerts_duplicates and (self.guarantee == "exactly_once" or self.scenario == "rolling_restart"):
             out.append("alert_duplicates")
         limit = RECOVERY_LIMIT_S.get(self.scenario)
         slowest = self.recovery_max_s
