@@ -190,5 +190,6 @@ class CheckpointCommitter:
         return CommitResult(checkpoint.offsets, len(records) - len(checkpoint.offsets) if records else 0, seconds)
 
     def close(self) -> None:
-        self._thread.shutdown(wait=True)
+        """After the last commit: a commit still stuck on the broker is not waited for."""
+        self._thread.shutdown(wait=False)
         self.producer.close()

@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import socket
+import threading
 from pathlib import Path
 
 import faust
@@ -45,6 +47,11 @@ log = logging.getLogger(__name__)
 # the agent is free), and what arrives meanwhile stays in the consumer's queue, to be taken as one
 # larger batch later. More would only hold memory; the backlog belongs in Kafka.
 CHANNEL_DEPTH = 1
+
+
+# A stop (SIGTERM) ends the process within this long, whatever is stuck (a broker that does not
+# answer a commit or a group leave): what was not committed is processed again by the next owner.
+SHUTDOWN_DEADLINE_S = 9.0
 
 
 class StartupError(RuntimeError):
@@ -111,10 +118,10 @@ class Worker:
             for pipeline in pipelines:
                 self.runners[pipeline.name] = self._connect(pipeline)
         except KafkaException as err:
-            self._close_clients()
+            self.close()
             raise StartupError(f"cannot reach Kafka at {bootstrap}: {err.args[0].str()}") from None
         except StartupError:
-            self._close_clients()
+            self.close()
             raise
         log.info("worker instance", extra={"instance": self.instance, "processing_guarantee": config.worker.processing_guarantee})
         self.app = self._build_app()
@@ -172,7 +179,8 @@ class Worker:
         )
         return runner
 
-    def _close_clients(self) -> None:
+    def close(self) -> None:
+        """Close every Kafka client and thread the worker made (after run(), or instead of it)."""
         for runner in self.runners.values():
             runner.close_resources()
         if self.producer is not None:
@@ -221,6 +229,7 @@ class Worker:
 
         @app.on_before_shutdown.connect  # sent while the event loop still turns
         async def _close_runners(_app, **kwargs) -> None:
+            _exit_after(SHUTDOWN_DEADLINE_S)
             await asyncio.gather(*(r.close() for r in self.runners.values()))
 
         return app
@@ -259,7 +268,7 @@ class Worker:
         try:
             _Worker(self.app, loglevel=log_level.upper(), quiet=True, redirect_stdouts=False).execute_from_commandline()
         finally:
-            self._close_clients()
+            self.close()
 
 
 def _named(method, name: str, *bound):
@@ -274,6 +283,20 @@ def _named(method, name: str, *bound):
             return await method(*bound)
     wrapper.__name__ = wrapper.__qualname__ = name
     return wrapper
+
+
+def _exit_after(seconds: float) -> None:
+    """Start a watchdog that ends the process `seconds` from now if it is still shutting down."""
+
+    def expire() -> None:
+        log.warning("shutdown did not finish within %.0f s; exiting now (uncommitted events are processed again "
+                    "by the partitions' next owner)", seconds)
+        logging.shutdown()
+        os._exit(0)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
 
 
 def _port_is_free(port: int, host: str) -> bool:

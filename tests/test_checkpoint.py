@@ -57,10 +57,11 @@ def _join(consumer: BatchConsumer, partitions: int, timeout: float = 30.0) -> No
     assert len(consumer.ownership().epochs) == partitions
 
 
-def test_a_zombie_can_write_neither_state_nor_offsets(kafka_bootstrap: str, unique) -> None:
+def test_a_zombie_can_write_neither_state_nor_offsets_and_a_failed_commit_is_retried(kafka_bootstrap: str, unique) -> None:
     """A worker whose partitions moved on (its group metadata is from an older generation) tries
     to commit a checkpoint: the group coordinator refuses the offsets, the whole transaction is
-    aborted, and a read_committed restore sees none of its state."""
+    aborted, and a read_committed restore sees none of its state. The checkpoint stays pending
+    and the next commit, with current metadata, writes it for the partition still owned."""
     topic, group = unique("zombie"), unique("zombie-group")
     state = f"{group}-p-state"
     create_topics(kafka_bootstrap, [topic], partitions=2)
@@ -71,7 +72,8 @@ def test_a_zombie_can_write_neither_state_nor_offsets(kafka_bootstrap: str, uniq
     try:
         _join(first, 2)
         stale = first.ownership()
-        committer = CheckpointCommitter("p", topic, state, producer, lambda: stale, lambda o, e: None, retain_on_abort=True)
+        ownership = [stale]
+        committer = CheckpointCommitter("p", topic, state, producer, lambda: ownership[0], lambda o, e: None, retain_on_abort=True)
         # A second member joins: the generation moves on, and the first keeps only one partition.
         second = BatchConsumer(kafka_bootstrap, group, topic, on_assign=lambda e: None, on_revoke=lambda p: None,
                                on_lost=lambda p: None)
@@ -89,6 +91,16 @@ def test_a_zombie_can_write_neither_state_nor_offsets(kafka_bootstrap: str, uniq
         assert all(o < 0 for o in _committed(kafka_bootstrap, group, topic, [0, 1]).values())
         restored = Changelog(kafka_bootstrap, state).restore([0, 1])
         assert restored == {0: ({}, None), 1: ({}, None)}
+
+        # The same worker, current again (the partition it kept, under the new generation): the
+        # next checkpoint retries what failed, though nothing new arrived, and only for what it owns.
+        for _ in range(20):
+            first.next_batch(10, poll_timeout=0.05)  # serves the rebalance callbacks; metadata refreshed
+        ownership[0] = first.ownership()
+        (kept,) = ownership[0].epochs
+        assert committer.commit_now().offsets == {kept: 7}
+        assert _committed(kafka_bootstrap, group, topic, [kept])[kept] == 7
+        assert Changelog(kafka_bootstrap, state).restore([kept])[kept][1] == 7
     finally:
         producer.close()
         first.close()

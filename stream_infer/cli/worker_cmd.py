@@ -37,6 +37,6 @@ def worker(ctx: click.Context, config_path: Path, check: bool, web_port: int | N
         sys.exit(2)
     if check:
         click.echo(f"ok: {len(config.pipelines)} pipeline(s) valid: {', '.join(p.name for p in config.pipelines)}")
-        app.producer.close()
+        app.close()
         return
     app.run(root.get("log_level", "warning"), root.get("log_format", "text"))
