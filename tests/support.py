@@ -9,6 +9,7 @@ from pathlib import Path
 from confluent_kafka import Producer
 
 from stream_infer.config import Config, load_config
+from stream_infer.faults.reference import RecordingProducer  # noqa: F401  (tests import it from here)
 from stream_infer.kafka.admin import create_topics
 from stream_infer.replay import dataset_events, replay
 
@@ -63,18 +64,3 @@ def close_runner(runner) -> None:
     runner.source.thread.shutdown(wait=True)
     runner.monitor.close()
     runner.close_resources()
-
-
-class RecordingProducer:
-    """Stands in for AsyncProducer where Kafka is not under test: keeps what the pipeline sends,
-    every output acknowledged at once."""
-
-    def __init__(self) -> None:
-        self.messages: list[tuple] = []
-
-    def send_batch(self, messages) -> int:
-        self.messages.extend(messages)
-        return len(messages)
-
-    async def wait_acknowledged(self) -> None:
-        return None

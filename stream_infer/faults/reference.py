@@ -85,7 +85,7 @@ class EventStream:
         return str(unit).encode(), orjson.dumps(dict(event, unit=unit))
 
 
-class _RecordingProducer:
+class RecordingProducer:
     """What the pipeline needs of a producer when Kafka is not involved: it keeps the messages,
     and every one counts as acknowledged at once."""
 
@@ -111,7 +111,7 @@ def compute_reference(config: PipelineConfig, stream: EventStream, *, batch: int
     event (the rule raises at most one per event; two would be lost in the mapping)."""
     from stream_infer.pipeline import Pipeline  # heavy (ONNX Runtime): only when a reference is computed
 
-    producer = _RecordingProducer()
+    producer = RecordingProducer()
     pipeline = Pipeline(config, producer, changelog=None)  # type: ignore[arg-type]
     pipeline.loaded.add(0)  # partition 0 is "restored" (empty): no changelog to read
     records = []
