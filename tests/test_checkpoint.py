@@ -13,7 +13,11 @@ from stream_infer.checkpoint import Checkpoint, CheckpointCommitter
 from stream_infer.kafka.admin import create_topics
 from stream_infer.kafka.changelog import Changelog, ensure_changelog_topic
 from stream_infer.kafka.consumer import BatchConsumer, Ownership
-from stream_infer.kafka.transactions import TransactionAborted, TransactionalProducer, TransactionFatal
+from stream_infer.kafka.transactions import (
+    TransactionAborted,
+    TransactionalProducer,
+    TransactionFatal,
+)
 from stream_infer.state import KeyState
 
 

@@ -12,6 +12,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from support import close_runner, feed
+
 from stream_infer.bench.harness import engines_config
 from stream_infer.config import load_config
 from stream_infer.kafka import local
@@ -20,8 +22,6 @@ from stream_infer.kafka.reader import TopicReader
 from stream_infer.pipeline import Pipeline
 from stream_infer.runtime.runner import PipelineRunner
 from stream_infer.workerproc import WorkerProcess
-
-from support import close_runner, feed
 
 
 def _runner(tmp_path: Path) -> PipelineRunner:
