@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from stream_infer import metrics
 from stream_infer.config import Config, PipelineConfig
-from stream_infer.controller import COALESCE_EVENTS, LATENCY
+from stream_infer.controller import COALESCE_EVENTS
 from stream_infer.kafka.consumer import AssignCallback, BatchConsumer, RevokeCallback
 from stream_infer.pipeline import Pipeline
 
