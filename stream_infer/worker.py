@@ -19,7 +19,6 @@ import asyncio
 import gc
 import logging
 import os
-import socket
 import threading
 from pathlib import Path
 
@@ -32,12 +31,17 @@ from stream_infer import metrics
 from stream_infer.checkpoint import CheckpointCommitter
 from stream_infer.config import Config
 from stream_infer.kafka.admin import admin_client, create_topics
-from stream_infer.kafka.changelog import Changelog, changelog_topic, ensure_changelog_topic
+from stream_infer.kafka.changelog import (
+    Changelog,
+    changelog_topic,
+    ensure_changelog_topic,
+)
 from stream_infer.kafka.consumer import Ownership
 from stream_infer.kafka.producer import AsyncProducer
 from stream_infer.kafka.transactions import TransactionalProducer, instance_id
 from stream_infer.logs import setup_logging
 from stream_infer.pipeline import Pipeline
+from stream_infer.ports import port_is_free
 from stream_infer.runtime.runner import PipelineRunner
 
 log = logging.getLogger(__name__)
@@ -299,18 +303,8 @@ def _exit_after(seconds: float) -> None:
     timer.start()
 
 
-def _port_is_free(port: int, host: str) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
 def _check_port_free(host: str, port: int) -> None:
-    if port != 0 and not _port_is_free(port, host):
+    if port != 0 and not port_is_free(port, host):
         raise StartupError(
             f"web port {host}:{port} (metrics, health) is in use, maybe by another worker: "
             "set worker.web_port in the config"

@@ -24,7 +24,13 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from stream_infer.kafka.jars import KafkaSetupError, ensure_jars, java_command, kafka_version
+from stream_infer.kafka.jars import (
+    KafkaSetupError,
+    ensure_jars,
+    java_command,
+    kafka_version,
+)
+from stream_infer.ports import port_is_free
 
 log = logging.getLogger(__name__)
 
@@ -85,16 +91,6 @@ class Cluster:
 
 
 # --- ports -------------------------------------------------------------------------------------
-
-
-def port_is_free(port: int, host: str = HOST) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 def free_port(exclude: set[int]) -> int:
