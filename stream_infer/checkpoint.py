@@ -76,15 +76,12 @@ class Checkpoint:
 
     def owned(self, ownership: Ownership) -> Checkpoint:
         """Only the partitions still owned under the epoch this checkpoint was cut in."""
-        keep = {p for p, e in self.epochs.items() if ownership.owns(p, e)}
-        return Checkpoint(
-            {p: o for p, o in self.offsets.items() if p in keep},
-            {p: s for p, s in self.snapshots.items() if p in keep},
-            {p: e for p, e in self.epochs.items() if p in keep},
-        )
+        return self._only({p for p, e in self.epochs.items() if ownership.owns(p, e)})
 
     def without(self, partitions: set[int]) -> Checkpoint:
-        keep = set(self.epochs) - partitions
+        return self._only(set(self.epochs) - partitions)
+
+    def _only(self, keep: set[int]) -> Checkpoint:
         return Checkpoint(
             {p: o for p, o in self.offsets.items() if p in keep},
             {p: s for p, s in self.snapshots.items() if p in keep},

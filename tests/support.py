@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from stream_infer.config import Config, load_config
 from stream_infer.faults.reference import RecordingProducer  # noqa: F401  (tests import it from here)
@@ -38,6 +38,15 @@ def write_config(tmp_path: Path, prefix: str, *, checkpoint_ms: int = 200, extra
     path = tmp_path / f"{prefix}.toml"
     path.write_text(text)
     return E2EConfig(path, load_config(path), prefix)
+
+
+def group_committed(bootstrap: str, group: str, topic: str, partitions: list[int]) -> dict[int, int]:
+    """The group's committed offset per partition, as the broker reports it (negative: none)."""
+    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        return {tp.partition: tp.offset for tp in reader.committed([TopicPartition(topic, p) for p in partitions], timeout=10)}
+    finally:
+        reader.close()
 
 
 def create_inputs(bootstrap: str, cfg: E2EConfig, partitions: int = 3) -> None:

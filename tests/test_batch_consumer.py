@@ -13,26 +13,17 @@ import threading
 import time
 from pathlib import Path
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
+from support import close_runner, group_committed
 
 from stream_infer.bench.harness import engines_config
+from stream_infer.checkpoint import Checkpoint, CheckpointCommitter
 from stream_infer.config import load_config
 from stream_infer.kafka.admin import create_topics
-from stream_infer.checkpoint import Checkpoint, CheckpointCommitter
 from stream_infer.kafka.consumer import BatchConsumer
 from stream_infer.kafka.transactions import TransactionalProducer
 from stream_infer.pipeline import Pipeline
 from stream_infer.runtime.runner import PipelineRunner
-
-from support import close_runner
-
-
-def _broker_committed(bootstrap: str, group: str, topic: str, partitions: list[int]) -> dict[int, int]:
-    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
-    try:
-        return {tp.partition: tp.offset for tp in reader.committed([TopicPartition(topic, p) for p in partitions], timeout=10)}
-    finally:
-        reader.close()
 
 
 def test_lag_snapshot_reports_the_commits_the_broker_confirmed(kafka_bootstrap: str, unique) -> None:
@@ -71,13 +62,13 @@ def test_lag_snapshot_reports_the_commits_the_broker_confirmed(kafka_bootstrap: 
         assert (after[0].committed, after[0].lag) == (4, 6)
         assert (after[1].committed, after[1].lag) == (10, 0)
         assert (after[2].committed, after[2].lag) == (None, 10)
-        broker = _broker_committed(kafka_bootstrap, group, topic, [0, 1, 2])
+        broker = group_committed(kafka_bootstrap, group, topic, [0, 1, 2])
         assert broker[0] == 4 and broker[1] == 10 and broker[2] < 0
 
         # A checkpoint cut under an epoch that is no longer current commits nothing.
         committer.add(Checkpoint({2: 10}, {}, {2: assigned[2] + 1000}))
         assert committer.commit_now().offsets == {}
-        assert _broker_committed(kafka_bootstrap, group, topic, [2])[2] < 0
+        assert group_committed(kafka_bootstrap, group, topic, [2])[2] < 0
     finally:
         committer.close()
         consumer.close()

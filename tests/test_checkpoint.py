@@ -8,6 +8,7 @@ import time
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
+from support import group_committed
 
 from stream_infer.checkpoint import Checkpoint, CheckpointCommitter
 from stream_infer.kafka.admin import create_topics
@@ -44,14 +45,6 @@ def test_only_partitions_owned_under_the_same_epoch_are_kept() -> None:
     assert owned.offsets == {0: 10} and owned.snapshots == {0: {"a": b"x"}} and owned.epochs == {0: 1}
     assert checkpoint.without({0}).offsets == {1: 5, 2: 7}
     assert Checkpoint({}, {0: {}}, {}).empty and not owned.empty
-
-
-def _committed(bootstrap: str, group: str, topic: str, partitions: list[int]) -> dict[int, int]:
-    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
-    try:
-        return {tp.partition: tp.offset for tp in reader.committed([TopicPartition(topic, p) for p in partitions], timeout=10)}
-    finally:
-        reader.close()
 
 
 def _join(consumer: BatchConsumer, partitions: int, timeout: float = 30.0) -> None:
@@ -92,7 +85,7 @@ def test_a_zombie_can_write_neither_state_nor_offsets_and_a_failed_commit_is_ret
         with pytest.raises(TransactionAborted, match="generation"):
             committer.commit_now()
         assert committer.pending  # at-least-once keeps it for the next attempt
-        assert all(o < 0 for o in _committed(kafka_bootstrap, group, topic, [0, 1]).values())
+        assert all(o < 0 for o in group_committed(kafka_bootstrap, group, topic, [0, 1]).values())
         restored = Changelog(kafka_bootstrap, state).restore([0, 1])
         assert restored == {0: ({}, None), 1: ({}, None)}
 
@@ -103,7 +96,7 @@ def test_a_zombie_can_write_neither_state_nor_offsets_and_a_failed_commit_is_ret
         ownership[0] = first.ownership()
         (kept,) = ownership[0].epochs
         assert committer.commit_now().offsets == {kept: 7}
-        assert _committed(kafka_bootstrap, group, topic, [kept])[kept] == 7
+        assert group_committed(kafka_bootstrap, group, topic, [kept])[kept] == 7
         assert Changelog(kafka_bootstrap, state).restore([kept])[kept][1] == 7
     finally:
         producer.close()

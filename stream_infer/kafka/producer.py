@@ -95,7 +95,7 @@ class AsyncProducer:
     def idle(self) -> bool:
         """True when every message queued so far is acknowledged (nothing queued or in flight);
         raises DeliveryError if one failed. Never blocks: the checkpoint polls it to find a
-        moment when it can cut without stopping the batch path (see PipelineRunner._cut)."""
+        moment when it can cut without stopping the batch path (see stream_infer.runtime.checkpointing.Checkpointing._cut)."""
         if len(self._producer):
             return False
         self._raise_failures()

@@ -55,7 +55,6 @@ class BatchSource:
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"consume-{self.name}")
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stopping = False
-        self.paused = False
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn` on the consumer thread (between two fetches)."""
@@ -130,7 +129,6 @@ class BatchSource:
         drained; once the agent has taken every queued batch, `drain` (acks or a commit)."""
         assert self.consumer is not None
         partitions = await self.call(self.consumer.pause)
-        self.paused = True
         metrics.PAUSES.labels(self.name).inc()
         metrics.PAUSED_PARTITIONS.labels(self.name).set(len(partitions))
         log.info("partitions paused: in-flight bound reached",
@@ -143,7 +141,6 @@ class BatchSource:
                     await asyncio.sleep(0.002)
         finally:
             await self.call(self.consumer.resume)
-            self.paused = False
             metrics.PAUSED_PARTITIONS.labels(self.name).set(0)
             log.info("partitions resumed", extra={"pipeline": self.name, "in_flight_events": self.in_flight()[0]})
 
