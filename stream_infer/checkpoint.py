@@ -14,7 +14,9 @@ The steps of one checkpoint, each in one place:
    pending, so the next checkpoint retries it even when nothing new arrived.
 3. **Commit** (:meth:`CheckpointCommitter.commit`, on the committer's own thread): keep only the
    partitions the consumer still owns under the same epoch (a partition revoked, lost or
-   rewound since the cut is dropped: never write for a partition this worker no longer owns);
+   rewound since the cut is dropped: never write for a partition this worker no longer owns;
+   exactly-once aborts instead when any partition with outputs in the open transaction has
+   changed hands since they were produced, since its next owner produces them again);
    then one transaction: the state records and offset markers to the changelog, the offsets
    with the consumer's current group metadata, commit. The group coordinator refuses the
    offsets from a stale generation, and the whole transaction is aborted with them: a zombie
@@ -52,11 +54,16 @@ log = logging.getLogger(__name__)
 @dataclass
 class Checkpoint:
     """Input offsets (partition -> next offset), the serialised states of the keys changed since
-    the previous checkpoint (None: a tombstone), and each partition's assignment epoch."""
+    the previous checkpoint (None: a tombstone), and each partition's assignment epoch.
+
+    `produced` (exactly-once): the (partition, epoch) of every assignment whose outputs are in the
+    open transaction, including assignments that ended since (revoked or lost: their offsets and
+    states are no longer in the checkpoint, but their outputs are still in the transaction)."""
 
     offsets: dict[int, int]
     snapshots: dict[int, dict[str, bytes | None]] = field(default_factory=dict)
     epochs: dict[int, int] = field(default_factory=dict)
+    produced: frozenset[tuple[int, int]] = frozenset()
 
     def merge(self, later: Checkpoint) -> Checkpoint:
         """This checkpoint followed by `later`: later offsets and key states win. A partition
@@ -72,7 +79,7 @@ class Checkpoint:
         offsets.update(later.offsets)
         for partition, keys in later.snapshots.items():
             snapshots.setdefault(partition, {}).update(keys)
-        return Checkpoint(offsets, snapshots, epochs)
+        return Checkpoint(offsets, snapshots, epochs, self.produced | later.produced)
 
     def owned(self, ownership: Ownership) -> Checkpoint:
         """Only the partitions still owned under the epoch this checkpoint was cut in."""
@@ -82,11 +89,19 @@ class Checkpoint:
         return self._only(set(self.epochs) - partitions)
 
     def _only(self, keep: set[int]) -> Checkpoint:
+        """The partitions in `keep`; `produced` stays whole (what is in a transaction stays there)."""
         return Checkpoint(
             {p: o for p, o in self.offsets.items() if p in keep},
             {p: s for p, s in self.snapshots.items() if p in keep},
             {p: e for p, e in self.epochs.items() if p in keep},
+            self.produced,
         )
+
+    def ended(self, ownership: Ownership) -> set[int]:
+        """Partitions of this checkpoint, or with outputs in its transaction, whose assignment
+        (under the epoch recorded here) has ended."""
+        cut = {p for p, e in self.epochs.items() if not ownership.owns(p, e)}
+        return cut | {p for p, e in self.produced if not ownership.owns(p, e)}
 
     @property
     def empty(self) -> bool:
@@ -129,7 +144,10 @@ class CheckpointCommitter:
         if checkpoint is None:
             return
         with self._lock:
-            self._pending = checkpoint if self._pending is None else self._pending.merge(checkpoint)
+            self._add_locked(checkpoint)
+
+    def _add_locked(self, checkpoint: Checkpoint) -> None:
+        self._pending = checkpoint if self._pending is None else self._pending.merge(checkpoint)
 
     def discard(self, partitions: set[int]) -> None:
         """Forget what is pending for partitions this worker lost (any thread)."""
@@ -155,14 +173,18 @@ class CheckpointCommitter:
             return CommitResult({}, 0, 0.0)
         ownership = self._ownership()
         checkpoint = taken.owned(ownership)
-        if not self._retain_on_abort and set(checkpoint.epochs) != set(taken.epochs):
-            # Exactly-once: the open transaction holds outputs of a partition lost since the cut;
-            # committing it would publish them although the partition's next owner produces them
-            # again. Abort it all; the caller rewinds what it still owns.
+        if not self._retain_on_abort and (ended := taken.ended(ownership)):
+            # Exactly-once: the open transaction holds outputs of a partition whose assignment has
+            # ended (revoked past the hand-over's bound, or lost); committing it would publish
+            # them although the partition's next owner produces them again. Abort it all; the
+            # caller rewinds what it still owns.
             metrics.CHECKPOINT_ABORTS.labels(self.pipeline).inc()
             self.producer.abort()
-            raise TransactionAborted(f"partitions {sorted(set(taken.epochs) - set(checkpoint.epochs))} lost since the checkpoint's cut")
+            raise TransactionAborted(f"partitions {sorted(ended)} lost since their outputs were produced")
         if checkpoint.empty:
+            if taken.produced and not self._retain_on_abort:
+                with self._lock:  # the transaction stays open: what it holds is checked next time
+                    self._add_locked(Checkpoint({}, produced=taken.produced))
             return CommitResult({}, 0, 0.0)
         records = checkpoint_records(self.changelog_topic, checkpoint.snapshots, checkpoint.offsets) if self.changelog_topic else []
         offsets = {(self.input_topic, p): o for p, o in checkpoint.offsets.items()}

@@ -39,6 +39,15 @@ def test_merge_across_a_new_assignment_starts_the_partition_over() -> None:
     assert merged.offsets == {0: 3} and merged.snapshots == {0: {"b": b"new"}} and merged.epochs == {0: 2}
 
 
+def test_outputs_in_the_transaction_outlive_the_partitions_they_came_from() -> None:
+    first = Checkpoint({0: 10, 1: 5}, {}, {0: 1, 1: 1}, frozenset({(0, 1), (1, 1)}))
+    merged = first.without({1}).merge(Checkpoint({0: 12}, {}, {0: 1}, frozenset({(0, 1)})))
+    assert merged.offsets == {0: 12} and merged.produced == {(0, 1), (1, 1)}
+    assert merged.ended(Ownership(None, {0: 1})) == {1}
+    assert merged.ended(Ownership(None, {0: 1, 1: 1})) == set()
+    assert merged.ended(Ownership(None, {0: 2, 1: 1})) == {0}
+
+
 def test_only_partitions_owned_under_the_same_epoch_are_kept() -> None:
     checkpoint = Checkpoint({0: 10, 1: 5, 2: 7}, {0: {"a": b"x"}, 2: {"c": b"z"}}, {0: 1, 1: 1, 2: 3})
     owned = checkpoint.owned(Ownership(None, {0: 1, 2: 4}))  # 1 revoked, 2 reassigned since the cut
@@ -141,17 +150,27 @@ def test_a_killed_owners_open_transaction_is_waited_for_then_skipped(kafka_boots
     assert 1.5 < waited < 20, waited  # until the broker aborted it (3 s after it began)
 
 
-def test_exactly_once_aborts_when_a_partition_was_lost_since_the_cut(kafka_bootstrap: str, unique) -> None:
-    """The open transaction holds outputs of every partition cut; publishing it without the lost
-    partition's offsets would duplicate what its next owner produces: abort, nothing visible."""
+@pytest.mark.parametrize("cut", [
+    # partition 1 lost after the cut
+    Checkpoint({0: 3, 1: 4}, {}, {0: 1, 1: 1}, frozenset({(0, 1), (1, 1)})),
+    # partition 1 lost before the cut: the cut no longer names it, but its outputs are in the transaction
+    Checkpoint({0: 3}, {}, {0: 1}, frozenset({(0, 1), (1, 1)})),
+    # partition 1 lost and assigned again: outputs of the old assignment are in the transaction
+    Checkpoint({0: 3}, {}, {0: 1}, frozenset({(0, 1), (1, 1), (1, 2)})),
+], ids=["after-cut", "before-cut", "reassigned"])
+def test_exactly_once_aborts_when_a_partition_was_lost_since_its_outputs(kafka_bootstrap: str, unique, cut: Checkpoint) -> None:
+    """The open transaction holds outputs of every partition processed since the last commit;
+    publishing it with outputs of a partition this worker lost would duplicate what the
+    partition's next owner produces: abort, nothing visible."""
     topic = unique("eos-lost")
     create_topics(kafka_bootstrap, [topic, f"{topic}.out"], partitions=2)
     producer = TransactionalProducer(kafka_bootstrap, unique("eos-lost-tx"), transaction_timeout_ms=10_000)
-    committer = CheckpointCommitter("p", topic, None, producer, lambda: Ownership(None, {0: 1}), lambda o, e: None,
+    owned_now = {0: 1, 1: 2} if (1, 2) in cut.produced else {0: 1}
+    committer = CheckpointCommitter("p", topic, None, producer, lambda: Ownership(None, owned_now), lambda o, e: None,
                                     retain_on_abort=False)
     try:
         producer.send_batch([(f"{topic}.out", b"k", b"output of partition 1", None)])
-        committer.add(Checkpoint({0: 3, 1: 4}, {}, {0: 1, 1: 1}))  # partition 1 lost since the cut
+        committer.add(cut)
         with pytest.raises(TransactionAborted, match=r"partitions \[1\] lost"):
             committer.commit_now()
         assert not committer.pending  # exactly-once rewinds instead of retrying

@@ -14,9 +14,10 @@ import asyncio
 import logging
 import os
 import time
+from dataclasses import replace
 
 from stream_infer import metrics
-from stream_infer.checkpoint import CheckpointCommitter
+from stream_infer.checkpoint import Checkpoint, CheckpointCommitter
 from stream_infer.config import Config
 from stream_infer.kafka.transactions import TransactionAborted, TransactionFatal
 from stream_infer.pipeline import Pipeline
@@ -50,6 +51,8 @@ class Checkpointing:
         self.name = pipeline.name
         self.lock = lock  # one batch, or one cut, at a time
         self.rewinding = False
+        # Exactly-once: (partition, epoch) of the assignments whose outputs are in the open transaction.
+        self._produced: set[tuple[int, int]] = set()
         self.last_commit = time.monotonic()  # when offsets last moved forward (health)
         self.stopping = False
 
@@ -107,13 +110,21 @@ class Checkpointing:
         async with self.lock:
             await self.settle_locked()
 
+    def note_produced(self, epochs: dict[int, int]) -> None:
+        """A batch's outputs were produced for these partitions, under these epochs (event loop)."""
+        if self.exactly_once:
+            self._produced.update(epochs.items())
+
     async def _commit_locked(self) -> None:
         """Exactly-once, with the batch lock held (no output may be produced while the
         transaction commits): every record in hand is in the open transaction."""
         if self.committer is None:
             return
         self.pipeline.mark_acknowledged()
-        self.committer.add(self.pipeline.snapshot())
+        cut = self.pipeline.snapshot()
+        if cut is not None or self._produced:
+            self.committer.add(replace(cut or Checkpoint({}), produced=frozenset(self._produced)))
+        self._produced = set()
         try:
             await self._commit()
         except TransactionAborted:
@@ -143,17 +154,22 @@ class Checkpointing:
         restored from the changelog."""
         metrics.REWINDS.labels(self.name).inc()
         dropped = self.pipeline.reset()
+        self._produced = set()
         self.rewinding = True
         log.warning("rewinding to the last committed checkpoint", extra={"pipeline": self.name, "records_in_hand": dropped})
         asyncio.ensure_future(self._finish_rewind())
 
     async def _finish_rewind(self) -> None:
         assert self.source.consumer is not None
+        consumer = self.source.consumer
         try:
-            epochs = await self.source.call(self.source.consumer.rewind)
+            epochs = await self.source.call(consumer.rewind)
         except Exception:
             exit_for_restart("rewinding the consumer failed")
-        self.pipeline.owned.update(epochs)
+        # Only what the consumer still owns under the rewind's epochs: a partition lost or
+        # revoked between the seek and now is not this worker's any more.
+        current = consumer.ownership().epochs
+        self.pipeline.owned.update({p: e for p, e in epochs.items() if current.get(p) == e})
         async with self.lock:
             try:
                 await self.pipeline.ensure_restored(set(epochs) & set(self.pipeline.owned))

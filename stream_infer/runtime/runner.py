@@ -94,6 +94,7 @@ class PipelineRunner:
             except Exception:
                 # Outputs not handed over: these offsets must not be committed or skipped.
                 exit_for_restart("batch failed")
+            self.checkpointing.note_produced({p: epochs[p] for p in seen})
 
     async def run_checkpoints(self) -> None:
         """A task rather than a timer: a slow commit (a broker failing over) delays the next
