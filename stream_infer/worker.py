@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import faulthandler
 import logging
 import os
 import threading
@@ -94,16 +95,6 @@ def input_partitions(bootstrap: str, topic: str) -> int:
     return len(meta.partitions)
 
 
-def check_replication(bootstrap: str, replication: int) -> None:
-    """A replication factor the cluster cannot meet fails at start-up, not at topic creation."""
-    brokers = len(admin_client(bootstrap).list_topics(timeout=15).brokers)
-    if replication > brokers:
-        raise StartupError(
-            f"kafka.replication_factor = {replication} but the cluster at {bootstrap} has {brokers} broker(s): "
-            f"set it to at most {brokers}"
-        )
-
-
 class Worker:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -116,7 +107,6 @@ class Worker:
         self.producer: AsyncProducer | None = None
         self.runners: dict[str, PipelineRunner] = {}
         try:
-            check_replication(bootstrap, config.kafka.replication_factor)
             if not self.exactly_once:
                 self.producer = AsyncProducer(bootstrap, dict(config.kafka.producer))
             for pipeline in pipelines:
@@ -294,8 +284,9 @@ def _exit_after(seconds: float) -> None:
 
     def expire() -> None:
         log.warning("shutdown did not finish within %.0f s; exiting now (uncommitted events are processed again "
-                    "by the partitions' next owner)", seconds)
+                    "by the partitions' next owner); the threads' stacks follow on stderr", seconds)
         logging.shutdown()
+        faulthandler.dump_traceback(all_threads=True)
         os._exit(0)
 
     timer = threading.Timer(seconds, expire)
