@@ -35,18 +35,34 @@ def _config(tmp_path: Path, group: str, topic: str, replication: int = 1) -> Pat
     return path
 
 
+def _check(path: Path, bootstrap: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "stream_infer.cli", "worker", "-c", str(path), "--check"],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap})
+
+
 def test_a_replication_factor_larger_than_the_cluster_stops_start_up(kafka_bootstrap: str, unique, tmp_path: Path) -> None:
     group = unique("rf")
     create_topics(kafka_bootstrap, [f"{group}.in"], partitions=1)
     brokers = len(admin_client(kafka_bootstrap).list_topics(timeout=10).brokers)
-    path = _config(tmp_path, group, f"{group}.in", replication=brokers + 2)
-    proc = subprocess.run([sys.executable, "-m", "stream_infer.cli", "worker", "-c", str(path), "--check"],
-                          capture_output=True, text=True, timeout=120, env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap})
+    proc = _check(_config(tmp_path, group, f"{group}.in", replication=brokers + 2), kafka_bootstrap)
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert lines[-1] == (f"error: kafka.replication_factor = {brokers + 2} but the cluster at {kafka_bootstrap} has "
-                         f"{brokers} broker(s): set it to at most {brokers}"), proc.stderr
+    assert lines[-1].startswith(f"error: replication factor {brokers + 2} but the cluster at {kafka_bootstrap} has "
+                                f"{brokers} live broker(s), so {group}.predictions"), proc.stderr
+    assert lines[-1].endswith(f"set kafka.replication_factor to at most {brokers}, or start the missing brokers"), proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_worker_whose_topics_exist_starts_with_fewer_live_brokers_than_replicas(kafka_bootstrap: str, unique,
+                                                                                  tmp_path: Path) -> None:
+    """A restart while a broker is down (routine): nothing needs creating, so nothing is refused."""
+    group = unique("rf-restart")
+    create_topics(kafka_bootstrap, [f"{group}.in"], partitions=1)
+    brokers = len(admin_client(kafka_bootstrap).list_topics(timeout=10).brokers)
+    first = _check(_config(tmp_path, group, f"{group}.in"), kafka_bootstrap)  # creates its topics
+    assert first.returncode == 0, first.stderr
+    again = _check(_config(tmp_path, group, f"{group}.in", replication=brokers + 2), kafka_bootstrap)
+    assert again.returncode == 0, again.stderr
 
 
 def test_a_normal_start_logs_no_error_and_created_topics_carry_min_insync(kafka_bootstrap: str, unique, tmp_path: Path) -> None:

@@ -62,6 +62,10 @@ def connect(bootstrap: str, timeout: float = 5.0) -> AdminClient:
     return admin
 
 
+class ReplicationUnmet(RuntimeError):
+    """Topics to create need more replicas than the cluster has live brokers."""
+
+
 def create_topics(
     bootstrap: str,
     names: list[str],
@@ -73,12 +77,21 @@ def create_topics(
 ) -> None:
     """Create topics and wait for the result; topics that already exist are left as they are
     (and not asked for: a restart while the controller quorum is degraded, say a node down,
-    needs no controller round trip for topics it already has)."""
+    needs no controller round trip for topics it already has). Raises ReplicationUnmet (a
+    RuntimeError) when a topic must be created with more replicas than the cluster has live
+    brokers, RuntimeError when the broker refuses a creation."""
     admin = admin_client(bootstrap)
-    existing = admin.list_topics(timeout=timeout).topics
+    metadata = admin.list_topics(timeout=timeout)
+    existing = metadata.topics
     missing = [n for n in names if n not in existing or existing[n].error is not None]
     if not missing:
         return
+    if replication > len(metadata.brokers):
+        raise ReplicationUnmet(
+            f"replication factor {replication} but the cluster at {bootstrap} has {len(metadata.brokers)} live "
+            f"broker(s), so {', '.join(missing)} cannot be created: set kafka.replication_factor to at most "
+            f"{len(metadata.brokers)}, or start the missing brokers"
+        )
     futures = admin.create_topics(
         [NewTopic(n, num_partitions=partitions, replication_factor=replication, config=config or {}) for n in missing],
         operation_timeout=timeout,
