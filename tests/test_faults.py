@@ -176,6 +176,7 @@ def test_failures_follow_the_guarantee_the_graceful_stop_and_the_recovery_limits
     assert slow.failures() == ["duplicates", "graceful_stop"]  # a graceful hand-over repeats nothing
     assert _result(recovery={"kill w2": {0: 15.5}}).failures() == ["slow_recovery"]
     assert _result(scenario="broker_kill", recovery={"kill broker 1": {0: 14.9, 1: None}}).failures() == ["slow_recovery"]
+    assert _result(scenario="coordinator_kill", recovery={"kill broker 2": {0: 15.1}}).failures() == ["slow_recovery"]
     crashed = _result(exits=[WorkerExit("a", 70, 0.3, "stopped", graceful_required=True)])
     assert crashed.failures() == ["graceful_stop"]
     assert _result(error="boom").failures() == ["error"]

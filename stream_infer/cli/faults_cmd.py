@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 import orjson
 
-SCENARIO_ORDER = ("worker_kill", "rolling_restart", "broker_kill")
+SCENARIO_ORDER = ("worker_kill", "rolling_restart", "broker_kill", "coordinator_kill")
 
 
 @click.command()
@@ -37,6 +37,8 @@ def faults(trials: int, scenario: str, guarantee: str, rate: float, duration: fl
     rolling_restart  two workers, each stopped (SIGTERM: exit 0 within 10 s) and restarted in turn
     broker_kill      3-node cluster, RF 3, min.insync.replicas 2: the broker leading the most
                      input partitions is killed (SIGKILL) mid-stream and stays dead
+    coordinator_kill the same, killing the broker that coordinates the consumer group (and its
+                     transactional offset commits)
 
     Each trial prints one line of key=value fields: scenario, guarantee, seed, inputs, predicted
     (inputs with a prediction), lost, duplicates (predictions beyond the first per input),
@@ -53,7 +55,7 @@ def faults(trials: int, scenario: str, guarantee: str, rate: float, duration: fl
     Exit status 1 if any trial lost an input, differed from the reference, missed or added an
     alert, duplicated a prediction or alert under exactly_once or in a rolling restart, recovered
     later than 15 s after a worker or broker kill, failed a graceful stop, or could not run. Starts and stops local Kafka clusters
-    in a temporary directory, unless KAFKA_BOOTSTRAP_SERVERS is set (then broker_kill is skipped).
+    in a temporary directory, unless KAFKA_BOOTSTRAP_SERVERS is set (then the broker scenarios are skipped).
     """
     from stream_infer.faults import run_faults, summarize, summary_json, table, trial_line
     from stream_infer.kafka.jars import KafkaSetupError

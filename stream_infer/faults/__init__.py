@@ -2,7 +2,8 @@
 
 Scenarios (:mod:`stream_infer.faults.scenarios`): ``worker_kill`` (SIGKILL one of three workers
 mid-stream), ``rolling_restart`` (SIGTERM and restart two workers one by one), ``broker_kill``
-(SIGKILL the broker leading the most input partitions of a 3-node cluster). Each trial feeds the
+(SIGKILL the broker leading the most input partitions of a 3-node cluster), ``coordinator_kill``
+(the same for the broker coordinating the consumer group). Each trial feeds the
 `engines` pipeline a looped C-MAPSS stream at a fixed rate and checks, against predictions and
 alerts computed in process without Kafka (:mod:`stream_infer.faults.reference`), that no input was
 lost, that every prediction equals the uninterrupted run's, that the alerts are the uninterrupted

@@ -210,6 +210,11 @@ class Trial:
             for m in description.members
         }
 
+    def group_coordinator(self) -> int:
+        """Id of the broker coordinating the consumer group."""
+        description = self._admin.describe_consumer_groups([self.group], request_timeout=10)[self.group].result(10)
+        return description.coordinator.id
+
     def wait_group(self, members: int, timeout: float) -> dict[str, set[int]]:
         """The group's members once there are `members` of them and all partitions are assigned
         (or whatever it is after `timeout`, with a note)."""

@@ -47,7 +47,7 @@ GRACEFUL_STOP_LIMIT_S = 10.0
 # How soon affected partitions must make progress again (docs/guarantees.md): a killed worker's
 # partitions within the session timeout (10 s in the trial config) plus 5 s; every partition
 # within 15 s of a broker's death.
-RECOVERY_LIMIT_S = {"worker_kill": 15.0, "broker_kill": 15.0}
+RECOVERY_LIMIT_S = {"worker_kill": 15.0, "broker_kill": 15.0, "coordinator_kill": 15.0}
 
 
 @dataclass(frozen=True, slots=True)

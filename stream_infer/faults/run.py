@@ -1,8 +1,8 @@
 """A run of many fault trials, and the Kafka clusters they need.
 
 Clusters: the worker scenarios share one single-node local cluster (or the one named by
-KAFKA_BOOTSTRAP_SERVERS, where each trial deletes its topics afterwards); each broker_kill trial
-gets a fresh 3-node cluster, because it leaves a broker dead. Only one cluster runs at a time: a
+KAFKA_BOOTSTRAP_SERVERS, where each trial deletes its topics afterwards); each broker_kill and
+coordinator_kill trial gets a fresh 3-node cluster, because it leaves a broker dead. Only one cluster runs at a time: a
 3-node cluster is three JVMs, and the workers, feeder and reader need the rest of the machine.
 """
 
@@ -18,7 +18,7 @@ from stream_infer.config import load_config
 from stream_infer.faults.harness import run_trial
 from stream_infer.faults.reference import EventStream, load_reference
 from stream_infer.faults.report import TrialResult
-from stream_infer.faults.scenarios import BROKER_KILL_NODES, SCENARIOS
+from stream_infer.faults.scenarios import BROKER_KILL_NODES, BROKER_SCENARIOS, SCENARIOS
 from stream_infer.kafka import local
 from stream_infer.kafka.jars import KafkaSetupError
 
@@ -38,7 +38,7 @@ def run_faults(
 ) -> list[TrialResult]:
     """Run `trials` trials of each (scenario, guarantee) in `plan`; trial i uses seed + i.
 
-    With `bootstrap` the given cluster serves the worker scenarios and broker_kill is skipped;
+    With `bootstrap` the given cluster serves the worker scenarios and the broker scenarios are skipped;
     otherwise local clusters are started in a temporary directory and stopped afterwards. Raises
     KafkaSetupError if the single-node cluster cannot start; a 3-node cluster that cannot start
     fails only its trial."""
@@ -51,14 +51,14 @@ def run_faults(
     single_dir = tmp / "kafka-1"
     try:
         for scenario, guarantee in plan:
-            if scenario == "broker_kill" and bootstrap is not None:
-                on_skip("broker_kill skipped: it kills a broker, which only a local cluster started here allows "
+            if scenario in BROKER_SCENARIOS and bootstrap is not None:
+                on_skip(f"{scenario} skipped: it kills a broker, which only a local cluster started here allows "
                         "(unset KAFKA_BOOTSTRAP_SERVERS to run it)")
                 continue
             for i in range(trials):
-                if scenario == "broker_kill":
+                if scenario in BROKER_SCENARIOS:
                     local.down(single_dir, wipe=True, timeout=15)  # one cluster at a time
-                    result = _broker_kill_trial(tmp / f"kafka-3-{guarantee}-{i}", guarantee, seed + i, common)
+                    result = _broker_trial(scenario, tmp / f"kafka-3-{scenario}-{guarantee}-{i}", guarantee, seed + i, common)
                 else:
                     target = bootstrap or local.up(single_dir, port=0, nodes=1)[0].bootstrap
                     result = run_trial(scenario, SCENARIOS[scenario], guarantee, seed + i, bootstrap=target,
@@ -71,14 +71,14 @@ def run_faults(
     return results
 
 
-def _broker_kill_trial(cluster_dir: Path, guarantee: str | None, seed: int, common: dict) -> TrialResult:
-    """One broker_kill trial on a fresh 3-node cluster, stopped and wiped afterwards."""
+def _broker_trial(scenario: str, cluster_dir: Path, guarantee: str | None, seed: int, common: dict) -> TrialResult:
+    """One trial of a broker scenario on a fresh 3-node cluster, stopped and wiped afterwards."""
     try:
         cluster, _ = local.up(cluster_dir, port=0, nodes=BROKER_KILL_NODES)
     except KafkaSetupError as err:
-        return TrialResult("broker_kill", guarantee, seed, error=f"3-node cluster did not start: {str(err).splitlines()[0]}")
+        return TrialResult(scenario, guarantee, seed, error=f"3-node cluster did not start: {str(err).splitlines()[0]}")
     try:
-        return run_trial("broker_kill", SCENARIOS["broker_kill"], guarantee, seed, bootstrap=cluster.bootstrap,
+        return run_trial(scenario, SCENARIOS[scenario], guarantee, seed, bootstrap=cluster.bootstrap,
                          replication=BROKER_KILL_NODES, cluster_dir=cluster_dir, **common)
     finally:
         local.down(cluster_dir, wipe=True, timeout=15)

@@ -6,6 +6,8 @@ fractions of the stream's duration, clamped so that the survivors still have str
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from stream_infer.faults.harness import PARTITIONS, Scenario, Trial
 
 # A killed worker keeps its partitions until the group's session timeout passes; a fault comes
@@ -66,17 +68,32 @@ def broker_kill(trial: Trial) -> None:
     """A 3-node cluster (replication 3, min.insync.replicas 2) and two workers; mid-stream the
     broker leading the most input partitions is killed with SIGKILL and stays dead. Recovery:
     every input partition."""
-    rng, duration = trial.rng, trial.duration
-    kill_at = rng.uniform(0.3, 0.5) * duration
+
+    def most_leaderships(leaders: dict[int, int]) -> int:
+        counts: dict[int, int] = {}
+        for leader in leaders.values():
+            counts[leader] = counts.get(leader, 0) + 1
+        most = max(counts.values())
+        return trial.rng.choice(sorted(b for b, c in counts.items() if c == most))
+
+    _kill_a_broker(trial, most_leaderships)
+
+
+def coordinator_kill(trial: Trial) -> None:
+    """As broker_kill, but the broker killed is the consumer group's coordinator (which also
+    coordinates the group's transactional offset commits). Recovery: every input partition."""
+    _kill_a_broker(trial, lambda leaders: trial.group_coordinator())
+
+
+def _kill_a_broker(trial: Trial, choose: Callable[[dict[int, int]], int]) -> None:
+    """Two workers on the 3-node cluster; mid-stream the broker `choose` picks (given each input
+    partition's leader) is killed with SIGKILL and stays dead."""
+    kill_at = trial.rng.uniform(0.3, 0.5) * trial.duration
     trial.start_workers("w1", "w2")
     trial.start_stream()
-    trial.wait_until(min(kill_at, duration - trial.session_timeout_s - RECOVERY_ROOM_S))
+    trial.wait_until(min(kill_at, trial.duration - trial.session_timeout_s - RECOVERY_ROOM_S))
     leaders = trial.input_leaders()
-    counts: dict[int, int] = {}
-    for leader in leaders.values():
-        counts[leader] = counts.get(leader, 0) + 1
-    most = max(counts.values())
-    victim = rng.choice(sorted(b for b, c in counts.items() if c == most))
+    victim = choose(leaders)
     killed_at = trial.kill_broker(victim)
     trial.result.faults[-1]["led_partitions"] = sorted(p for p, b in leaders.items() if b == victim)
     trial.probe(f"kill broker {victim}", killed_at, set(range(PARTITIONS)))
@@ -86,4 +103,7 @@ SCENARIOS: dict[str, Scenario] = {
     "worker_kill": worker_kill,
     "rolling_restart": rolling_restart,
     "broker_kill": broker_kill,
+    "coordinator_kill": coordinator_kill,
 }
+# The scenarios that kill a broker: each trial gets a 3-node cluster of its own.
+BROKER_SCENARIOS = ("broker_kill", "coordinator_kill")
