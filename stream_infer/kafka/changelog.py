@@ -20,7 +20,7 @@ import logging
 import time
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, IsolationLevel, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, IsolationLevel, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import OffsetSpec
 
 from stream_infer.kafka.admin import admin_client, create_topics
@@ -91,10 +91,19 @@ class Changelog:
         tps = [TopicPartition(self.topic, p) for p in partitions]
         waited = False
         while True:
-            ends = {}
-            for level in (IsolationLevel.READ_UNCOMMITTED, IsolationLevel.READ_COMMITTED):
-                futures = admin.list_offsets({tp: OffsetSpec.latest() for tp in tps}, isolation_level=level, request_timeout=10)
-                ends[level] = {tp.partition: f.result().offset for tp, f in futures.items()}
+            try:
+                ends = {
+                    level: {tp.partition: f.result().offset for tp, f in admin.list_offsets(
+                        {tp: OffsetSpec.latest() for tp in tps}, isolation_level=level, request_timeout=10).items()}
+                    for level in (IsolationLevel.READ_UNCOMMITTED, IsolationLevel.READ_COMMITTED)
+                }
+            except KafkaException as exc:
+                # A leader moving (a broker failing over) answers with retriable errors for a while.
+                if not exc.args[0].retriable() or time.monotonic() > deadline:
+                    raise
+                log.info("state changelog offsets not available yet, retrying", extra={"topic": self.topic, "error": exc.args[0].str()})
+                time.sleep(0.5)
+                continue
             open_ = [p for p in partitions if ends[IsolationLevel.READ_COMMITTED][p] < ends[IsolationLevel.READ_UNCOMMITTED][p]]
             if not open_:
                 if waited:
@@ -145,6 +154,8 @@ class Changelog:
                     if err is not None:
                         if err.code() == KafkaError._PARTITION_EOF:
                             open_partitions.discard(partition)
+                            continue
+                        if err.retriable():  # the client retries on its own (a leader moving)
                             continue
                         raise RuntimeError(f"restoring {self.topic}[{partition}]: {err.str()}")
                     states = result[partition][0]

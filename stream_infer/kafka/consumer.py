@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from stream_infer.decode import InputRecord
 
@@ -227,7 +227,7 @@ class BatchConsumer:
         none) under a new epoch, so whatever was fetched under the old one is discarded.
         Exactly-once uses it after an aborted transaction. Returns the new epochs."""
         assigned = self._consumer.assignment()
-        committed = self._consumer.committed(assigned, timeout=30) if assigned else []
+        committed = self._committed_retrying(assigned) if assigned else []
         epochs = {}
         for tp in committed:
             epochs[tp.partition] = next(_epochs)
@@ -236,6 +236,18 @@ class BatchConsumer:
             self._consumer.seek(TopicPartition(tp.topic, tp.partition, target))
         self._set_ownership({**self._ownership.epochs, **epochs})
         return epochs
+
+    def _committed_retrying(self, partitions: list[TopicPartition], timeout: float = 30.0) -> list[TopicPartition]:
+        """The group's committed offsets, retried while the group coordinator is moving."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self._consumer.committed(partitions, timeout=10)
+            except KafkaException as exc:
+                if not exc.args[0].retriable() or time.monotonic() > deadline:
+                    raise
+                log.info("committed offsets not available yet, retrying", extra={"error": exc.args[0].str()})
+                time.sleep(0.5)
 
     # --- backpressure (consumer thread) -------------------------------------------------------
 
