@@ -16,7 +16,7 @@ other half). One instance per pipeline and process. Its contract:
   (below). Fenced by a newer producer with the same transactional id (another live process, or
   the worker's restarted self) raises :class:`TransactionFatal`: this process must stop.
 * Every blocking call is bounded here, not only by librdkafka: a call that has not returned
-  HUNG_AFTER_S past its own timeout is taken as hung (``send_offsets_to_transaction`` ignores its
+  HUNG_AFTER_S past its own timeout (4 s in all) is taken as hung (``send_offsets_to_transaction`` ignores its
   timeout and can wait forever when the group coordinator's broker is gone for good: librdkafka
   issues 5456 and 5511). The stuck client is then replaced by a new one with the same
   transactional id, whose ``init_transactions`` fences the stuck one and ends its transaction,
@@ -56,9 +56,9 @@ _client_log = logging.getLogger("stream_infer.kafka.client")
 # librdkafka's timeout for each blocking call of a commit: a commit that cannot finish in this
 # time (a broker or coordinator gone) is aborted and retried by the next checkpoint rather than
 # holding the checkpoint path (and, on a revoke, the rebalance) for librdkafka's default of minutes.
-CALL_TIMEOUT_S = 5.0
+CALL_TIMEOUT_S = 3.0
 # A call still running this long after its own timeout is hung (see the module docstring).
-HUNG_AFTER_S = 2.0
+HUNG_AFTER_S = 1.0
 # How long an abort is retried (the transaction coordinator moving with a dead broker takes the
 # cluster's broker.session.timeout.ms to notice) before the producer is given up on.
 ABORT_TIMEOUT_S = 30.0
@@ -127,12 +127,11 @@ class TransactionalProducer:
         deadline = time.monotonic() + ABORT_TIMEOUT_S
         producer = Producer(self._config)
         while True:
+            # Not through _bounded: a client given up on in the middle of init_transactions
+            # could still complete it later, bump the epoch and fence its own replacement.
             try:
-                self._bounded(lambda: producer.init_transactions(CALL_TIMEOUT_S))
+                producer.init_transactions(CALL_TIMEOUT_S)
                 return producer
-            except _CallHung as exc:
-                error = str(exc)
-                producer = Producer(self._config)  # the hung one cannot take another call
             except KafkaException as exc:
                 if exc.args[0].fatal():
                     deadline = 0.0
