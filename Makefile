@@ -48,7 +48,8 @@ demo: install kafka-jars  ## run the main job end to end on a local Kafka
 bench: install kafka-jars  ## benchmark service vs per_event vs ceiling; writes bench-results/bench.{json,png}
 	$(CLI) bench --out bench-results $(BENCH_ARGS)
 
-# Ten trials of each scenario under both guarantees, 30 s of stream each: about 50 minutes.
+# Ten trials of each of the four scenarios under both guarantees, 30 s of stream each: about 100
+# minutes on 2 cores (the broker scenarios start a 3-node cluster per trial).
 FAULTS_ARGS ?= --guarantee both --duration 30
 
 faults: install kafka-jars  ## fault trials (worker kill, rolling restart, broker kill) against real workers; FAULTS_ARGS="--trials 1" etc.

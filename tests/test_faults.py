@@ -221,9 +221,9 @@ def test_table_and_json_summarise_per_scenario_and_guarantee() -> None:
         ("worker_kill", "at_least_once", 3, 0, 3), ("broker_kill", "exactly_once", 1, 1, 1)]
     assert (rows[0].recovery_median_s, rows[0].recovery_max_s) == (14.0, 15.0)
     assert table(rows).splitlines() == [
-        "scenario     guarantee      trials  failed  lost  duplicates  all_equal  recovery_s median/max",
-        "worker_kill  at_least_once  3       0       0     3           yes        14.00 / 15.00",
-        "broker_kill  exactly_once   1       1       0     1           yes        never / never",
+        "scenario     guarantee      trials  failed  lost  duplicates  all_equal  recovery_s median/max  cluster_s max",
+        "worker_kill  at_least_once  3       0       0     3           yes        14.00 / 15.00          0.02",
+        "broker_kill  exactly_once   1       1       0     1           yes        never / never          0.02",
     ]
     data = json.loads(orjson.dumps(summary_json(results)))  # strict JSON: no Infinity
     assert data["failed"] is True
