@@ -20,10 +20,11 @@ import logging
 import time
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, IsolationLevel, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, IsolationLevel, KafkaError, TopicPartition
 from confluent_kafka.admin import OffsetSpec
 
 from stream_infer.kafka.admin import admin_client, create_topics
+from stream_infer.kafka.retrying import retry_kafka
 from stream_infer.kafka.transactions import StateRecord
 from stream_infer.state import KeyState
 
@@ -91,19 +92,11 @@ class Changelog:
         tps = [TopicPartition(self.topic, p) for p in partitions]
         waited = False
         while True:
-            try:
-                ends = {
-                    level: {tp.partition: f.result().offset for tp, f in admin.list_offsets(
-                        {tp: OffsetSpec.latest() for tp in tps}, isolation_level=level, request_timeout=10).items()}
-                    for level in (IsolationLevel.READ_UNCOMMITTED, IsolationLevel.READ_COMMITTED)
-                }
-            except KafkaException as exc:
-                # A leader moving (a broker failing over) answers with retriable errors for a while.
-                if not exc.args[0].retriable() or time.monotonic() > deadline:
-                    raise
-                log.info("state changelog offsets not available yet, retrying", extra={"topic": self.topic, "error": exc.args[0].str()})
-                time.sleep(0.5)
-                continue
+            ends = retry_kafka(lambda: {
+                level: {tp.partition: f.result().offset for tp, f in admin.list_offsets(
+                    {tp: OffsetSpec.latest() for tp in tps}, isolation_level=level, request_timeout=10).items()}
+                for level in (IsolationLevel.READ_UNCOMMITTED, IsolationLevel.READ_COMMITTED)
+            }, timeout=max(1.0, deadline - time.monotonic()), what=f"reading the end offsets of {self.topic}")
             open_ = [p for p in partitions if ends[IsolationLevel.READ_COMMITTED][p] < ends[IsolationLevel.READ_UNCOMMITTED][p]]
             if not open_:
                 if waited:

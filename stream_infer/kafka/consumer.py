@@ -42,9 +42,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from stream_infer.decode import InputRecord
+from stream_infer.kafka.retrying import retry_kafka
 
 log = logging.getLogger(__name__)
 _client_log = logging.getLogger("stream_infer.kafka.client")
@@ -227,27 +228,17 @@ class BatchConsumer:
         none) under a new epoch, so whatever was fetched under the old one is discarded.
         Exactly-once uses it after an aborted transaction. Returns the new epochs."""
         assigned = self._consumer.assignment()
-        committed = self._committed_retrying(assigned) if assigned else []
+        committed = retry_kafka(lambda: self._consumer.committed(assigned, timeout=10), timeout=30,
+                                what="reading the committed offsets") if assigned else []
         epochs = {}
         for tp in committed:
             epochs[tp.partition] = next(_epochs)
             self._committed.pop(tp.partition, None)
-            target = tp.offset if tp.offset >= 0 else self._consumer.get_watermark_offsets(tp, timeout=10)[0]
+            target = tp.offset if tp.offset >= 0 else retry_kafka(
+                lambda: self._consumer.get_watermark_offsets(tp, timeout=10)[0], timeout=30, what="reading the log start")
             self._consumer.seek(TopicPartition(tp.topic, tp.partition, target))
         self._set_ownership({**self._ownership.epochs, **epochs})
         return epochs
-
-    def _committed_retrying(self, partitions: list[TopicPartition], timeout: float = 30.0) -> list[TopicPartition]:
-        """The group's committed offsets, retried while the group coordinator is moving."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                return self._consumer.committed(partitions, timeout=10)
-            except KafkaException as exc:
-                if not exc.args[0].retriable() or time.monotonic() > deadline:
-                    raise
-                log.info("committed offsets not available yet, retrying", extra={"error": exc.args[0].str()})
-                time.sleep(0.5)
 
     # --- backpressure (consumer thread) -------------------------------------------------------
 
