@@ -15,10 +15,10 @@ other half). One instance per pipeline and process. Its contract:
   that fails, or a fatal error of the client other than fencing, is handled like a hung call
   (below). Fenced by a newer producer with the same transactional id (another live process, or
   the worker's restarted self) raises :class:`TransactionFatal`: this process must stop.
-* Every blocking call is bounded here, not only by librdkafka: a call that has not returned
-  HUNG_AFTER_S past its own timeout (4 s in all) is taken as hung (``send_offsets_to_transaction`` ignores its
-  timeout and can wait forever when the group coordinator's broker is gone for good: librdkafka
-  issues 5456 and 5511). The stuck client is then replaced by a new one with the same
+* Every blocking call of a commit or an abort is bounded here, not only by librdkafka: one that
+  has not returned HUNG_AFTER_S past its own timeout (4 s in all) is taken as hung
+  (``send_offsets_to_transaction`` ignores its timeout and can wait forever when the group
+  coordinator's broker is gone for good: librdkafka issues 5456 and 5511). The stuck client is then replaced by a new one with the same
   transactional id, whose ``init_transactions`` fences the stuck one and ends its transaction,
   and :class:`TransactionInDoubt` is raised: the transaction was aborted, or committed if the
   coordinator had already begun to commit it. The callers' recovery is right either way:
