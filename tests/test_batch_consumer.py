@@ -20,7 +20,7 @@ from stream_infer.bench.harness import engines_config
 from stream_infer.checkpoint import Checkpoint, CheckpointCommitter
 from stream_infer.config import load_config
 from stream_infer.kafka.admin import create_topics
-from stream_infer.kafka.consumer import BatchConsumer
+from stream_infer.kafka.consumer import BatchConsumer, Ownership
 from stream_infer.kafka.transactions import TransactionalProducer
 from stream_infer.pipeline import Pipeline
 from stream_infer.runtime.runner import PipelineRunner
@@ -133,6 +133,9 @@ class _RecordingConsumer:
         self._record("rewind")
         return {}
 
+    def ownership(self) -> Ownership:  # any thread, by contract: not recorded
+        return Ownership(None, {})
+
 
 def test_worker_calls_the_consumer_only_from_its_thread(tmp_path: Path) -> None:
     config = load_config(engines_config(tmp_path / "c.toml", group="g", input_topic="in", output_prefix="out"))
@@ -145,8 +148,10 @@ def test_worker_calls_the_consumer_only_from_its_thread(tmp_path: Path) -> None:
         runner.source.loop = asyncio.get_running_loop()
         await runner.monitor.sample()
         runner.checkpointing._start_rewind()
-        while runner.checkpointing.rewinding:
+        deadline = time.monotonic() + 10
+        while runner.checkpointing.rewinding and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
+        assert not runner.checkpointing.rewinding, "the rewind did not finish"
 
     try:
         asyncio.run(exercise())

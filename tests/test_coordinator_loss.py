@@ -21,7 +21,7 @@ from stream_infer.kafka import local
 from stream_infer.kafka.admin import create_topics
 from stream_infer.kafka.consumer import BatchConsumer
 from stream_infer.kafka.transactions import CALL_TIMEOUT_S, HUNG_AFTER_S, TransactionAborted, TransactionalProducer
-from tests.support import group_committed
+from support import group_committed
 
 pytestmark = pytest.mark.skipif(bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS")),
                                 reason="kills a broker: needs a local 3-node cluster")

@@ -164,17 +164,15 @@ class Checkpointing:
         consumer = self.source.consumer
         try:
             epochs = await self.source.call(consumer.rewind)
-        except Exception:
-            exit_for_restart("rewinding the consumer failed")
-        # Only what the consumer still owns under the rewind's epochs: a partition lost or
-        # revoked between the seek and now is not this worker's any more.
-        current = consumer.ownership().epochs
-        self.pipeline.owned.update({p: e for p, e in epochs.items() if current.get(p) == e})
-        async with self.lock:
-            try:
+            # Only what the consumer still owns under the rewind's epochs: a partition lost or
+            # revoked between the seek and now is not this worker's any more.
+            current = consumer.ownership().epochs
+            self.pipeline.owned.update({p: e for p, e in epochs.items() if current.get(p) == e})
+            async with self.lock:
                 await self.pipeline.ensure_restored(set(epochs) & set(self.pipeline.owned))
-            except Exception:
-                exit_for_restart("restoring state failed")
+        except Exception:
+            # Nothing else ends a rewind: a worker left rewinding would never process again.
+            exit_for_restart("rewinding to the last committed checkpoint failed")
         self.rewinding = False
 
     # --- hand-over (a revoke) ----------------------------------------------------------------
