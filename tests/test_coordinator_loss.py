@@ -20,6 +20,7 @@ from confluent_kafka.admin import AdminClient
 from stream_infer.kafka import local
 from stream_infer.kafka.admin import create_topics
 from stream_infer.kafka.consumer import BatchConsumer
+from stream_infer.kafka.retrying import retry_kafka
 from stream_infer.kafka.transactions import CALL_TIMEOUT_S, HUNG_AFTER_S, TransactionAborted, TransactionalProducer
 from support import group_committed
 
@@ -32,7 +33,8 @@ def _coordinator(admin: AdminClient, group: str) -> int:
 
 
 def _brokers(admin: AdminClient) -> set[int]:
-    return set(admin.list_topics(timeout=10).brokers)
+    """The brokers in the cluster's metadata (retried: the client may be asking the dead one)."""
+    return retry_kafka(lambda: set(admin.list_topics(timeout=5).brokers), timeout=30, what="reading the metadata")
 
 
 def test_a_commit_returns_and_the_next_commits_after_the_group_coordinator_dies(tmp_path: Path) -> None:
