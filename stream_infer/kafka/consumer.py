@@ -113,7 +113,13 @@ class BatchConsumer:
                 "enable.auto.offset.store": False,
                 "auto.offset.reset": "earliest",
                 "session.timeout.ms": session_timeout_ms,
-                "heartbeat.interval.ms": max(1000, session_timeout_ms // 3),
+                # librdkafka ends the session on its own side once no heartbeat has succeeded for
+                # session.timeout.ms, even while the coordinator is merely failing over; it then
+                # rejoins under a new member id and the group waits for the old id to expire
+                # (another session timeout). Heartbeating every second keeps the last success
+                # at most 1 s old, so a failover shorter than session timeout - 1 s costs no
+                # rebalance.
+                "heartbeat.interval.ms": min(1000, session_timeout_ms // 3),
                 # Bounded memory: librdkafka stops fetching once this much waits unconsumed.
                 "queued.max.messages.kbytes": max_prefetch_kbytes,
                 "fetch.wait.max.ms": 20,
