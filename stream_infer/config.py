@@ -46,7 +46,11 @@ class KafkaConfig(_Strict):
     producer: dict[str, str | int | bool] = Field(default_factory=dict, description="Extra librdkafka producer settings.")
     session_timeout_ms: int = Field(
         10_000, ge=3_000, le=300_000,
-        description="A worker that stops heartbeating (crash, kill -9) keeps its partitions this long before the group moves them.",
+        description=(
+            "A worker that stops heartbeating (crash, kill -9) keeps its partitions this long before the group moves them. "
+            "Keep it above the cluster's group-coordinator failover time (broker.session.timeout.ms plus leader "
+            "election): a shorter session expires during each failover and costs a rebalance."
+        ),
     )
 
     @model_validator(mode="after")
@@ -149,6 +153,29 @@ class StalenessConfig(_Strict):
     sample_every: int = Field(10, ge=2, le=1_000_000, description="sample: keep 1 stale event in this many.")
 
 
+class StateConfig(_Strict):
+    """Bounds on the per-key state (windows, alert debounce) one worker holds for a pipeline; both
+    off by default (0). An expired or evicted key is forgotten in memory and tombstoned in the
+    changelog at the next checkpoint; if it comes back it starts a new window, as a never-seen key
+    does. See docs/state.md."""
+
+    key_ttl_ms: int = Field(
+        0, ge=0,
+        description=(
+            "0: off. A key whose newest event is this much older than the newest event of its input "
+            "partition (event time: the records' Kafka timestamps, capped at the worker's clock) expires."
+        ),
+    )
+    max_keys: int = Field(
+        0, ge=0,
+        description=(
+            "0: off. The most keys one worker holds for this pipeline (all its partitions together): past it "
+            "the least recently seen keys are evicted after each batch. Keys in use by the batches being "
+            "processed are never evicted, so between batches the count may exceed this by their keys."
+        ),
+    )
+
+
 class TopicsConfig(_Strict):
     predictions: str
     alerts: str | None = None
@@ -205,7 +232,18 @@ class PipelineConfig(_Strict):
     schema_file: Path = Field(alias="schema", description="JSON Schema of the input event.")
     key_field: str
     model: Path
-    max_message_bytes: int = Field(65_536, ge=64)
+    max_message_bytes: int = Field(65_536, ge=64, le=900_000, description="Longer input values go to the DLQ as `oversized`.")
+    max_key_bytes: int = Field(1024, ge=1, le=65_536, description="Longer Kafka keys go to the DLQ as `oversized_key`.")
+    sequence_field: str | None = Field(
+        None,
+        description=(
+            "An integer field that increases per key (e.g. `cycle`): an event whose value is not greater than the "
+            "highest its key has seen is out of order (a replay, a duplicate, a clock gone back). None: not checked."
+        ),
+    )
+    out_of_order: Literal["dead_letter", "accept"] = Field(
+        "dead_letter", description="What an out-of-order event gets: the DLQ (reason `out_of_order`), or processed as usual.",
+    )
     features: FeatureSpec
     batching: BatchingConfig = BatchingConfig()
     topics: TopicsConfig
@@ -213,6 +251,7 @@ class PipelineConfig(_Strict):
     alert: AlertRule | None = None
     engine: EngineConfig = EngineConfig()
     staleness: StalenessConfig = StalenessConfig()
+    state: StateConfig = StateConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -21,13 +21,18 @@ from stream_infer.batchcheck import compile_batch_check
 REASONS = (
     "oversized",  # value longer than the pipeline's max_message_bytes
     "missing_key",  # Kafka record without a key: per-key order and state need one
+    "oversized_key",  # Kafka key longer than the pipeline's max_key_bytes
+    "invalid_key",  # Kafka key is not UTF-8
     "invalid_encoding",  # value is not UTF-8
     "invalid_json",  # not parseable JSON, or not a JSON object
     "non_finite_number",  # NaN, Infinity, or a number too large for a double
     "unknown_schema_version",  # schema_version present but not one this pipeline knows
     "wrong_type",  # a field of the wrong JSON type
     "schema_violation",  # anything else the JSON Schema rejects (missing field, range, pattern)
+    "key_mismatch",  # the Kafka key is not the event's key field (as text, exactly)
+    "out_of_order",  # sequence_field not greater than the key's last (see Pipeline._in_sequence)
     "model_error",  # the model failed on a batch that contained this event (rare; see pipeline)
+    "output_rejected",  # an output of this event could not be produced (see pipeline)
 )
 
 _NON_FINITE = re.compile(rb"(?<![\w\"])-?(NaN|Infinity)(?![\w\"])")
@@ -65,15 +70,23 @@ class DecodedBatch:
 
     records: list[InputRecord] = field(default_factory=list)
     events: list[dict] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)  # each valid record's Kafka key, decoded exactly
     dead: list[DeadLetter] = field(default_factory=list)
 
 
 class EventDecoder:
-    """Compiled once per pipeline from its JSON Schema file."""
+    """Compiled once per pipeline from its JSON Schema file.
 
-    def __init__(self, schema_path: Path, *, max_message_bytes: int) -> None:
+    The Kafka key is part of the contract: it must be UTF-8, at most `max_key_bytes` long, and
+    equal (as text, exactly) to the event's `key_field`, an integer written in decimal or a
+    string as it is. An event whose body lacks `key_field` (a schema that does not require it)
+    takes its key from the record: the Kafka key is then the source of truth."""
+
+    def __init__(self, schema_path: Path, *, max_message_bytes: int, key_field: str, max_key_bytes: int = 1024) -> None:
         schema = orjson.loads(schema_path.read_bytes())
         self.max_message_bytes = max_message_bytes
+        self.max_key_bytes = max_key_bytes
+        self.key_field = key_field
         self._validate = fastjsonschema.compile(schema)
         # None when the schema uses keywords the batch check does not understand: then every
         # batch takes the per-event path.
@@ -92,27 +105,41 @@ class EventDecoder:
         per-event path decides, and names each bad record's reason)."""
         limit = self.max_message_bytes
         values = [r.value for r in batch]
-        if None in values or max(map(len, values), default=0) > limit or not all(r.key for r in batch):
+        raw_keys = [r.key for r in batch]
+        if (None in values or max(map(len, values), default=0) > limit or not all(raw_keys)
+                or max(map(len, raw_keys), default=0) > self.max_key_bytes):  # type: ignore[arg-type]
             return None
         try:
             events = list(map(orjson.loads, values))
-        except orjson.JSONDecodeError:
+            keys = [k.decode() for k in raw_keys]  # type: ignore[union-attr]
+        except (orjson.JSONDecodeError, UnicodeDecodeError):
             return None
-        if set(map(type, events)) - {dict} or not self._batch_check.check(events):
+        if set(map(type, events)) - {dict} or not self._batch_check.check(events):  # type: ignore[union-attr]
             return None
-        return DecodedBatch(records=list(batch), events=events)
+        field_name = self.key_field
+        if not all(map(_key_matches, keys, (e.get(field_name, _ABSENT) for e in events))):
+            return None
+        return DecodedBatch(records=list(batch), events=events, keys=keys)
 
     def _decode_each(self, batch: Sequence[InputRecord]) -> DecodedBatch:
         out = DecodedBatch()
-        loads, validate, versions = orjson.loads, self._validate, self.versions
+        loads, validate, versions, field_name = orjson.loads, self._validate, self.versions, self.key_field
         for record in batch:
-            value = record.value
+            value, raw_key = record.value, record.key
             if value is None or len(value) > self.max_message_bytes:
                 size = "null value" if value is None else f"{len(value)} bytes > max_message_bytes {self.max_message_bytes}"
                 out.dead.append(DeadLetter(record, "oversized" if value else "invalid_json", size))
                 continue
-            if not record.key:
+            if not raw_key:
                 out.dead.append(DeadLetter(record, "missing_key", "the Kafka record has no key"))
+                continue
+            if len(raw_key) > self.max_key_bytes:
+                out.dead.append(DeadLetter(record, "oversized_key", f"{len(raw_key)} bytes > max_key_bytes {self.max_key_bytes}"))
+                continue
+            try:
+                key = raw_key.decode()
+            except UnicodeDecodeError as err:
+                out.dead.append(DeadLetter(record, "invalid_key", f"the Kafka key is not UTF-8: {err.reason} at byte {err.start}"))
                 continue
             try:
                 event = loads(value)
@@ -122,7 +149,7 @@ class EventDecoder:
             if type(event) is not dict:
                 out.dead.append(DeadLetter(record, "invalid_json", f"expected a JSON object, got {type(event).__name__}"))
                 continue
-            if versions and event.get("schema_version", versions[0]) not in versions:
+            if versions and "schema_version" in event and not _known_version(event["schema_version"], versions):
                 out.dead.append(
                     DeadLetter(record, "unknown_schema_version", f"schema_version {event['schema_version']!r}; known: {list(versions)}")
                 )
@@ -133,9 +160,33 @@ class EventDecoder:
                 reason = "wrong_type" if err.rule == "type" else "schema_violation"
                 out.dead.append(DeadLetter(record, reason, err.message))
                 continue
+            if not _key_matches(key, event.get(field_name, _ABSENT)):
+                out.dead.append(DeadLetter(record, "key_mismatch",
+                                           f"Kafka key {key[:100]!r} differs from {field_name} {str(event[field_name])[:100]!r}"))
+                continue
             out.records.append(record)
             out.events.append(event)
+            out.keys.append(key)
         return out
+
+
+_ABSENT = object()
+
+
+def _key_matches(key: str, value: object) -> bool:
+    """The Kafka key (decoded) against the event's key field: a string exactly, an integer (not
+    a bool) in decimal; an absent field accepts any key (the key is the source of truth)."""
+    kind = type(value)
+    if kind is str:
+        return key == value
+    if kind is int:
+        return key == str(value)
+    return value is _ABSENT
+
+
+def _known_version(version: object, versions: Sequence) -> bool:
+    """JSON true is not the version 1 (Python's True == 1 would let it pass)."""
+    return type(version) is not bool and version in versions
 
 
 def _classify_parse_error(value: bytes, err: Exception) -> tuple[str, str]:

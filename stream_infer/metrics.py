@@ -13,6 +13,11 @@ PREDICTIONS = Counter("stream_infer_predictions", "Prediction records produced",
 ALERTS = Counter("stream_infer_alerts", "Alert records produced", ["pipeline", "rule"])
 REVIEWS = Counter("stream_infer_reviews", "Predictions sent to the review topic", ["pipeline"])
 DEAD_LETTERS = Counter("stream_infer_dead_letters", "Input events sent to the dead-letter topic", ["pipeline", "reason"])
+OUTPUTS_DROPPED = Counter(
+    "stream_infer_outputs_dropped",
+    "Output messages the producer refused that could not go to the dead-letter topic either (skipped)",
+    ["pipeline", "topic"],
+)
 REPLAYS_SKIPPED = Counter(
     "stream_infer_replayed_events_skipped",
     "Events below a restored checkpoint, already processed before a restart, skipped",
@@ -89,3 +94,12 @@ def observe_many(histogram, values: Sequence[float] | np.ndarray) -> None:
         if count:
             bucket.inc(count)
     histogram._sum.inc(float(values.sum()))
+
+
+STATE_KEYS = Gauge("stream_infer_state_keys", "Keys whose per-key state this worker holds, after the last batch", ["pipeline"])
+STATE_EVICTIONS = Counter(
+    "stream_infer_state_evictions",
+    "Keys removed from per-key state by its bounds: reason ttl (idle past state.key_ttl_ms of event time) or "
+    "max_keys (least recently seen, past state.max_keys)",
+    ["pipeline", "reason"],
+)

@@ -27,17 +27,17 @@ from dataclasses import dataclass, field, fields
 from typing import NamedTuple
 
 import numpy as np
-import orjson
 
 from stream_infer import metrics
 from stream_infer.checkpoint import Checkpoint
 from stream_infer.config import PipelineConfig
 from stream_infer.controller import CostProfile, batch_sizes
-from stream_infer.decode import DeadLetter, EventDecoder, InputRecord
+from stream_infer.decode import DeadLetter, DecodedBatch, EventDecoder, InputRecord
 from stream_infer.engine import InferenceEngine
 from stream_infer.features import Featurizer
 from stream_infer.kafka.changelog import Changelog
 from stream_infer.kafka.producer import AsyncProducer, OutMessage
+from stream_infer.outputs import OutputWriter, Source
 from stream_infer.postprocess import AlertTracker, score_fields
 from stream_infer.state import StateStore
 
@@ -99,7 +99,8 @@ class Pipeline:
     def __init__(self, config: PipelineConfig, producer: AsyncProducer | None, changelog: Changelog | None) -> None:
         self.config = config
         self.name = config.name
-        self.decoder = EventDecoder(config.schema_file, max_message_bytes=config.max_message_bytes)
+        self.decoder = EventDecoder(config.schema_file, max_message_bytes=config.max_message_bytes,
+                                    key_field=config.key_field, max_key_bytes=config.max_key_bytes)
         self.featurizer = Featurizer(config.features)
         self.engine = InferenceEngine(
             config.model,
@@ -110,10 +111,17 @@ class Pipeline:
         )
         self.model = {"name": self.engine.name, "version": self.engine.version}
         self.alerts = AlertTracker(config.alert, config.name) if config.alert else None
+        self.outputs = OutputWriter(config, self.model)
         self.producer = producer  # set by the worker once Kafka is reachable
         # Set by the worker once the changelog topic exists; stays None for stateless pipelines.
         self.changelog = changelog
-        self.store = StateStore()
+        self.store = StateStore(key_ttl_ms=config.state.key_ttl_ms, max_keys=config.state.max_keys)
+        # The store's clock when the last prepare() began using keys: keys used since then stay
+        # through the next eviction (see _bound_state).
+        self._state_clock = 0
+        self._uses_store = config.features.window > 1 or config.alert is not None or config.sequence_field is not None
+        self._state_keys = metrics.STATE_KEYS.labels(self.name)
+        self._evictions = {reason: metrics.STATE_EVICTIONS.labels(self.name, reason) for reason in ("ttl", "max_keys")}
         # Partitions this pipeline owns now -> the epoch of that assignment (see
         # stream_infer.kafka.consumer); records of any other partition or epoch are not processed.
         self.owned: dict[int, int] = {}
@@ -273,8 +281,16 @@ class Pipeline:
         if batch.matrix is not None:
             metrics.INFERENCE_SECONDS.labels(self.name).observe(inferred.seconds)
             self.inference_cost.observe(len(batch.matrix), inferred.seconds)
-        messages, result = self.finish(batch, inferred.raw, inferred.error, arrival)
-        self.producer.send_batch(messages)
+        messages, sources, result = self.finish(batch, inferred.raw, inferred.error, arrival)
+        outputs = self.outputs
+
+        def rejected(index: int, message: OutMessage, error: str) -> OutMessage | None:
+            if message is messages[index]:  # the output itself: its input's dead letter replaces it
+                return outputs.rejected(message, sources[index], error)
+            outputs.dropped(message, sources[index], error)  # the replacement was refused too
+            return None
+
+        self.producer.send_batch(messages, rejected)
         if batch.timestamps_ms is not None and len(batch.timestamps_ms):
             metrics.observe_many(self._e2e, (time.time() * 1000 - batch.timestamps_ms) / 1000)
         return result
@@ -336,15 +352,79 @@ class Pipeline:
             rows = rows[keep_idx]
             decoded.records = [decoded.records[i] for i in keep_idx]
             decoded.events = [decoded.events[i] for i in keep_idx]
+            decoded.keys = [decoded.keys[i] for i in keep_idx]
             if not decoded.events:
                 return batch
+        partitions = [r.partition for r in decoded.records]
+        store = self.store
+        if store.key_ttl_ms:
+            # Event time for the TTL, capped at this worker's clock (see StateStore.advance).
+            store.advance(partitions, [r.timestamp_ms for r in decoded.records], ceiling_ms=int(time.time() * 1000))
+        keep_from, self._state_clock = self._state_clock, store.clock + 1  # this batch's first get() ticks to clock + 1
+        if self.config.sequence_field is not None:
+            in_order = self._in_sequence(decoded, partitions, batch.dead)
+            if in_order is not None:
+                rows = rows[in_order]
+                kept = np.nonzero(in_order)[0].tolist()
+                decoded.records = [decoded.records[i] for i in kept]
+                decoded.events = [decoded.events[i] for i in kept]
+                decoded.keys = [decoded.keys[i] for i in kept]
+                partitions = [partitions[i] for i in kept]
+                if not decoded.events:
+                    if self._uses_store:
+                        self._bound_state(keep_from)
+                    return batch
         batch.records = decoded.records
-        batch.keys = [r.key.decode("utf-8", "replace") for r in decoded.records]
+        batch.keys = decoded.keys
         if self.config.features.window > 1:
-            batch.matrix = self.featurizer.windowed(batch.keys, [r.partition for r in batch.records], rows, self.store)
+            batch.matrix = self.featurizer.windowed(batch.keys, partitions, rows, store)
         else:
             batch.matrix = self.featurizer.stateless(decoded.events, rows)
+        if self._uses_store:
+            self._bound_state(keep_from)
         return batch
+
+    def _in_sequence(self, decoded: DecodedBatch, partitions: list[int], dead: list[DeadLetter]) -> np.ndarray | None:
+        """Order per key: an event whose `sequence_field` is not greater than the highest its key
+        had accepted (kept in the key's state, so it survives restarts and rebalances) goes to
+        `dead` as `out_of_order`, unless `out_of_order = "accept"`; then it is processed and the
+        highest stays. An event without an integer `sequence_field` is not checked (the schema
+        decides whether it must have one). Returns the mask of events to keep, None for all.
+
+        A loop over the batch's events: each compares with the one before it of the same key,
+        and the state lookups are those the window would make anyway."""
+        field_name = self.config.sequence_field
+        reject = self.config.out_of_order == "dead_letter"
+        get, mark_dirty = self.store.get, self.store.mark_dirty
+        keep: np.ndarray | None = None
+        for i, (event, key, partition) in enumerate(zip(decoded.events, decoded.keys, partitions)):
+            sequence = event.get(field_name)
+            if type(sequence) is not int:
+                continue
+            state = get(partition, key)
+            last = state.last_sequence
+            if last is None or sequence > last:
+                state.last_sequence = sequence
+                mark_dirty(partition, key)
+            elif reject:
+                if keep is None:
+                    keep = np.ones(len(decoded.events), dtype=bool)
+                keep[i] = False
+                dead.append(DeadLetter(decoded.records[i], "out_of_order",
+                                       f"{field_name} {sequence} is not greater than the key's last accepted {last}"))
+        return keep
+
+    def _bound_state(self, keep_from: int) -> None:
+        """Once per prepared batch, after its features: expire and evict keys as `config.state`
+        says, then count. Keys used from clock `keep_from` on (this batch and the one prepared
+        before it) stay: a batch split in halves prepares both before finishing either, and the
+        alert rule uses a batch's keys when it finishes."""
+        expired, evicted = self.store.evict(keep_from)
+        if expired:
+            self._evictions["ttl"].inc(expired)
+        if evicted:
+            self._evictions["max_keys"].inc(evicted)
+        self._state_keys.set(len(self.store))
 
     def _drop_stale(self, records: Sequence[InputRecord], timestamps: np.ndarray, batch: PreparedBatch) -> np.ndarray | None:
         """The staleness policy: records older than max_event_age_ms go to `batch.stale` (all of
@@ -364,26 +444,16 @@ class Pipeline:
         batch.stale = [r for r, d in zip(records, drop.tolist()) if d]
         return ~drop
 
-    def _skipped_summary(self, stale: list[InputRecord]) -> OutMessage:
-        """One record per batch on the skipped topic: how many stale events, from which offsets."""
-        by_partition: dict[int, dict] = {}
-        for r in stale:
-            entry = by_partition.setdefault(r.partition, {"partition": r.partition, "first_offset": r.offset, "count": 0})
-            entry["last_offset"] = r.offset
-            entry["count"] += 1
-        timestamps = [r.timestamp_ms for r in stale]
-        summary = {
-            "schema_version": 1, "pipeline": self.name, "reason": "stale", "policy": self.staleness.policy,
-            "max_event_age_ms": self.staleness.max_event_age_ms, "count": len(stale), "topic": stale[0].topic,
-            "partitions": list(by_partition.values()), "oldest_timestamp_ms": min(timestamps),
-            "newest_timestamp_ms": max(timestamps), "skipped_at_ms": int(time.time() * 1000),
-        }
-        return (self.config.skipped_topic, self.name.encode(), orjson.dumps(summary), None)
-
-    def finish(self, batch: PreparedBatch, raw: dict | None, error: Exception | None, arrival: float) -> tuple[list[OutMessage], BatchResult]:
-        """Scores, alerts and every output message of a batch (predictions, alerts, review, DLQ)."""
+    def finish(self, batch: PreparedBatch, raw: dict | None, error: Exception | None,
+               arrival: float) -> tuple[list[OutMessage], list[Source], BatchResult]:
+        """Scores, alerts and every output message of a batch (predictions, alerts, review, DLQ),
+        with the input each message speaks for (see :mod:`stream_infer.outputs`)."""
         result = BatchResult(skipped=batch.skipped, stale_skipped=len(batch.stale))
-        messages: list[OutMessage] = [self._skipped_summary(batch.stale)] if batch.stale else []
+        messages: list[OutMessage] = []
+        sources: list[Source] = []
+        if batch.stale:
+            messages.append(self.outputs.skipped_summary(batch.stale))
+            sources.append(None)
         if error is not None:
             log.error("model failed on a batch; its events go to the dead-letter topic", extra={"pipeline": self.name, "error": str(error)})
             batch.dead.extend(DeadLetter(r, "model_error", str(error)[:500]) for r in batch.records)
@@ -392,54 +462,14 @@ class Pipeline:
             alerts = []
             if self.alerts is not None:
                 alerts = self.alerts.apply(batch.keys, batch.records, fields[self.config.outputs.score_name], self.store, self.model)
-            messages += self._output_messages(batch.records, batch.keys, fields, alerts, arrival)
+            self.outputs.predictions(batch.records, batch.keys, fields, alerts, arrival, messages, sources)
             result.predictions, result.alerts = len(batch.records), len(alerts)
             if "review" in fields:
                 result.reviews = int(fields["review"].sum())
-        messages.extend(self._dead_letter_messages(batch.dead))
+        self.outputs.dead_letters(batch.dead, messages, sources)
         result.dead_letters = len(batch.dead)
         self._count(result, batch.dead)
-        return messages, result
-
-    def _output_messages(self, records, keys, fields, alerts, arrival: float) -> list[OutMessage]:
-        topics = self.config.topics
-        latency_ms = round((time.monotonic() - arrival) * 1000, 3)
-        columns = {name: values.tolist() for name, values in fields.items()}
-        names = list(columns)
-        base = {"schema_version": 1, "pipeline": self.name, "model": self.model}
-        messages: list[OutMessage] = []
-        review = columns.get("review")
-        for i, record in enumerate(records):
-            prediction = {
-                **base,
-                "key": keys[i],
-                "outputs": {name: columns[name][i] for name in names},
-                "source": record.source,
-                "latency_ms": latency_ms,
-            }
-            value = orjson.dumps(prediction)
-            messages.append((topics.predictions, record.key, value, None))
-            if review is not None and review[i]:
-                messages.append((topics.review, record.key, value, None))
-        for i, alert in alerts:
-            messages.append((topics.alerts, records[i].key, orjson.dumps(alert), None))
-        return messages
-
-    def _dead_letter_messages(self, dead: list[DeadLetter]) -> list[OutMessage]:
-        out = []
-        for letter in dead:
-            r = letter.record
-            headers = list(r.headers) + [
-                ("x-dlq-reason", letter.reason.encode()),
-                ("x-dlq-detail", letter.detail.encode("utf-8", "replace")[:1000]),
-                ("x-dlq-pipeline", self.name.encode()),
-                ("x-source-topic", r.topic.encode()),
-                ("x-source-partition", str(r.partition).encode()),
-                ("x-source-offset", str(r.offset).encode()),
-                ("x-source-timestamp-ms", str(r.timestamp_ms).encode()),
-            ]
-            out.append((self.config.topics.dead_letters, r.key, r.value if r.value is not None else b"", headers))
-        return out
+        return messages, sources, result
 
     def _count(self, result: BatchResult, dead: list[DeadLetter]) -> None:
         metrics.PREDICTIONS.labels(self.name).inc(result.predictions)
@@ -464,7 +494,10 @@ class Pipeline:
         """
         owned = self.owned
         offsets = {p: o for p, o in self.progress.frontier.items() if p in self.loaded and p in owned}
-        dirty = self.store.take_dirty()  # for stateless pipelines: releases neutral alert states
+        # For stateless pipelines this releases neutral alert states. Only partitions in this
+        # checkpoint: another partition's dirty keys (evicted ones, when it had no new records)
+        # wait for its next checkpoint, so their tombstones are not lost.
+        dirty = self.store.take_dirty(offsets)
         self.progress.frontier = {}
         if not offsets:
             return None

@@ -118,6 +118,11 @@ def bad_events(dataset: str) -> list[tuple[str, bytes | None, bytes]]:
         ("wrong_type", key, orjson.dumps(wrong_type)),
         ("schema_violation", key, orjson.dumps(no_field)),
         ("unknown_schema_version", key, orjson.dumps(future)),
+        ("unknown_schema_version", key, orjson.dumps(dict(event, schema_version=True))),
         ("missing_key", None, good),
         ("oversized", key, orjson.dumps(oversized)),
+        ("oversized_key", key * (2048 // len(key) + 1), good),
+        ("invalid_key", b"\xff" + key, good),
+        ("key_mismatch", key + b"9", good),  # the key of another engine or product
+        ("key_mismatch", key + "\u200b".encode(), good),  # a zero-width space: looks equal, is not
     ]

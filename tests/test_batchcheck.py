@@ -22,6 +22,7 @@ from stream_infer.replay import bad_events, dataset_events
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS = {"cmapss-test": "engines-event.v1.json", "ai4i": "machines-event.v1.json"}
+KEY_FIELDS = {"cmapss-test": "unit", "ai4i": "product_id"}
 
 # Values a field may be replaced with: other JSON types, edge numbers, strings that look numeric.
 REPLACEMENTS = [None, True, False, "", "1", "L1", "X9", "M", "L", [], {}, [1], 0, -1, 1, 1.0, 1.5, -0.001, 0.0,
@@ -151,7 +152,7 @@ def test_optional_properties_are_checked_where_present() -> None:
 @pytest.mark.parametrize("dataset", sorted(SCHEMAS))
 def test_decoder_gives_the_same_result_with_and_without_the_fast_path(dataset: str) -> None:
     schema_path = ROOT / "schemas" / SCHEMAS[dataset]
-    decoder = EventDecoder(schema_path, max_message_bytes=4096)
+    decoder = EventDecoder(schema_path, max_message_bytes=4096, key_field=KEY_FIELDS[dataset])
     good = []
     for key, value in dataset_events(dataset):
         good.append((key, value))

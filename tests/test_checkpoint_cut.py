@@ -41,7 +41,7 @@ class _Producer:
         self.waited_with_lock: list[bool] = []
         self.runner: PipelineRunner | None = None
 
-    def send_batch(self, messages) -> int:
+    def send_batch(self, messages, on_rejected=None) -> int:
         return len(list(messages))
 
     def idle(self) -> bool:

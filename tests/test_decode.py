@@ -17,6 +17,7 @@ import pytest
 from stream_infer.config import PipelineConfig, load_config
 from stream_infer.decode import REASONS, DecodedBatch, EventDecoder, InputRecord
 from stream_infer.features import Featurizer
+from stream_infer.outputs import EXCERPT_BYTES
 from stream_infer.replay import bad_events, dataset_events
 from support import RecordingProducer
 
@@ -42,7 +43,8 @@ def _pipeline(dataset: str) -> PipelineConfig:
 def _decoder(dataset: str) -> EventDecoder:
     pipeline = _pipeline(dataset)
     assert pipeline.schema_file == ROOT / "schemas" / SCHEMA_OF[dataset]
-    return EventDecoder(pipeline.schema_file, max_message_bytes=pipeline.max_message_bytes)
+    return EventDecoder(pipeline.schema_file, max_message_bytes=pipeline.max_message_bytes, key_field=pipeline.key_field,
+                        max_key_bytes=pipeline.max_key_bytes)
 
 
 @functools.cache
@@ -96,9 +98,11 @@ def _first_event(dataset: str) -> tuple[bytes, dict]:
 
 
 def test_bad_events_cover_every_input_reason() -> None:
-    """The bad-event fixtures exercise every dead-letter reason the decoder can give (all but model_error)."""
+    """The bad-event fixtures exercise every dead-letter reason the decoder can give (all but
+    out_of_order, which needs the key's state, and model_error and output_rejected, which come
+    after inference)."""
     for dataset in PIPELINE_OF:
-        assert {reason for reason, _, _ in _bad(dataset)} == set(REASONS) - {"model_error"}
+        assert {reason for reason, _, _ in _bad(dataset)} == set(REASONS) - {"model_error", "output_rejected", "out_of_order"}
 
 
 @pytest.mark.parametrize(("dataset", "reason", "key", "value"), _bad_cases())
@@ -170,7 +174,16 @@ def test_pipeline_dead_letters_every_bad_event_with_its_listed_reason(dataset: s
         pipeline.close()
     dead = [m for m in producer.messages if m[0] == config.topics.dead_letters]
     predictions = [m for m in producer.messages if m[0] == config.topics.predictions]
-    assert sorted((dict(m[3])["x-dlq-reason"].decode(), m[2]) for m in dead) == sorted((r, v) for r, _, v in bad)
+    # An oversized value is kept as an excerpt, its size in a header (stream_infer.outputs).
+    limit = config.max_message_bytes
+    assert sorted((dict(m[3])["x-dlq-reason"].decode(), m[2]) for m in dead) == sorted(
+        (r, v if len(v) <= limit else v[:EXCERPT_BYTES]) for r, _, v in bad)
+    for m in dead:
+        headers = dict(m[3])
+        if headers["x-dlq-reason"] == b"oversized":
+            assert int(headers["x-dlq-value-bytes"]) > limit and len(m[2]) == EXCERPT_BYTES
+        if headers["x-dlq-reason"] == b"oversized_key":
+            assert int(headers["x-dlq-key-bytes"]) > config.max_key_bytes and len(m[1]) == EXCERPT_BYTES
     assert len(predictions) == len(good)
     assert len(predictions) + len(dead) == len(records)
 

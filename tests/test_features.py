@@ -7,6 +7,7 @@ StateStore, and every row must equal `training.data.window_features` of the unit
 from __future__ import annotations
 
 import functools
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -257,6 +258,20 @@ def test_key_state_round_trips_exactly() -> None:
 
     empty = KeyState.from_bytes(KeyState().to_bytes())
     assert empty.rows is None and empty.alert == AlertState() and empty.empty
+
+    for sequence in (0, 1, -5, 2**62, -(2**63) + 1):
+        restored = KeyState.from_bytes(KeyState(rows=tricky, last_sequence=sequence).to_bytes())
+        assert restored.last_sequence == sequence and not KeyState(last_sequence=sequence).empty
+    assert KeyState.from_bytes(KeyState(rows=tricky).to_bytes()).last_sequence is None
+
+
+def test_key_state_of_the_previous_binary_format_still_restores() -> None:
+    """Format 2 (no sequence number) restores with last_sequence None."""
+    rows = np.arange(3 * 14, dtype=np.float32).reshape(3, 14)
+    alert_json = orjson.dumps(AlertState(run=1).__dict__)
+    data = struct.pack("<Biii", 2, 3, 14, len(alert_json)) + alert_json + rows.astype("<f4").tobytes()
+    restored = KeyState.from_bytes(data)
+    assert np.array_equal(restored.rows, rows) and restored.alert == AlertState(run=1) and restored.last_sequence is None
 
 
 def test_key_state_snapshots_are_compact_and_the_first_format_still_restores() -> None:

@@ -48,7 +48,7 @@ def run(config_path: str, pipeline_name: str, group: str, *, seconds: float, idl
         pipeline.loaded.update(r.partition for r in records)
         batch = pipeline.prepare(records)
         raw = pipeline.engine.run(batch.matrix) if batch.matrix is not None else None
-        outputs, _ = pipeline.finish(batch, raw, None, now)
+        outputs, _, _ = pipeline.finish(batch, raw, None, now)
         for topic, key, value, headers in outputs:
             producer.produce(topic, value=value, key=key, headers=headers)
         producer.poll(0)

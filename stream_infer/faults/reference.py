@@ -24,7 +24,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,11 +89,20 @@ class RecordingProducer:
     """What the pipeline needs of a producer when Kafka is not involved: it keeps the messages,
     and every one counts as acknowledged at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, refuse: Callable[[tuple], bool] | None = None) -> None:
         self.messages: list[tuple] = []
+        self.refuse = refuse  # which messages produce() refuses, as librdkafka does one too large
 
-    def send_batch(self, messages) -> int:
-        self.messages.extend(messages)
+    def send_batch(self, messages, on_rejected=None) -> int:
+        for index, message in enumerate(messages):
+            current = message
+            while current is not None:
+                if self.refuse is None or not self.refuse(current):
+                    self.messages.append(current)
+                    break
+                if on_rejected is None:
+                    raise ValueError("message refused")
+                current = on_rejected(index, current, "Broker: Message size too large")
         return len(messages)
 
     async def wait_acknowledged(self) -> None:

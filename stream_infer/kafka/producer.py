@@ -15,10 +15,10 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 log = logging.getLogger(__name__)
 _client_log = logging.getLogger("stream_infer.kafka.client")
@@ -31,13 +31,28 @@ class DeliveryError(RuntimeError):
     """The broker refused or timed out a message; its input offsets must not be committed."""
 
 
-def produce_all(producer: Producer, messages: Iterable[OutMessage]) -> int:
+# What the caller does with a message the producer refused for a property of its own: given the
+# message's index in the batch, the refused message and the error, return a replacement to
+# produce in its place, or None to skip it.
+OnRejected = Callable[[int, OutMessage, str], "OutMessage | None"]
+
+# Errors produce() raises for one message (its size, its contents), never for the client's state:
+# a restart cannot fix them, so they must not stop the batch.
+_MESSAGE_ERRORS = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError._INVALID_ARG,
+                             KafkaError.INVALID_RECORD, KafkaError._BAD_MSG})
+
+
+def produce_all(producer: Producer, messages: Sequence[OutMessage], on_rejected: OnRejected | None = None) -> int:
     """Queue messages in order on a confluent-kafka producer; returns how many. When the local
-    queue is full, waits for librdkafka to send (never drops)."""
+    queue is full, waits for librdkafka to send (never drops). A message refused for a property
+    of its own goes to `on_rejected` (without one, the KafkaException propagates); any other
+    refusal (fenced, a transaction's state) propagates as KafkaException."""
     produce = producer.produce
     count = 0
-    for topic, key, value, headers in messages:
-        while True:
+    for index, message in enumerate(messages):
+        current: OutMessage | None = message
+        while current is not None:
+            topic, key, value, headers = current
             try:
                 # Positional arguments, headers only when there are any: keyword parsing cost
                 # about 0.9 us a message, and most messages are headerless predictions.
@@ -45,10 +60,15 @@ def produce_all(producer: Producer, messages: Iterable[OutMessage]) -> int:
                     produce(topic, value, key)
                 else:
                     produce(topic, value, key, headers=headers)
-                break
+                count += 1
+                current = None
             except BufferError:
                 time.sleep(0.005)
-        count += 1
+            except KafkaException as exc:
+                err = exc.args[0]
+                if on_rejected is None or err.code() not in _MESSAGE_ERRORS:
+                    raise
+                current = on_rejected(index, current, err.str())
     return count
 
 
@@ -81,9 +101,10 @@ class AsyncProducer:
         while not self._stop.is_set():
             self._producer.poll(0.1)
 
-    def send_batch(self, messages: Iterable[OutMessage]) -> int:
-        """Queue messages in order; returns how many. Blocks briefly only if the local queue is full."""
-        return produce_all(self._producer, messages)
+    def send_batch(self, messages: Sequence[OutMessage], on_rejected: OnRejected | None = None) -> int:
+        """Queue messages in order; returns how many. Blocks briefly only if the local queue is
+        full. A message refused for a property of its own goes to `on_rejected` (see produce_all)."""
+        return produce_all(self._producer, messages, on_rejected)
 
     async def wait_acknowledged(self, timeout: float = 120.0) -> None:
         """Wait until every message queued so far is acknowledged; DeliveryError if one failed."""

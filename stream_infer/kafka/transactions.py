@@ -41,14 +41,14 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TypeVar
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
-from stream_infer.kafka.producer import OutMessage, produce_all
+from stream_infer.kafka.producer import OnRejected, OutMessage, produce_all
 
 log = logging.getLogger(__name__)
 _client_log = logging.getLogger("stream_infer.kafka.client")
@@ -172,7 +172,7 @@ class TransactionalProducer:
             self._producer.begin_transaction()
             self._open = True
 
-    def send_batch(self, messages: Iterable[OutMessage]) -> int:
+    def send_batch(self, messages: Sequence[OutMessage], on_rejected: OnRejected | None = None) -> int:
         """Produce outputs into the open transaction (opened if none is); returns how many.
 
         If the transaction has failed already (say messages timed out while a broker failed
@@ -182,7 +182,7 @@ class TransactionalProducer:
             return 0
         try:
             self._begin()
-            return produce_all(self._producer, messages)
+            return produce_all(self._producer, messages, on_rejected)
         except KafkaException as exc:
             err = exc.args[0]
             if _fenced(err):
