@@ -50,7 +50,7 @@ class InputRecord:
     partition: int
     offset: int
     timestamp_ms: int
-    headers: tuple[tuple[str, bytes], ...] = ()
+    headers: tuple[tuple[str, bytes], ...] | None = ()  # None: present but unreadable (not UTF-8 names)
 
     @property
     def source(self) -> dict:

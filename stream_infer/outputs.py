@@ -8,7 +8,9 @@ Contract:
   :class:`DeadLetter` it carries, or None for a per-batch summary);
 * a dead letter is bounded whatever the input: an oversized value or key is cut to an excerpt of
   at most :data:`EXCERPT_BYTES` (headers `x-dlq-value-bytes` / `x-dlq-key-bytes` give the
-  original sizes), and input headers are copied only up to :data:`HEADER_BUDGET_BYTES` in all;
+  original sizes), and input headers are copied only up to :data:`HEADER_BUDGET_BYTES` in all
+  (`x-dlq-headers-dropped` counts the rest, or says `unreadable` when the client could not
+  decode them);
 * input headers cannot pose as the worker's: any whose name starts with `x-dlq-` or
   `x-source-` is copied as `x-original-<name>`, so the worker's `x-dlq-*` and `x-source-*`
   headers are the only ones under those names;
@@ -159,9 +161,12 @@ class OutputWriter:
                          "key_bytes": len(message[1] or b""), "value_bytes": len(message[2])})
 
 
-def _input_headers(headers: Sequence[tuple[str, bytes]]) -> tuple[list[tuple[str, bytes]], int]:
+def _input_headers(headers: Sequence[tuple[str, bytes]] | None) -> tuple[list[tuple[str, bytes]], int | str]:
     """Input headers to copy into a dead letter (reserved names prefixed with `x-original-`,
-    within the budget) and how many were dropped."""
+    within the budget) and how many were dropped ("unreadable": the client could not decode
+    them, see stream_infer.kafka.consumer)."""
+    if headers is None:
+        return [], "unreadable"
     copied: list[tuple[str, bytes]] = []
     budget = HEADER_BUDGET_BYTES
     for name, value in headers:

@@ -302,11 +302,22 @@ class BatchConsumer:
 
 
 def records_from_messages(messages: list[Message]) -> list[InputRecord]:
-    """The pipeline's client-free view of consumed messages (timestamps in ms)."""
+    """The pipeline's client-free view of consumed messages (timestamps in ms). Headers that
+    cannot be read (see :func:`_headers`) come as None; the message itself is kept."""
     return [
-        InputRecord(m.key(), m.value(), m.topic(), m.partition(), m.offset(), m.timestamp()[1], tuple(m.headers() or ()))
+        InputRecord(m.key(), m.value(), m.topic(), m.partition(), m.offset(), m.timestamp()[1], _headers(m))
         for m in messages
     ]
+
+
+def _headers(message: Message) -> tuple[tuple[str, bytes], ...] | None:
+    """A message's headers; None when confluent-kafka cannot decode them (a header name that is
+    not UTF-8 raises SystemError from inside `headers()`): the worker does not use headers to
+    process an event, so such a record is processed, and its dead letter (if any) says so."""
+    try:
+        return tuple(message.headers() or ())
+    except (SystemError, UnicodeDecodeError):
+        return None
 
 
 def _usable(msg: Message) -> bool:

@@ -20,6 +20,7 @@ from stream_infer.config import Config
 from stream_infer.kafka.consumer import records_from_messages
 from stream_infer.pipeline import Pipeline
 from stream_infer.runtime.checkpointing import Checkpointing, exit_for_restart
+from stream_infer.runtime.source import message_bytes
 from stream_infer.runtime.monitor import LagMonitor
 from stream_infer.runtime.rebalance import RebalanceHandler
 from stream_infer.runtime.source import BatchSource
@@ -54,8 +55,14 @@ class PipelineRunner:
     async def agent(self, batches) -> None:
         async for messages, epochs, fetched_at in batches:
             self.source.queued_events -= len(messages)
+            self.source.queued_bytes -= message_bytes(messages)
             try:
                 await self._handle(messages, epochs, fetched_at)
+            except Exception:
+                # Whatever failed, these messages were fetched and not processed: an agent that
+                # carried on (Faust restarts a crashed agent) would commit past them. A restart
+                # resumes from the committed offsets instead.
+                exit_for_restart("batch failed")
             finally:
                 if self.source.queued_events == 0:
                     self.source.agent_free.set()
@@ -87,7 +94,9 @@ class PipelineRunner:
                     source.note_batch_start(r.partition, r.offset, r.timestamp_ms)
             metrics.BATCH_SIZE.labels(self.name).observe(len(records))
             metrics.BATCH_WAIT_SECONDS.labels(self.name).observe(time.monotonic() - fetched_at)
-            if len(self.pipeline.unacknowledged) >= self.pipeline.config.batching.max_in_flight_events:
+            batching, pipeline = self.pipeline.config.batching, self.pipeline
+            if (len(pipeline.unacknowledged) >= batching.max_in_flight_events
+                    or pipeline.unacknowledged_bytes >= batching.max_in_flight_bytes):
                 await self.checkpointing.settle_locked()  # bounded memory: outputs in the producer's queue
             try:
                 await self.pipeline.submit(records, fetched_at)
