@@ -136,6 +136,17 @@ class BatchingConfig(_Strict):
         50_000, ge=1, le=10_000_000,
         description="Events fetched but not yet acknowledged; at this bound the worker pauses its partitions until half drained.",
     )
+    max_in_flight_mb: float = Field(
+        64.0, gt=0, le=65_536,
+        description=(
+            "The same bound in megabytes of fetched values (after decompression): large values pause the partitions "
+            "long before max_in_flight_events does."
+        ),
+    )
+
+    @property
+    def max_in_flight_bytes(self) -> int:
+        return int(self.max_in_flight_mb * 1024 * 1024)
 
     @property
     def latency_budget_s(self) -> float:

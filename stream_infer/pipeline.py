@@ -131,6 +131,7 @@ class Pipeline:
         # Records whose outputs are queued but not known to be acknowledged yet, and their batches.
         self.unacknowledged: list[InputRecord] = []
         self.unacknowledged_batches = 0
+        self.unacknowledged_bytes = 0  # their values' bytes: what the in-flight byte bound counts
         self.acknowledged_events = self.acknowledged_batches = 0  # monotonic: the worker's in-flight count subtracts them
         # Measured seconds by batch size, of inference (calibrated at start) and of the whole batch
         # path on the event loop (live batches only): the batching controller reads both.
@@ -244,6 +245,7 @@ class Pipeline:
         self.batch_cost.observe(len(records), time.perf_counter() - started)
         self.unacknowledged.extend(records)
         self.unacknowledged_batches += 1
+        self.unacknowledged_bytes += sum(map(len, filter(None, [r.value for r in records])))
         return result
 
     async def _submit_overlapped(self, records: Sequence[InputRecord], arrival: float) -> BatchResult:
@@ -317,6 +319,7 @@ class Pipeline:
         self.acknowledged_batches += self.unacknowledged_batches
         self.unacknowledged = []
         self.unacknowledged_batches = 0
+        self.unacknowledged_bytes = 0
 
     def prepare(self, records: Sequence[InputRecord]) -> PreparedBatch:
         """Skip replays below a restored checkpoint, decode, validate, featurize (updates state)."""

@@ -44,6 +44,7 @@ class BatchSource:
         self.fetched_events = self.fetched_batches = 0
         self.dropped_events = self.dropped_batches = 0
         self.queued_events = 0  # in the channel, not yet taken by the agent
+        self.queued_bytes = 0  # their values' bytes
         self.full_fetches = 0  # fetches that filled the batch size (the controller reads it)
         # Set while the agent has no batch in hand: in latency mode the source fetches only then.
         self.agent_free = asyncio.Event()
@@ -77,17 +78,28 @@ class BatchSource:
         consumer = self.consumer
         max_wait = self.pc.batching.max_wait_ms / 1000
         bound = self.pc.batching.max_in_flight_events
+        byte_bound = self.pc.batching.max_in_flight_bytes
+
+        # A batch holds at most about an eighth of the byte bound: with large values the batch is
+        # cut to fewer events (by the mean value size seen, which rises at once and falls slowly).
+        batch_bytes = byte_bound / 8
+        value_bytes = 0.0
 
         def fetch():
-            messages = consumer.next_batch(self.batch_size, linger=self.linger, max_wait=max_wait,
+            nonlocal value_bytes
+            size = self.batch_size if value_bytes <= 0 else max(1, min(self.batch_size, int(batch_bytes / value_bytes)))
+            messages = consumer.next_batch(size, linger=self.linger, max_wait=max_wait,
                                            coalesce=self.coalesce, coalesce_events=COALESCE_EVENTS)
+            if messages:
+                mean = message_bytes(messages) / len(messages)
+                value_bytes = mean if mean > value_bytes else 0.8 * value_bytes + 0.2 * mean
             # Read on this thread right after the fetch: the epochs the messages belong to.
             return messages, consumer.ownership().epochs
 
         try:
             while not self.stopping:
-                if self.in_flight()[0] >= bound:
-                    await self._pause_until_drained(bound, drain)
+                if self.in_flight()[0] >= bound or self.in_flight_bytes() >= byte_bound:
+                    await self._pause_until_drained(bound, byte_bound, drain)
                 if self.latency_mode():
                     # Fetch only when the agent is free: what arrived while it worked is the next
                     # batch. Fetched earlier, a small batch would queue behind the one in hand,
@@ -101,6 +113,7 @@ class BatchSource:
                     self.fetched_events += len(messages)
                     self.fetched_batches += 1
                     self.queued_events += len(messages)
+                    self.queued_bytes += message_bytes(messages)
                     self.agent_free.clear()
                     await send((messages, epochs, time.monotonic()))
         finally:
@@ -124,17 +137,24 @@ class BatchSource:
         batches = self.fetched_batches - self.dropped_batches - self.pipeline.acknowledged_batches
         return events, batches
 
-    async def _pause_until_drained(self, bound: int, drain: Callable[[], Awaitable[None]]) -> None:
+    def in_flight_bytes(self) -> int:
+        """Bytes of the values fetched and not yet acknowledged: queued for the agent, or submitted
+        with their outputs unacknowledged (the pipeline keeps those records until the acks)."""
+        return self.queued_bytes + self.pipeline.unacknowledged_bytes
+
+    async def _pause_until_drained(self, bound: int, byte_bound: int, drain: Callable[[], Awaitable[None]]) -> None:
         """Backpressure: stop fetching (the backlog waits in Kafka) until in-flight work is half
-        drained; once the agent has taken every queued batch, `drain` (acks or a commit)."""
+        drained, in events and in bytes; once the agent has taken every queued batch, `drain`
+        (acks or a commit)."""
         assert self.consumer is not None
         partitions = await self.call(self.consumer.pause)
         metrics.PAUSES.labels(self.name).inc()
         metrics.PAUSED_PARTITIONS.labels(self.name).set(len(partitions))
         log.info("partitions paused: in-flight bound reached",
-                 extra={"pipeline": self.name, "in_flight_events": self.in_flight()[0], "bound": bound})
+                 extra={"pipeline": self.name, "in_flight_events": self.in_flight()[0], "bound": bound,
+                        "in_flight_bytes": self.in_flight_bytes(), "byte_bound": byte_bound})
         try:
-            while not self.stopping and self.in_flight()[0] > bound // 2:
+            while not self.stopping and (self.in_flight()[0] > bound // 2 or self.in_flight_bytes() > byte_bound // 2):
                 if self.queued_events == 0:
                     await drain()
                 else:
@@ -153,3 +173,8 @@ class BatchSource:
                 log.warning("consumer did not close within %.0f s; exiting anyway (the group moves its partitions "
                             "after the session timeout)", timeout, extra={"pipeline": self.name})
         self.thread.shutdown(wait=False)
+
+
+def message_bytes(messages: list) -> int:
+    """The values' bytes of fetched messages (len() of a confluent-kafka Message is its value's)."""
+    return sum(map(len, messages))
