@@ -17,7 +17,8 @@ from stream_infer.state import KeyState
 from support import RecordingProducer
 
 ROOT = Path(__file__).resolve().parent.parent
-ENGINES = next(p for p in load_config(ROOT / "stream_infer" / "configs" / "demo.toml").pipelines if p.name == "engines")
+DEMO_ENGINES = next(p for p in load_config(ROOT / "stream_infer" / "configs" / "demo.toml").pipelines if p.name == "engines")
+ENGINES = DEMO_ENGINES.model_copy(update={"sequence_field": "cycle"})
 
 
 def _unit_events(unit: int, count: int) -> list[tuple[bytes, bytes]]:

@@ -8,6 +8,7 @@ from stream_infer import __version__
 from stream_infer.cli.bench_cmd import bench
 from stream_infer.cli.demo_cmd import demo
 from stream_infer.cli.faults_cmd import faults
+from stream_infer.cli.fuzz_cmd import fuzz
 from stream_infer.cli.kafka_cmd import kafka
 from stream_infer.cli.lag_cmd import lag
 from stream_infer.cli.replay_cmd import replay
@@ -48,3 +49,4 @@ main.add_command(replay)
 main.add_command(bench)
 main.add_command(lag)
 main.add_command(faults)
+main.add_command(fuzz)
