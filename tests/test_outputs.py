@@ -24,8 +24,8 @@ CONFIG = load_config(ROOT / "stream_infer" / "configs" / "demo.toml")
 ENGINES = next(p for p in CONFIG.pipelines if p.name == "engines")
 
 
-def _record(key: bytes | None, value: bytes | None, offset: int = 7, headers=()) -> InputRecord:
-    return InputRecord(key=key, value=value, topic="in", partition=3, offset=offset, timestamp_ms=1_700_000_000_000, headers=tuple(headers))
+def _record(key: bytes | None, value: bytes | None, offset: int = 7, headers: tuple | list | None = ()) -> InputRecord:
+    return InputRecord(key=key, value=value, topic="in", partition=3, offset=offset, timestamp_ms=1_700_000_000_000, headers=None if headers is None else tuple(headers))
 
 
 def _writer() -> OutputWriter:
@@ -116,3 +116,29 @@ def test_readme_lists_exactly_the_reasons_the_code_gives() -> None:
     reasons = re.sub(r"\([^)]*\)", "", paragraph.split("Each is counted")[0])  # not the explanations
     listed = re.findall(r"`([a-z_]+)`", reasons)
     assert sorted(listed) == sorted(REASONS)
+
+
+def test_unreadable_input_headers_are_named_in_the_dead_letter() -> None:
+    """Headers the client could not decode (None) are not copied; the dead letter says so."""
+    _, _, _, headers = _writer().dead_letter(DeadLetter(_record(b"1", b"{", headers=None), "invalid_json", "bad"))
+    found = dict(headers)
+    assert found["x-dlq-headers-dropped"] == b"unreadable"
+    assert all(name.startswith(("x-dlq-", "x-source-")) for name, _ in headers)
+
+
+def test_in_flight_bytes_count_the_values_until_acknowledged() -> None:
+    """What the byte backpressure reads: the values of submitted records, back to 0 once acknowledged."""
+    good = _events(30)
+    pipeline = Pipeline(ENGINES, RecordingProducer(), changelog=None)  # type: ignore[arg-type]
+    try:
+        records = [_record(k, v, offset) for offset, (k, v) in enumerate(good)] + [_record(b"1", None, 99)]
+
+        async def submit_then_ack() -> tuple[int, int]:
+            await pipeline.submit(records, time.monotonic())
+            held = pipeline.unacknowledged_bytes
+            await pipeline.wait_acknowledged()
+            return held, pipeline.unacknowledged_bytes
+
+        assert asyncio.run(submit_then_ack()) == (sum(len(v) for _, v in good), 0)
+    finally:
+        pipeline.close()
