@@ -30,6 +30,7 @@ from stream_infer.faults.traffic import DELIVERY_TIMEOUT_MS, Feeder, PredictionW
 from stream_infer.faults.workers import WorkerPool
 from stream_infer.kafka import local
 from stream_infer.kafka.admin import admin_client, create_topics, group_lag
+from stream_infer.kafka.retrying import retry_kafka
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +155,11 @@ class Trial:
     # --- the broker -----------------------------------------------------------------------------
 
     def input_leaders(self) -> dict[int, int]:
-        """Input partition -> id of the broker leading it now."""
-        meta = self._admin.list_topics(self.pipeline.input_topic, timeout=10).topics[self.pipeline.input_topic]
+        """Input partition -> id of the broker leading it now (retried while a loaded cluster is
+        slow to answer: the trial's own read must not fail the trial)."""
+        topic = self.pipeline.input_topic
+        meta = retry_kafka(lambda: self._admin.list_topics(topic, timeout=10), timeout=60,
+                           what="reading the input topic's leaders").topics[topic]
         return {p: info.leader for p, info in meta.partitions.items()}
 
     def kill_broker(self, node_id: int) -> float:
@@ -211,8 +215,9 @@ class Trial:
         }
 
     def group_coordinator(self) -> int:
-        """Id of the broker coordinating the consumer group."""
-        description = self._admin.describe_consumer_groups([self.group], request_timeout=10)[self.group].result(10)
+        """Id of the broker coordinating the consumer group (retried as input_leaders is)."""
+        description = retry_kafka(lambda: self._admin.describe_consumer_groups([self.group], request_timeout=10)[self.group].result(10),
+                                  timeout=60, what="describing the consumer group")
         return description.coordinator.id
 
     def wait_group(self, members: int, timeout: float) -> dict[str, set[int]]:
