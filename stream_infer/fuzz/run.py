@@ -783,12 +783,10 @@ def burst_phase(settings: FuzzSettings, bootstrap: str) -> BurstResult:
         _drain(out, worker, watcher, engines, settings.partitions, settings.poison_burst,
                started, started + settings.drain_timeout_s, every=0.2)
     except Exception as err:
-        out.error = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+        out.error = _first_line(err)
     finally:
         watcher.close()
-        out.stop_status = worker.stop()
-    if out.exited or out.stop_status != 0:
-        out.error = (out.error or "") + f" worker log tail:\n{worker.log_tail(15)}"
+        _stopped(out, worker)
     return out
 
 
@@ -848,12 +846,10 @@ def keys_phase(settings: FuzzSettings, bootstrap: str, max_keys: int) -> KeysRes
             out.state_keys = _metric(text, 'stream_infer_state_keys{pipeline="engines"}')
             out.evictions = _metric(text, 'stream_infer_state_evictions_total{pipeline="engines",reason="max_keys"}')
     except Exception as err:
-        out.error = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+        out.error = _first_line(err)
     finally:
         watcher.close()
-        out.stop_status = worker.stop()
-    if out.exited or out.stop_status != 0:
-        out.error = (out.error or "") + f" worker log tail:\n{worker.log_tail(15)}"
+        _stopped(out, worker)
     return out
 
 
@@ -895,3 +891,15 @@ def _drain(out: BurstResult | KeysResult, worker: WorkerProcess, watcher: Consum
     out.seconds = time.monotonic() - started
     out.exited = worker.proc.poll() is not None
     out.peak_rss_mb = 0.0 if out.exited else peak_rss_mb(worker.proc.pid)
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+
+
+def _stopped(out: BurstResult | KeysResult, worker: WorkerProcess) -> None:
+    """Stop the phase's worker; its status goes to `out`, with the log's tail in `out.error`
+    when it exited on its own or stopped badly."""
+    out.stop_status = worker.stop()
+    if out.exited or out.stop_status != 0:
+        out.error = (out.error or "") + f" worker log tail:\n{worker.log_tail(15)}"
