@@ -20,8 +20,8 @@ import logging
 import time
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, IsolationLevel, KafkaError, TopicPartition
-from confluent_kafka.admin import OffsetSpec
+from confluent_kafka import OFFSET_BEGINNING, Consumer, IsolationLevel, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from stream_infer.kafka.admin import admin_client, create_topics
 from stream_infer.kafka.retrying import retry_kafka
@@ -87,16 +87,29 @@ class Changelog:
         checkpoint (its commit markers follow in milliseconds) or one that died inside it (the
         coordinator aborts it after its transaction.timeout.ms). Reading before it ends would
         stop at its first record, and a checkpoint it commits would be missed."""
-        admin = admin_client(self.bootstrap)
         deadline = time.monotonic() + self.settle_timeout
         tps = [TopicPartition(self.topic, p) for p in partitions]
+        # A failed attempt replaces the client: an admin client keeps sending the leader epoch
+        # of its first metadata, so once the partitions' leader epoch moves on (a leader
+        # re-elected) each of its requests fails with FENCED_LEADER_EPOCH until it is replaced.
+        admin: list[AdminClient] = []
+
+        def end_offsets() -> dict[IsolationLevel, dict[int, int]]:
+            if not admin:
+                admin.append(admin_client(self.bootstrap))
+            try:
+                return {
+                    level: {tp.partition: f.result().offset for tp, f in admin[0].list_offsets(
+                        {tp: OffsetSpec.latest() for tp in tps}, isolation_level=level, request_timeout=10).items()}
+                    for level in (IsolationLevel.READ_UNCOMMITTED, IsolationLevel.READ_COMMITTED)
+                }
+            except KafkaException:
+                admin.clear()
+                raise
+
         waited = False
         while True:
-            ends = retry_kafka(lambda: {
-                level: {tp.partition: f.result().offset for tp, f in admin.list_offsets(
-                    {tp: OffsetSpec.latest() for tp in tps}, isolation_level=level, request_timeout=10).items()}
-                for level in (IsolationLevel.READ_UNCOMMITTED, IsolationLevel.READ_COMMITTED)
-            }, timeout=max(1.0, deadline - time.monotonic()), what=f"reading the end offsets of {self.topic}")
+            ends = retry_kafka(end_offsets, timeout=max(1.0, deadline - time.monotonic()), what=f"reading the end offsets of {self.topic}")
             open_ = [p for p in partitions if ends[IsolationLevel.READ_COMMITTED][p] < ends[IsolationLevel.READ_UNCOMMITTED][p]]
             if not open_:
                 if waited:
