@@ -42,8 +42,12 @@ def kafka() -> None:
               help="Number of combined broker+controller nodes; 3 allows replication factor 3.")
 @click.option("--timeout", type=float, default=local.READY_TIMEOUT_S, show_default=True,
               help="Seconds to wait for the cluster to answer before giving up.")
+@click.option("--secure", is_flag=True,
+              help="TLS (a CA made in the state dir), SCRAM users admin and svc, a mutual-TLS listener "
+              "and an authorizer; client settings are written to <state-dir>/client.properties, "
+              "admin.properties and client-mtls.properties. A state dir stays secure or plain.")
 @state_dir_option
-def up(port: int, nodes: int, timeout: float, state_dir: Path | None) -> None:
+def up(port: int, nodes: int, timeout: float, secure: bool, state_dir: Path | None) -> None:
     """Start the cluster and wait until it answers a metadata request.
 
     The bootstrap address is the last line of stdout, so scripts can use `| tail -1`.
@@ -51,7 +55,7 @@ def up(port: int, nodes: int, timeout: float, state_dir: Path | None) -> None:
     directory = _state_dir(state_dir)
     started = time.monotonic()
     try:
-        cluster, started_now = local.up(directory, port=port, nodes=nodes, timeout=timeout)
+        cluster, started_now = local.up(directory, port=port, nodes=nodes, timeout=timeout, secure=secure)
     except KafkaSetupError as err:
         _fail(err)
     elapsed = time.monotonic() - started
@@ -62,6 +66,12 @@ def up(port: int, nodes: int, timeout: float, state_dir: Path | None) -> None:
         )
     else:
         click.echo(f"Apache Kafka is already running from {directory.resolve()}")
+    if cluster.secure:
+        root = directory.resolve()
+        click.echo(f"secure: SASL_SSL (SCRAM-SHA-512) at the address below; mutual TLS at {cluster.mtls_bootstrap}")
+        click.echo(f"  service User:svc: {root / 'client.properties'} (kcat -F; SCRAM needs librdkafka >= 2.6.1), "
+                   f"by certificate: {root / 'client-mtls.properties'}")
+        click.echo(f"  super user User:admin: {root / 'admin.properties'}")
     click.echo(cluster.bootstrap)
 
 
@@ -90,9 +100,15 @@ def status(as_json: bool, state_dir: Path | None) -> None:
         click.echo(f"no local Kafka recorded in {info['state_dir']}")
     else:
         state = "running" if info["running"] else "NOT running"
-        click.echo(f"Apache Kafka {info['version']} {state} at {info['bootstrap']} ({info['brokers_answering']} broker(s) answering)")
+        secure = " (secure)" if info.get("secure") else ""
+        click.echo(
+            f"Apache Kafka {info['version']} {state} at {info['bootstrap']}{secure} "
+            f"({info['brokers_answering']} broker(s) answering)"
+        )
         for node in info["nodes"]:
-            click.echo(f"  node {node['node_id']}: port {node['port']} pid {node['pid']} {'alive' if node['alive'] else 'stopped'}")
+            mtls = f" mtls port {node['mtls_port']}" if node.get("mtls_port") else ""
+            alive = "alive" if node["alive"] else "stopped"
+            click.echo(f"  node {node['node_id']}: port {node['port']}{mtls} pid {node['pid']} {alive}")
     sys.exit(0 if info["running"] else 3)
 
 

@@ -6,6 +6,9 @@ the ports and PIDs so that `down` and `status` (in another process) find what `u
 
 Contract of :func:`up`: returns only once the cluster answers a metadata request listing every
 node; data in the state directory survives `down` unless wiped.
+
+`up(..., secure=True)` starts a secured cluster instead (TLS, SCRAM, mutual TLS, an authorizer);
+:mod:`stream_infer.kafka.local_security` makes its material and describes what it writes.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stream_infer.kafka.jars import (
     KafkaSetupError,
@@ -31,6 +35,9 @@ from stream_infer.kafka.jars import (
     kafka_version,
 )
 from stream_infer.ports import port_is_free
+
+if TYPE_CHECKING:  # imported lazily: only a secure cluster needs it (and the cryptography package)
+    from stream_infer.kafka import local_security
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +63,7 @@ class Node:
     port: int
     controller_port: int
     pid: int | None = None
+    mtls_port: int | None = None  # secure clusters only: the SSL listener requiring a client certificate
 
     def directory(self, state_dir: Path) -> Path:
         return state_dir / f"node-{self.node_id}"
@@ -67,10 +75,17 @@ class Cluster:
     cluster_id: str
     nodes: list[Node] = field(default_factory=list)
     version: str = ""
+    secure: bool = False
 
     @property
     def bootstrap(self) -> str:
+        """Client listener addresses (SASL_SSL on a secure cluster)."""
         return ",".join(f"{HOST}:{n.port}" for n in self.nodes)
+
+    @property
+    def mtls_bootstrap(self) -> str:
+        """Mutual-TLS listener addresses of a secure cluster; empty for a plain one."""
+        return ",".join(f"{HOST}:{n.mtls_port}" for n in self.nodes if n.mtls_port)
 
     def save(self) -> None:
         data = asdict(self)
@@ -153,23 +168,34 @@ def _is_our_broker(pid: int, node_dir: Path) -> bool:
     return str(node_dir / "server.properties") in cmdline
 
 
-def _node_properties(node: Node, cluster: Cluster) -> str:
+def _node_properties(node: Node, cluster: Cluster, security: local_security.Material | None = None) -> str:
     n = len(cluster.nodes)
     replication = min(3, n)
     min_isr = min(2, n)
     voters = ",".join(f"{x.node_id}@{HOST}:{x.controller_port}" for x in cluster.nodes)
     data_dir = node.directory(cluster.state_dir) / "data"
+    if security is None:
+        listeners = [
+            f"listeners=PLAINTEXT://{HOST}:{node.port},CONTROLLER://{HOST}:{node.controller_port}",
+            f"advertised.listeners=PLAINTEXT://{HOST}:{node.port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        ]
+    else:
+        assert node.mtls_port is not None, "a secure cluster plans an mTLS port per node"
+        from stream_infer.kafka import local_security
+
+        listeners = local_security.listener_properties(
+            security, host=HOST, client_port=node.port, mtls_port=node.mtls_port, controller_port=node.controller_port
+        )
     return "\n".join(
         [
             "# Written by `stream-infer kafka up`; rewritten on every start.",
             "process.roles=broker,controller",
             f"node.id={node.node_id}",
             f"controller.quorum.voters={voters}",
-            f"listeners=PLAINTEXT://{HOST}:{node.port},CONTROLLER://{HOST}:{node.controller_port}",
-            f"advertised.listeners=PLAINTEXT://{HOST}:{node.port}",
-            "controller.listener.names=CONTROLLER",
-            "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            *listeners,
             f"log.dirs={data_dir}",
             "num.partitions=1",
             f"default.replication.factor={replication}",
@@ -237,18 +263,26 @@ def _java_base(java: str, jars: Path, node_dir: Path) -> list[str]:
     ]
 
 
-def _format_storage(java: str, jars: Path, cluster: Cluster) -> None:
-    """Format each node's log dir once (KRaft requires it); already formatted dirs are left alone."""
+def _is_formatted(node: Node, state_dir: Path) -> bool:
+    return (node.directory(state_dir) / "data" / "meta.properties").exists()
+
+
+def _format_storage(java: str, jars: Path, cluster: Cluster, extra_args: list[str] | None = None) -> None:
+    """Format each node's log dir once (KRaft requires it); already formatted dirs are left alone.
+
+    extra_args go to every node's format command (the secure cluster's SCRAM users).
+    """
     procs = []
     for node in cluster.nodes:
         node_dir = node.directory(cluster.state_dir)
-        if (node_dir / "data" / "meta.properties").exists():
+        if _is_formatted(node, cluster.state_dir):
             continue
         cmd = _java_base(java, jars, node_dir) + [
             "kafka.tools.StorageTool", "format",
             f"--cluster-id={cluster.cluster_id}",
             "-c", str(node_dir / "server.properties"),
             "--ignore-formatted",
+            *(extra_args or []),
         ]
         procs.append((node, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
     for node, proc in procs:  # in parallel: each is a JVM start of ~2 s
@@ -263,12 +297,16 @@ def _tail(path: Path, lines: int = 25) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def _metadata_brokers(bootstrap: str, timeout: float) -> int:
-    """How many brokers a metadata request returns (0 if the cluster does not answer)."""
+def _metadata_brokers(bootstrap: str, timeout: float, settings: dict[str, str] | None = None) -> int:
+    """How many brokers a metadata request returns (0 if the cluster does not answer).
+
+    settings: client settings added to the request's (a secure cluster's admin credentials).
+    """
     from confluent_kafka.admin import AdminClient
 
     # log_level 0: "connection refused" while the broker boots is the expected answer, not news.
-    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.connection.setup.timeout.ms": 2000, "log_level": 0})
+    config = {"bootstrap.servers": bootstrap, "socket.connection.setup.timeout.ms": 2000, "log_level": 0}
+    admin = AdminClient({**config, **(settings or {}), "bootstrap.servers": bootstrap})
     try:
         return len(admin.list_topics(timeout=timeout).brokers)
     except Exception:  # KafkaException on timeout: "not ready yet" is the answer
@@ -285,6 +323,24 @@ def _new_cluster_id() -> str:
             return cluster_id
 
 
+def admin_settings(cluster: Cluster) -> dict[str, str]:
+    """Client settings for a request as a super user: the admin's credentials on a secure cluster
+    (bootstrap.servers included), none on a plain one."""
+    if not cluster.secure:
+        return {}
+    from stream_infer.kafka import local_security
+
+    return local_security.admin_settings(cluster.state_dir)
+
+
+def _grant_service_acls(cluster: Cluster, admin_settings: dict[str, str]) -> None:
+    """Grant the service principal User:svc the ACLs the worker needs on a secure cluster.
+
+    Called by :func:`up` once a secure cluster it started answers; admin_settings are the super
+    user's librdkafka settings (bootstrap.servers included). For now svc is given no ACLs.
+    """
+
+
 def running_cluster(state_dir: Path) -> Cluster | None:
     """The cluster recorded in state_dir if any of its nodes is alive, else None."""
     cluster = Cluster.load(state_dir)
@@ -293,14 +349,38 @@ def running_cluster(state_dir: Path) -> Cluster | None:
     return None
 
 
-def up(state_dir: Path, *, port: int = DEFAULT_PORT, nodes: int = 1, timeout: float = READY_TIMEOUT_S) -> tuple[Cluster, bool]:
-    """Start (or find running) a local cluster. Returns (cluster, started_now)."""
+def _secure_mismatch(state_dir: Path, recorded: bool, running: bool) -> KafkaSetupError:
+    state = "is running" if running else "holds"
+    kind, other = ("secure", "with --secure") if recorded else ("plain", "without --secure")
+    return KafkaSetupError(
+        f"{state_dir} {state} a {kind} cluster; start it {other}, or wipe it first "
+        f"(`stream-infer kafka down --wipe --state-dir {state_dir}`)."
+    )
+
+
+def up(
+    state_dir: Path,
+    *,
+    port: int = DEFAULT_PORT,
+    nodes: int = 1,
+    timeout: float = READY_TIMEOUT_S,
+    secure: bool = False,
+) -> tuple[Cluster, bool]:
+    """Start (or find running) a local cluster. Returns (cluster, started_now).
+
+    secure: TLS from a CA made in the state directory, SCRAM users admin and svc, a mutual-TLS
+    listener (``Cluster.mtls_bootstrap``) and an authorizer; clients find their settings in the
+    state directory's client.properties, admin.properties and client-mtls.properties. A state
+    directory stays plain or secure for its lifetime (a mismatch is an error).
+    """
     if nodes < 1:
         raise KafkaSetupError("--nodes must be at least 1")
     state_dir = state_dir.resolve()
     existing = running_cluster(state_dir)
     if existing:
-        if _metadata_brokers(existing.bootstrap, timeout=5) == 0:
+        if existing.secure != secure:
+            raise _secure_mismatch(state_dir, existing.secure, running=True)
+        if _metadata_brokers(existing.bootstrap, timeout=5, settings=admin_settings(existing)) == 0:
             raise KafkaSetupError(
                 f"a Kafka recorded in {state_dir} is running but does not answer; "
                 f"run `stream-infer kafka down --state-dir {state_dir}` and start again.\n"
@@ -317,9 +397,11 @@ def up(state_dir: Path, *, port: int = DEFAULT_PORT, nodes: int = 1, timeout: fl
             f"{state_dir} holds a {len(previous.nodes)}-node cluster; start it with --nodes "
             f"{len(previous.nodes)}, or wipe it first (`stream-infer kafka down --wipe --state-dir {state_dir}`)."
         )
+    if previous and previous.secure != secure:
+        raise _secure_mismatch(state_dir, previous.secure, running=False)
     # A restart keeps the cluster id (the data is formatted with it) and, when free, the ports.
     reuse = previous and port in (0, previous.nodes[0].port) and all(
-        port_is_free(n.port) and port_is_free(n.controller_port) for n in previous.nodes
+        port_is_free(p) for n in previous.nodes for p in (n.port, n.controller_port, n.mtls_port) if p is not None
     )
     if reuse:
         cluster = previous
@@ -329,15 +411,37 @@ def up(state_dir: Path, *, port: int = DEFAULT_PORT, nodes: int = 1, timeout: fl
             state_dir=state_dir,
             cluster_id=previous.cluster_id if previous else _new_cluster_id(),
             nodes=[Node(node_id=i + 1, port=c, controller_port=k) for i, (c, k) in enumerate(plan)],
+            secure=secure,
         )
+        if secure:  # one more listener per node, on a free port
+            taken = {p for c, k in plan for p in (c, k)}
+            for node in cluster.nodes:
+                node.mtls_port = free_port(taken)
+                taken.add(node.mtls_port)
     cluster.version = kafka_version()
 
+    security = None
+    format_args: list[str] = []
+    if secure:
+        from stream_infer.kafka import local_security
+
+        security = local_security.ensure_material(
+            state_dir, formatted=any(_is_formatted(n, state_dir) for n in cluster.nodes)
+        )
+        local_security.write_client_properties(
+            security, bootstrap=cluster.bootstrap, mtls_bootstrap=cluster.mtls_bootstrap
+        )
+        format_args = local_security.scram_format_args(security)
     for node in cluster.nodes:
         node_dir = node.directory(state_dir)
         node_dir.mkdir(parents=True, exist_ok=True)
-        (node_dir / "server.properties").write_text(_node_properties(node, cluster))
+        properties = _node_properties(node, cluster, security)
+        if security is None:
+            (node_dir / "server.properties").write_text(properties)
+        else:  # it holds the broker's private key
+            local_security.write_private(node_dir / "server.properties", properties)
         (node_dir / "log4j2.properties").write_text(_log4j_properties(node_dir))
-    _format_storage(java, jars, cluster)
+    _format_storage(java, jars, cluster, format_args)
 
     for node in cluster.nodes:
         node_dir = node.directory(state_dir)
@@ -362,7 +466,9 @@ def up(state_dir: Path, *, port: int = DEFAULT_PORT, nodes: int = 1, timeout: fl
                 f"Kafka node {dead[0].node_id} exited during start-up; the end of its log "
                 f"({node_dir / 'server.log'}):\n{_tail(node_dir / 'server.log')}\n{_tail(node_dir / 'stdout.log', 10)}"
             )
-        if _metadata_brokers(cluster.bootstrap, timeout=2) >= nodes:
+        if _metadata_brokers(cluster.bootstrap, timeout=2, settings=admin_settings(cluster)) >= nodes:
+            if secure:
+                _grant_service_acls(cluster, admin_settings(cluster))
             return cluster, True
         time.sleep(0.3)
     log_path = cluster.nodes[0].directory(state_dir) / "server.log"
@@ -419,11 +525,12 @@ def status(state_dir: Path) -> dict:
     if cluster is None:
         return {"state_dir": str(state_dir), "running": False, "nodes": []}
     alive = [pid_alive(n.pid) for n in cluster.nodes]
-    answering = _metadata_brokers(cluster.bootstrap, timeout=3) if any(alive) else 0
-    return {
+    answering = _metadata_brokers(cluster.bootstrap, timeout=3, settings=admin_settings(cluster)) if any(alive) else 0
+    info = {
         "state_dir": str(state_dir),
         "version": cluster.version or kafka_version(),
         "bootstrap": cluster.bootstrap,
+        "secure": cluster.secure,
         "running": all(alive) and answering >= len(cluster.nodes),
         "brokers_answering": answering,
         "nodes": [
@@ -431,3 +538,8 @@ def status(state_dir: Path) -> dict:
             for n, a in zip(cluster.nodes, alive)
         ],
     }
+    if cluster.secure:
+        info["mtls_bootstrap"] = cluster.mtls_bootstrap
+        for entry, node in zip(info["nodes"], cluster.nodes):
+            entry["mtls_port"] = node.mtls_port
+    return info
