@@ -4,7 +4,8 @@ Contract: :func:`load_config` returns a fully validated :class:`Config` or raise
 :class:`ConfigError` whose message names the offending key (``pipelines[0].batching.max_wait_ms``)
 and the problem. Relative file paths (model, schema) are resolved against the config file's folder,
 so a config works from any working directory. ``KAFKA_BOOTSTRAP_SERVERS`` overrides
-``kafka.bootstrap_servers``.
+``kafka.bootstrap_servers``; the connection's security settings are described in
+:mod:`stream_infer.kafka.connection`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Literal
 import fastjsonschema
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from stream_infer.kafka.connection import PROPERTIES_ENV, ConnectionSettingsError, KafkaConnection, resolve
 
 
 class ConfigError(ValueError):
@@ -44,6 +47,20 @@ class KafkaConfig(_Strict):
         ),
     )
     producer: dict[str, str | int | bool] = Field(default_factory=dict, description="Extra librdkafka producer settings.")
+    properties_file: Path | None = Field(
+        None,
+        description=(
+            "librdkafka properties file (the format `kcat -F` reads) with the connection's security settings; relative "
+            "to the config file. $STREAM_INFER_KAFKA_PROPERTIES or --kafka-properties replace it."
+        ),
+    )
+    client: dict[str, str | int | bool] = Field(
+        default_factory=dict,
+        description=(
+            "Connection settings inline ([kafka.client]: security.protocol, sasl.*, ssl.*, ...), over the properties "
+            "file's. A value may be ${env:NAME} or ${file:PATH}, so secrets stay out of the file."
+        ),
+    )
     session_timeout_ms: int = Field(
         10_000, ge=3_000, le=300_000,
         description=(
@@ -64,6 +81,12 @@ class KafkaConfig(_Strict):
     @property
     def min_insync_replicas_for_created_topics(self) -> int:
         return self.min_insync_replicas or min(2, self.replication_factor)
+
+    def connection(self) -> KafkaConnection:
+        """Bootstrap servers and connection settings for every client the worker creates (see
+        :mod:`stream_infer.kafka.connection`). Raises ConnectionSettingsError."""
+        explicit = self.bootstrap_servers if "bootstrap_servers" in self.model_fields_set else None
+        return resolve(bootstrap=explicit, properties_file=self.properties_file, inline=self.client)
 
 
 class WorkerConfig(_Strict):
@@ -318,8 +341,12 @@ def _key_path(loc: tuple) -> str:
     return out or "(top level)"
 
 
-def load_config(path: str | Path) -> Config:
-    """Read, validate and resolve a config file. Raises ConfigError with key and problem."""
+def load_config(path: str | Path, *, kafka_properties: str | Path | None = None) -> Config:
+    """Read, validate and resolve a config file. Raises ConfigError with key and problem.
+
+    `kafka_properties` (`--kafka-properties`), else $STREAM_INFER_KAFKA_PROPERTIES, replaces
+    `kafka.properties_file`; the connection settings are read and checked here, so a missing file
+    or environment variable fails the load."""
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text())
@@ -342,6 +369,14 @@ def load_config(path: str | Path) -> Config:
     kafka = config.kafka
     if env := os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         kafka = kafka.model_copy(update={"bootstrap_servers": env})
+    if properties := kafka_properties or os.environ.get(PROPERTIES_ENV):
+        kafka = kafka.model_copy(update={"properties_file": Path(properties).resolve()})
+    elif kafka.properties_file is not None:
+        kafka = kafka.model_copy(update={"properties_file": (base / kafka.properties_file).resolve()})
+    try:
+        kafka.connection()
+    except ConnectionSettingsError as err:
+        raise ConfigError(f"{path}: kafka: {err}") from None
     for i, p in enumerate(pipelines):
         for label, file in (("model", p.model), ("schema", p.schema_file)):
             if not file.is_file():

@@ -31,15 +31,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from stream_infer import metrics
 from stream_infer.checkpoint import CheckpointCommitter
 from stream_infer.config import Config
+from stream_infer.kafka.acls import worker_grants
 from stream_infer.kafka.admin import admin_client, create_topics
 from stream_infer.kafka.changelog import (
     Changelog,
     changelog_topic,
     ensure_changelog_topic,
 )
+from stream_infer.kafka.connection import ConnectionSettingsError, KafkaConnection
 from stream_infer.kafka.consumer import Ownership
+from stream_infer.kafka.preflight import ConnectionFailure, check_access, connect
 from stream_infer.kafka.producer import AsyncProducer
-from stream_infer.kafka.transactions import TransactionalProducer, instance_id
+from stream_infer.kafka.transactions import TransactionalProducer, TransactionFatal, instance_id
 from stream_infer.logs import setup_logging
 from stream_infer.pipeline import Pipeline
 from stream_infer.ports import port_is_free
@@ -85,7 +88,11 @@ def faust_broker_url(bootstrap: str) -> str:
     return ";".join(f"kafka://{b.strip()}" for b in bootstrap.split(",") if b.strip())
 
 
-def input_partitions(bootstrap: str, topic: str) -> int:
+# How long start-up waits for the cluster to answer before it exits with the reason.
+CONNECT_TIMEOUT_S = 10.0
+
+
+def input_partitions(bootstrap: KafkaConnection | str, topic: str) -> int:
     meta = admin_client(bootstrap).list_topics(timeout=15).topics.get(topic)
     if meta is None or meta.error is not None:
         raise StartupError(
@@ -103,29 +110,51 @@ class Worker:
         _check_port_free(config.worker.web_host, config.worker.web_port)
         self.exactly_once = config.worker.processing_guarantee == "exactly_once"
         self.instance = instance_id()
-        bootstrap = config.kafka.bootstrap_servers
+        try:
+            self.connection = config.kafka.connection()
+        except ConnectionSettingsError as err:
+            raise StartupError(str(err)) from None
+        bootstrap = self.connection.bootstrap
+        self._preflight()
         self.producer: AsyncProducer | None = None
         self.runners: dict[str, PipelineRunner] = {}
         try:
             if not self.exactly_once:
-                self.producer = AsyncProducer(bootstrap, dict(config.kafka.producer))
+                self.producer = AsyncProducer(self.connection, dict(config.kafka.producer))
             for pipeline in pipelines:
                 self.runners[pipeline.name] = self._connect(pipeline)
         except KafkaException as err:
             self.close()
             raise StartupError(f"cannot reach Kafka at {bootstrap}: {err.args[0].str()}") from None
+        except TransactionFatal as err:
+            self.close()
+            raise StartupError(str(err)) from None
         except StartupError:
             self.close()
             raise
         log.info("worker instance", extra={"instance": self.instance, "processing_guarantee": config.worker.processing_guarantee})
         self.app = self._build_app()
 
+    def _preflight(self) -> None:
+        """Connect, authenticate and check the ACLs before anything else touches the cluster, so
+        a wrong password, an untrusted certificate or a missing grant ends start-up within
+        seconds with the reason (StartupError), not as a client retrying forever."""
+        connection = self.connection
+        try:
+            admin = connect(connection, timeout=CONNECT_TIMEOUT_S)
+            principal = f"User:{connection.sasl_username}" if connection.sasl_username else ""
+            check_access(admin, worker_grants(self.config), principal_hint=principal)
+        except ConnectionFailure as err:
+            raise StartupError(str(err)) from None
+        log.info("connected to Kafka", extra={"bootstrap": connection.bootstrap, "security_protocol": connection.security_protocol,
+                                              "sasl_mechanism": connection.sasl_mechanism, "sasl_username": connection.sasl_username})
+
     def _connect(self, pipeline: Pipeline) -> PipelineRunner:
         """The broker steps of a pipeline: output topics, state changelog, the checkpoint
         transaction's producer, warm-up."""
         pc = pipeline.config
         kafka = self.config.kafka
-        bootstrap = kafka.bootstrap_servers
+        bootstrap = self.connection
         partitions = input_partitions(bootstrap, pc.input_topic)
         outputs = [t for t in (pc.topics.predictions, pc.topics.alerts, pc.topics.dead_letters, pc.topics.review) if t]
         if pc.staleness.max_event_age_ms:

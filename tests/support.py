@@ -11,6 +11,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from stream_infer.config import Config, load_config
 from stream_infer.faults.reference import RecordingProducer  # noqa: F401  (tests import it from here)
 from stream_infer.kafka.admin import create_topics
+from stream_infer.kafka.connection import KafkaConnection, as_connection
 from stream_infer.replay import dataset_events, replay
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,23 +41,24 @@ def write_config(tmp_path: Path, prefix: str, *, checkpoint_ms: int = 200, extra
     return E2EConfig(path, load_config(path), prefix)
 
 
-def group_committed(bootstrap: str, group: str, topic: str, partitions: list[int]) -> dict[int, int]:
+def group_committed(bootstrap: KafkaConnection | str, group: str, topic: str, partitions: list[int]) -> dict[int, int]:
     """The group's committed offset per partition, as the broker reports it (negative: none)."""
-    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    reader = Consumer(as_connection(bootstrap).client_config(**{"group.id": group, "enable.auto.commit": False}))
     try:
         return {tp.partition: tp.offset for tp in reader.committed([TopicPartition(topic, p) for p in partitions], timeout=10)}
     finally:
         reader.close()
 
 
-def create_inputs(bootstrap: str, cfg: E2EConfig, partitions: int = 3) -> None:
+def create_inputs(bootstrap: KafkaConnection | str, cfg: E2EConfig, partitions: int = 3) -> None:
     create_topics(bootstrap, [p.input_topic for p in cfg.config.pipelines], partitions=partitions)
 
 
-def feed(bootstrap: str, topic: str, dataset: str, start: int = 0, stop: int | None = None, extra: list | None = None) -> int:
+def feed(bootstrap: KafkaConnection | str, topic: str, dataset: str, start: int = 0, stop: int | None = None,
+         extra: list | None = None) -> int:
     """Replay events [start, stop) of a data set (then `extra` (key, value) pairs) into `topic`;
     returns the count sent."""
-    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5})
+    producer = Producer(as_connection(bootstrap).client_config(**{"acks": "all", "enable.idempotence": True, "linger.ms": 5}))
     sent = replay(producer, topic, islice(dataset_events(dataset), start, stop))
     for key, value in extra or []:
         producer.produce(topic, key=key, value=value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from stream_infer import __version__
+from stream_infer.cli.acls_cmd import acls_cmd
 from stream_infer.cli.bench_cmd import bench
 from stream_infer.cli.demo_cmd import demo
 from stream_infer.cli.faults_cmd import faults
@@ -50,3 +51,4 @@ main.add_command(bench)
 main.add_command(lag)
 main.add_command(faults)
 main.add_command(fuzz)
+main.add_command(acls_cmd, name="acls")

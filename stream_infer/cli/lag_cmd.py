@@ -10,13 +10,17 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import NoReturn
 
 import click
 import orjson
 from confluent_kafka import KafkaException
 
+from stream_infer.cli.options import connection_from, kafka_options
 from stream_infer.kafka import admin
+from stream_infer.kafka.connection import KafkaConnection
+from stream_infer.kafka.preflight import ConnectionFailure, connect
 from stream_infer.lagstatus import GroupReport, OffsetSample, PartitionKey, Status, Windows, build_report
 
 CONNECT_TIMEOUT_S = 5.0  # the first metadata request: an unreachable broker is reported within this
@@ -41,21 +45,23 @@ class Sampler:
     """Reads rounds of the group's offsets through one admin client (a client per round would
     pay a bootstrap round trip each time)."""
 
-    def __init__(self, bootstrap: str, group: str, topics: list[str]) -> None:
-        self.bootstrap, self.group, self.topics = bootstrap, group, topics
+    def __init__(self, connection: KafkaConnection, group: str, topics: list[str]) -> None:
+        self.connection, self.group, self.topics = connection, group, topics
+        self.bootstrap = connection.bootstrap
         try:
-            self.client = admin.connect(bootstrap, CONNECT_TIMEOUT_S)
-        except admin.BrokerUnreachable as err:
-            raise LagError(
-                f"{err}. Start a local one with `stream-infer kafka up`, or point --bootstrap-servers "
-                "(or KAFKA_BOOTSTRAP_SERVERS) at a running cluster."
-            ) from err
+            self.client = connect(connection, CONNECT_TIMEOUT_S)
+        except ConnectionFailure as err:
+            hint = ""
+            if err.unreachable:
+                hint = (". Start a local one with `stream-infer kafka up`, or point --bootstrap-servers "
+                        "(or KAFKA_BOOTSTRAP_SERVERS) at a running cluster")
+            raise LagError(f"{err}{hint}") from err
 
     def round(self) -> tuple[float, Round]:
         """(wall-clock time, offsets of every partition) at one instant."""
         now = time.time()
         try:
-            lags = admin.group_lag(self.bootstrap, self.group, self.topics or None, REQUEST_TIMEOUT_S,
+            lags = admin.group_lag(self.connection, self.group, self.topics or None, REQUEST_TIMEOUT_S,
                                    admin=self.client)
         except KafkaException as err:
             raise LagError(
@@ -80,7 +86,7 @@ class Sampler:
     def timestamps(self, latest: Round) -> dict[PartitionKey, float]:
         """Timestamp of the record at the committed offset of every partition with lag."""
         wanted = {key: s.committed for key, s in latest.items() if s.committed is not None and (s.lag or 0) > 0}
-        return admin.record_timestamps(self.bootstrap, wanted, PROBE_TIMEOUT_S)
+        return admin.record_timestamps(self.connection, wanted, PROBE_TIMEOUT_S, group=self.group)
 
 
 def format_table(report: GroupReport) -> str:
@@ -161,14 +167,13 @@ every further sample, judged over the latest --samples, until Ctrl-C (--json: on
 
 Exit status: 0; with --check, 1 unless the group's status is OK (with --watch: the last one
 printed); 2 if the group has no committed offsets and no --topic is given, a topic does not exist,
-or no broker answers within 5 seconds.
+or no broker answers within 5 seconds (or it refuses the credentials or the TLS handshake).
 """
 
 
 @click.command(help=HELP)
 @click.option("-g", "--group", required=True, help="Consumer group id.")
-@click.option("--bootstrap-servers", default=None,
-              help="Broker list (default: env KAFKA_BOOTSTRAP_SERVERS, else 127.0.0.1:9092).")
+@kafka_options
 @click.option("-t", "--topic", "topics", multiple=True,
               help="Report every partition of this topic, committed or not (repeatable). "
               "Default: the partitions the group has committed offsets for.")
@@ -179,13 +184,13 @@ or no broker answers within 5 seconds.
               help="Seconds between samples.")
 @click.option("--samples", type=click.IntRange(min=1), default=5, show_default=True,
               help="Samples per evaluation window.")
-def lag(group: str, bootstrap_servers: str | None, topics: tuple[str, ...], as_json: bool, watch: bool, check: bool,
-        interval: float, samples: int) -> None:
+def lag(group: str, bootstrap_servers: str | None, kafka_properties: Path | None, topics: tuple[str, ...], as_json: bool,
+        watch: bool, check: bool, interval: float, samples: int) -> None:
     if check and samples < 2:
         raise click.UsageError("--check needs --samples 2 or more: a single sample shows no trend, so it is always OK")
     printer = Printer(as_json)
     try:
-        sampler = Sampler(admin.bootstrap_servers(bootstrap_servers), group, list(topics))
+        sampler = Sampler(connection_from(bootstrap_servers, kafka_properties), group, list(topics))
         run(sampler, Windows(samples), interval, watch, printer)
     except LagError as err:
         _fail(str(err))

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 from confluent_kafka import Producer
 
-from stream_infer.kafka import admin
+from stream_infer.cli.options import connection_from, kafka_options
 
 
 @click.command()
@@ -16,18 +17,24 @@ from stream_infer.kafka import admin
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Events per second. Default: as fast as possible.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Stop after this many events.")
-@click.option("--bootstrap-servers", envvar="KAFKA_BOOTSTRAP_SERVERS", default=None,
-              help="Broker list (env KAFKA_BOOTSTRAP_SERVERS; default 127.0.0.1:9092).")
+@kafka_options
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 def replay(dataset: str, topic: str, rate: float | None, limit: int | None, bootstrap_servers: str | None,
-           progress: bool | None) -> None:
+           kafka_properties: Path | None, progress: bool | None) -> None:
     """Replay DATASET into a topic as JSON events keyed by device (cmapss-*: unit, ai4i: product_id)."""
     from tqdm import tqdm
 
+    from stream_infer.kafka.preflight import ConnectionFailure, connect
     from stream_infer.replay import dataset_events, dataset_size, replay as run_replay
 
-    bootstrap = admin.bootstrap_servers(bootstrap_servers)
-    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5})
+    connection = connection_from(bootstrap_servers, kafka_properties)
+    bootstrap = connection.bootstrap
+    try:
+        connect(connection)
+    except ConnectionFailure as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    producer = Producer(connection.client_config(**{"acks": "all", "enable.idempotence": True, "linger.ms": 5}))
     total = min(dataset_size(dataset), limit or sys.maxsize)
     show = sys.stderr.isatty() if progress is None else progress
     with tqdm(total=total, unit="ev", disable=not show, desc=f"{dataset} -> {topic}") as bar:

@@ -17,17 +17,23 @@ from stream_infer.engine import ModelError
 @click.option("--check", is_flag=True, help="Validate config, models and topics, then exit without consuming.")
 @click.option("--web-port", type=click.IntRange(0, 65535), default=None, help="Override worker.web_port.")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Override worker.data_dir.")
+@click.option("--kafka-properties", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="librdkafka properties file with the connection's TLS/SASL settings (the format `kcat -F` reads); "
+              "replaces kafka.properties_file and env STREAM_INFER_KAFKA_PROPERTIES.")
 @click.pass_context
-def worker(ctx: click.Context, config_path: Path, check: bool, web_port: int | None, data_dir: str | None) -> None:
+def worker(ctx: click.Context, config_path: Path, check: bool, web_port: int | None, data_dir: str | None,
+           kafka_properties: Path | None) -> None:
     """Consume the input topics, predict in micro-batches, publish predictions, alerts, dead letters.
 
     KAFKA_BOOTSTRAP_SERVERS overrides kafka.bootstrap_servers. Stops cleanly on SIGTERM/SIGINT.
+    Exit status 2 when it cannot start: a bad config or model, or a cluster that refuses it
+    (credentials, TLS, a missing ACL), with one line saying why.
     """
     from stream_infer.worker import StartupError, Worker  # faust import is slow: only when needed
 
     root = ctx.find_root().params
     try:
-        config = load_config(config_path)
+        config = load_config(config_path, kafka_properties=kafka_properties)
         overrides = {k: v for k, v in (("web_port", web_port), ("data_dir", data_dir)) if v is not None}
         if overrides:
             config = config.model_copy(update={"worker": config.worker.model_copy(update=overrides)})

@@ -5,9 +5,10 @@ log-end offset minus the group's committed offset, per partition. A partition th
 committed has no committed offset; its lag is then undefined (reported as None), as the tool
 shows "-".
 
-For `stream-infer lag`: :func:`connect` fails fast with :class:`BrokerUnreachable`, :func:`group_state`
-tells a missing group from an idle one, and :func:`record_timestamps` reads the timestamp of the
-record at a given offset with a consumer that never joins a group or commits.
+For `stream-infer lag`: :func:`group_state` tells a missing group from an idle one, and
+:func:`record_timestamps` reads the timestamp of the record at a given offset with a consumer
+that never joins a group or commits. Connecting with a fast, explained failure is
+:func:`stream_infer.kafka.preflight.connect`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
-DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+from stream_infer.kafka.connection import DEFAULT_BOOTSTRAP, KafkaConnection, as_connection
 
 
 def bootstrap_servers(explicit: str | None = None) -> str:
@@ -38,28 +39,9 @@ def bootstrap_servers(explicit: str | None = None) -> str:
 _client_log = logging.getLogger("stream_infer.kafka.client")
 
 
-def admin_client(bootstrap: str) -> AdminClient:
+def admin_client(connection: KafkaConnection | str) -> AdminClient:
     # librdkafka's own log goes through Python logging, so it obeys --log-level like everything else.
-    return AdminClient({"bootstrap.servers": bootstrap, "logger": _client_log})
-
-
-class BrokerUnreachable(RuntimeError):
-    """No broker answered a metadata request at the bootstrap address in time."""
-
-
-def connect(bootstrap: str, timeout: float = 5.0) -> AdminClient:
-    """An admin client whose broker answered a metadata request within `timeout` seconds.
-
-    Raises BrokerUnreachable otherwise, so callers can fail in seconds instead of waiting for each
-    later request to time out on its own.
-    """
-    admin = admin_client(bootstrap)
-    try:
-        admin.list_topics(timeout=timeout)
-    except KafkaException as err:
-        reason = err.args[0].str()
-        raise BrokerUnreachable(f"no Kafka broker answered at {bootstrap} within {timeout:g} s ({reason})") from err
-    return admin
+    return AdminClient(as_connection(connection).client_config(logger=_client_log))
 
 
 class ReplicationUnmet(RuntimeError):
@@ -67,7 +49,7 @@ class ReplicationUnmet(RuntimeError):
 
 
 def create_topics(
-    bootstrap: str,
+    bootstrap: KafkaConnection | str,
     names: list[str],
     *,
     partitions: int = 1,
@@ -106,7 +88,7 @@ def create_topics(
 
 
 def topic_partitions(
-    bootstrap: str, topics: list[str], timeout: float = 10.0, *, admin: AdminClient | None = None
+    bootstrap: KafkaConnection | str, topics: list[str], timeout: float = 10.0, *, admin: AdminClient | None = None
 ) -> list[TopicPartition]:
     """Every partition of the named topics, sorted by (topic, partition). `admin` reuses a client."""
     metadata = (admin or admin_client(bootstrap)).list_topics(timeout=timeout)
@@ -132,7 +114,7 @@ class PartitionLag:
 
 
 def group_lag(
-    bootstrap: str,
+    bootstrap: KafkaConnection | str,
     group: str,
     topics: list[str] | None = None,
     timeout: float = 10.0,
@@ -168,32 +150,36 @@ def group_state(admin: AdminClient, group: str, timeout: float = 10.0) -> str:
     return description.state.name
 
 
-# Never used to join a group or commit: librdkafka only insists on a group.id being set.
-_PROBE_GROUP = "stream-infer-lag-probe"
+def probe_group(group: str) -> str:
+    """The group id of the consumers that only read at assigned offsets on behalf of `group`
+    (:func:`record_timestamps`): never joined or committed, but the client requires one and looks
+    up its coordinator, which needs DESCRIBE on it where ACLs apply."""
+    return f"{group}-lag-probe"
 
 
 def record_timestamps(
-    bootstrap: str, offsets: Mapping[tuple[str, int], int], timeout: float = 3.0
+    bootstrap: KafkaConnection | str, offsets: Mapping[tuple[str, int], int], timeout: float = 3.0,
+    *, group: str = "stream-infer",
 ) -> dict[tuple[str, int], float]:
     """Timestamp (epoch seconds) of the record at each (topic, partition) -> offset.
 
     The record read is the first one at or after the offset (an offset may hold a transaction
     marker or a compacted-away record); below the log start, the earliest record still kept.
     A throwaway consumer is assigned the offsets directly: it joins no group and commits nothing,
-    so the group being measured is untouched. Partitions whose record does not arrive within
+    so the group being measured is untouched (its own group id is :func:`probe_group` of
+    `group`). Partitions whose record does not arrive within
     `timeout` seconds, or that carry no timestamp, are absent from the result.
     """
     if not offsets:
         return {}
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap,
-        "group.id": _PROBE_GROUP,
+    consumer = Consumer(as_connection(bootstrap).client_config(**{
+        "group.id": probe_group(group),
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
         "fetch.wait.max.ms": 50,
         "logger": _client_log,
-    })
+    }))
     found: dict[tuple[str, int], float] = {}
     pending = set(offsets)
     try:

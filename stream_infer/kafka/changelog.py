@@ -24,6 +24,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, IsolationLevel, KafkaErr
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from stream_infer.kafka.admin import admin_client, create_topics
+from stream_infer.kafka.connection import KafkaConnection, as_connection
 from stream_infer.kafka.retrying import retry_kafka
 from stream_infer.kafka.transactions import StateRecord
 from stream_infer.state import KeyState
@@ -38,7 +39,7 @@ def changelog_topic(group_id: str, pipeline: str) -> str:
     return f"{group_id}-{pipeline}-state"
 
 
-def ensure_changelog_topic(bootstrap: str, topic: str, partitions: int, replication: int, config: dict[str, str] | None = None) -> None:
+def ensure_changelog_topic(bootstrap: KafkaConnection | str, topic: str, partitions: int, replication: int, config: dict[str, str] | None = None) -> None:
     """Create the compacted changelog with the input's partition count; refuse a mismatched one."""
     create_topics(
         bootstrap,
@@ -75,8 +76,8 @@ def checkpoint_records(topic: str, snapshots: dict[int, dict[str, bytes | None]]
 class Changelog:
     """Reads a pipeline's state back. Blocking: call from an executor thread, never the event loop."""
 
-    def __init__(self, bootstrap: str, topic: str, *, settle_timeout: float = 60.0) -> None:
-        self.bootstrap = bootstrap
+    def __init__(self, bootstrap: KafkaConnection | str, topic: str, *, settle_timeout: float = 60.0) -> None:
+        self.connection = as_connection(bootstrap)
         self.topic = topic
         self.settle_timeout = settle_timeout
 
@@ -96,7 +97,7 @@ class Changelog:
 
         def end_offsets() -> dict[IsolationLevel, dict[int, int]]:
             if not admin:
-                admin.append(admin_client(self.bootstrap))
+                admin.append(admin_client(self.connection))
             try:
                 return {
                     level: {tp.partition: f.result().offset for tp, f in admin[0].list_offsets(
@@ -132,7 +133,7 @@ class Changelog:
         self.wait_settled(partitions)
         consumer = Consumer(
             {
-                "bootstrap.servers": self.bootstrap,
+                **self.connection.client_config(),
                 "group.id": f"{self.topic}-restore",  # never commits; the client requires a group id
                 "enable.auto.commit": False,
                 "isolation.level": "read_committed",

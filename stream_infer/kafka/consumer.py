@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from stream_infer.decode import InputRecord
+from stream_infer.kafka.connection import KafkaConnection, as_connection
 from stream_infer.kafka.retrying import retry_kafka
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ class PartitionOffsets:
 class BatchConsumer:
     def __init__(
         self,
-        bootstrap: str,
+        bootstrap: KafkaConnection | str,
         group_id: str,
         topic: str,
         *,
@@ -106,7 +107,7 @@ class BatchConsumer:
     ) -> None:
         self.topic = topic
         config = {
-                "bootstrap.servers": bootstrap,
+                **as_connection(bootstrap).client_config(),
                 "group.id": group_id,
                 # Offsets are committed by the pipeline, only after outputs (and state) are safe.
                 "enable.auto.commit": False,

@@ -20,6 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from stream_infer.kafka.connection import KafkaConnection, as_connection
+
 log = logging.getLogger(__name__)
 _client_log = logging.getLogger("stream_infer.kafka.client")
 
@@ -73,9 +75,9 @@ def produce_all(producer: Producer, messages: Sequence[OutMessage], on_rejected:
 
 
 class AsyncProducer:
-    def __init__(self, bootstrap: str, extra: dict | None = None) -> None:
+    def __init__(self, bootstrap: KafkaConnection | str, extra: dict | None = None) -> None:
         config = {
-            "bootstrap.servers": bootstrap,
+            **as_connection(bootstrap).client_config(),
             "acks": "all",  # no loss: an output counts only once every in-sync replica has it
             "enable.idempotence": True,  # retries can neither duplicate nor reorder within a partition
             "linger.ms": 2,  # a batch's messages leave together; a lone prediction is not held back

@@ -11,6 +11,7 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from stream_infer.kafka.admin import topic_partitions
+from stream_infer.kafka.connection import KafkaConnection, as_connection
 
 
 @dataclass
@@ -31,7 +32,7 @@ class ReadRecord:
 class TopicReader:
     """Assigns every partition of `topics` from the beginning and accumulates what arrives."""
 
-    bootstrap: str
+    bootstrap: KafkaConnection | str
     topics: list[str]
     records: dict[str, list[ReadRecord]] = field(default_factory=dict)
     # The broker answers a fetch once this much is there (or after fetch.wait.max.ms, 500 ms).
@@ -41,7 +42,7 @@ class TopicReader:
     fetch_min_bytes: int = 1
 
     def __post_init__(self) -> None:
-        self._consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "stream-infer-reader",
+        self._consumer = Consumer({**as_connection(self.bootstrap).client_config(), "group.id": "stream-infer-reader",
                                    "enable.auto.commit": False, "isolation.level": "read_committed",
                                    "fetch.min.bytes": self.fetch_min_bytes,
                                    "logger": logging.getLogger("stream_infer.kafka.client")})

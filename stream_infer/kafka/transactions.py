@@ -48,6 +48,7 @@ from typing import TypeVar
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
+from stream_infer.kafka.connection import KafkaConnection, as_connection
 from stream_infer.kafka.producer import OnRejected, OutMessage, produce_all
 
 log = logging.getLogger(__name__)
@@ -99,10 +100,15 @@ def instance_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
+# Refusals that no retry can change: the principal lacks the grant.
+_NOT_AUTHORIZED = (KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+                   KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED)
+
+
 class TransactionalProducer:
-    def __init__(self, bootstrap: str, transactional_id: str, *, transaction_timeout_ms: int, extra: dict | None = None) -> None:
+    def __init__(self, bootstrap: KafkaConnection | str, transactional_id: str, *, transaction_timeout_ms: int, extra: dict | None = None) -> None:
         self._config = {
-            "bootstrap.servers": bootstrap,
+            **as_connection(bootstrap).client_config(),
             "transactional.id": transactional_id,
             # A worker killed inside a transaction leaves it open, and read_committed readers (the
             # state restore of the partitions' next owner, exactly-once consumers) wait behind it
@@ -133,6 +139,12 @@ class TransactionalProducer:
                 producer.init_transactions(CALL_TIMEOUT_S)
                 return producer
             except KafkaException as exc:
+                if exc.args[0].code() in _NOT_AUTHORIZED:
+                    raise TransactionFatal(
+                        f"not authorized to use transactional id {self.transactional_id!r} ({exc.args[0].name()}): grant WRITE "
+                        "and DESCRIBE on the transactional-id prefix `<group_id>-<pipeline>-` "
+                        "(`stream-infer acls` lists every ACL the worker needs)"
+                    ) from None
                 if exc.args[0].fatal():
                     deadline = 0.0
                 error = exc.args[0].str()

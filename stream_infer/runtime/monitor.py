@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 from confluent_kafka import KafkaException
 
@@ -135,7 +136,7 @@ class LagMonitor:
         if peeked is None or peeked[0] != offset:
             key = (self.topic, partition)
             found = await asyncio.get_running_loop().run_in_executor(
-                self.thread, record_timestamps, self.config.kafka.bootstrap_servers, {key: offset}, 2.0
+                self.thread, partial(record_timestamps, self.source.connection, {key: offset}, 2.0, group=self.config.kafka.group_id)
             )
             peeked = self._peeked[partition] = (offset, int(found[key] * 1000) if key in found else None)
         return peeked[1]

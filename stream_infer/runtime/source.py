@@ -34,6 +34,7 @@ class BatchSource:
     def __init__(self, pipeline: Pipeline, config: Config) -> None:
         self.pipeline = pipeline
         self.config = config
+        self.connection = config.kafka.connection()  # bootstrap + TLS/SASL settings, resolved once
         self.pc: PipelineConfig = pipeline.config
         self.name = pipeline.name
         self.batch_size = self.pc.batching.max_batch_size
@@ -66,7 +67,7 @@ class BatchSource:
         self.loop = asyncio.get_running_loop()
         kafka = self.config.kafka
         self.consumer = await self.call(lambda: BatchConsumer(
-            kafka.bootstrap_servers, kafka.group_id, self.pc.input_topic,
+            self.connection, kafka.group_id, self.pc.input_topic,
             on_assign=on_assign, on_revoke=on_revoke, on_lost=on_lost, session_timeout_ms=kafka.session_timeout_ms,
         ))
         return self.consumer
