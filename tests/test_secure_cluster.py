@@ -1,10 +1,11 @@
-"""`stream-infer kafka up --secure`: TLS, SCRAM and mutual TLS on a real local broker.
+"""`stream-infer kafka up --secure`: TLS, SASL (PLAIN, SCRAM) and mutual TLS on a real local broker.
 
 One secure node serves the module; the last test stops and restarts it through the CLI.
 
 kcat before librdkafka 2.6.1 (Debian 12 ships 2.0.2) cannot do SCRAM with Kafka 4: it repeats the
 client nonce in its final message, which Kafka 4 rejects as invalid credentials (librdkafka#4895).
-The SCRAM kcat tests then run kcat on the newer librdkafka that confluent-kafka bundles.
+client.properties and admin.properties therefore use PLAIN (any kcat); the SCRAM kcat test runs
+kcat on the newer librdkafka that confluent-kafka bundles.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from confluent_kafka.admin import (
 )
 
 from stream_infer.kafka import local
-from stream_infer.kafka.local_security import read_properties
+from stream_infer.kafka.connection import read_properties
 
 CLI = [sys.executable, "-m", "stream_infer.cli"]
 needs_kcat = pytest.mark.skipif(shutil.which("kcat") is None, reason="kcat (Debian package) not installed")
@@ -96,7 +97,7 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local.Cluster]:
 def test_files_are_written_and_private(secure: local.Cluster) -> None:
     state = secure.state_dir
     assert secure.secure and secure.mtls_bootstrap and secure.mtls_bootstrap != secure.bootstrap
-    for name in ("client.properties", "admin.properties", "client-mtls.properties", "credentials.json",
+    for name in ("client.properties", "client-scram.properties", "admin.properties", "client-mtls.properties", "credentials.json",
                  "tls/ca-key.pem", "tls/broker-key.pem", "tls/svc-key.pem", "node-1/server.properties"):
         assert stat.S_IMODE((state / name).stat().st_mode) == 0o600, name
     client = read_properties(state / "client.properties")
@@ -107,11 +108,19 @@ def test_files_are_written_and_private(secure: local.Cluster) -> None:
     assert recorded is not None and recorded.secure and recorded.mtls_bootstrap == secure.mtls_bootstrap
 
 
-def test_kcat_lists_the_broker_with_client_properties(secure: local.Cluster, scram_kcat_env: dict[str, str]) -> None:
+@needs_kcat
+def test_kcat_lists_the_broker_with_client_properties(secure: local.Cluster) -> None:
     for name in ("client.properties", "admin.properties"):
-        listing = kcat_list(secure.state_dir / name, scram_kcat_env)
+        listing = kcat_list(secure.state_dir / name)
         assert listing.returncode == 0, listing.stderr
         assert " 1 brokers:" in listing.stdout
+
+
+def test_kcat_lists_the_broker_with_scram(secure: local.Cluster, scram_kcat_env: dict[str, str]) -> None:
+    assert read_properties(secure.state_dir / "client-scram.properties")["sasl.mechanisms"] == "SCRAM-SHA-512"
+    listing = kcat_list(secure.state_dir / "client-scram.properties", scram_kcat_env)
+    assert listing.returncode == 0, listing.stderr
+    assert " 1 brokers:" in listing.stdout
 
 
 @needs_kcat
@@ -121,9 +130,10 @@ def test_kcat_lists_the_broker_with_its_client_certificate(secure: local.Cluster
     assert f"at {secure.mtls_bootstrap}" in listing.stdout
 
 
-def test_wrong_password_is_refused(secure: local.Cluster, scram_kcat_env: dict[str, str], tmp_path: Path) -> None:
-    text = (secure.state_dir / "client.properties").read_text()
-    password = read_properties(secure.state_dir / "client.properties")["sasl.password"]
+@pytest.mark.parametrize("name", ["client.properties", "client-scram.properties"])
+def test_wrong_password_is_refused(secure: local.Cluster, scram_kcat_env: dict[str, str], tmp_path: Path, name: str) -> None:
+    text = (secure.state_dir / name).read_text()
+    password = read_properties(secure.state_dir / name)["sasl.password"]
     bad = tmp_path / "bad.properties"
     bad.write_text(text.replace(f"sasl.password={password}", "sasl.password=not-the-password"))
     listing = kcat_list(bad, scram_kcat_env, wait_s=3)
@@ -144,19 +154,21 @@ def test_admin_creates_topics_and_svc_sees_them_only_through_an_acl(secure: loca
     su.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result(timeout=30)
     assert sees_topic(su, topic)
 
-    # svc authenticates both ways (the brokers answer), but without ACLs sees no topic.
+    # svc authenticates every way (the brokers answer), but without an ACL on it sees no topic
+    # (it holds only the demo worker's ACLs).
     by_password = admin(state / "client.properties")
+    by_scram = admin(state / "client-scram.properties")
     by_certificate = admin(state / "client-mtls.properties")
-    for client in (by_password, by_certificate):
+    for client in (by_password, by_scram, by_certificate):
         metadata = client.list_topics(timeout=10)
         assert len(metadata.brokers) == 1
         assert topic not in metadata.topics
 
-    # One ACL for User:svc: the SCRAM user and the certificate CN=svc are that same principal.
+    # One ACL for User:svc: the SASL user and the certificate CN=svc are that same principal.
     acl = AclBinding(ResourceType.TOPIC, topic, ResourcePatternType.LITERAL, "User:svc", "*",
                      AclOperation.DESCRIBE, AclPermissionType.ALLOW)
     su.create_acls([acl])[acl].result(timeout=30)
-    for client in (by_password, by_certificate):
+    for client in (by_password, by_scram, by_certificate):
         assert sees_topic(client, topic)
 
 
@@ -185,3 +197,20 @@ def test_cli_status_down_and_restart_reuse_ca_and_passwords(secure: local.Cluste
     plain = run_cli("kafka", "up", "--port", "0", "--state-dir", str(state))
     assert plain.returncode == 1 and "--secure" in plain.stderr
     assert run_cli("kafka", "status", "--state-dir", str(state)).returncode == 0
+
+
+def test_svc_holds_exactly_the_demo_workers_acls(secure: local.Cluster) -> None:
+    from confluent_kafka.admin import AclBindingFilter
+
+    from stream_infer.config import load_config
+    from stream_infer.kafka import acls
+    from support import DEMO_CONFIG
+
+    su = admin(secure.state_dir / "admin.properties")
+    everything = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, "User:svc", None,
+                                  AclOperation.ANY, AclPermissionType.ANY)
+    held = su.describe_acls(everything, request_timeout=30).result(timeout=30)
+    key = lambda b: (b.restype.name, b.name, b.resource_pattern_type.name, b.operation.name, b.permission_type.name)  # noqa: E731
+    expected = acls.bindings(acls.worker_grants(load_config(DEMO_CONFIG)), "User:svc")
+    held = [b for b in held if not b.name.startswith("secure-")]  # the ACL the test above added
+    assert sorted(map(key, held)) == sorted(map(key, expected))

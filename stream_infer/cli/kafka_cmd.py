@@ -43,9 +43,10 @@ def kafka() -> None:
 @click.option("--timeout", type=float, default=local.READY_TIMEOUT_S, show_default=True,
               help="Seconds to wait for the cluster to answer before giving up.")
 @click.option("--secure", is_flag=True,
-              help="TLS (a CA made in the state dir), SCRAM users admin and svc, a mutual-TLS listener "
-              "and an authorizer; client settings are written to <state-dir>/client.properties, "
-              "admin.properties and client-mtls.properties. A state dir stays secure or plain.")
+              help="TLS (a CA made in the state dir), SASL users admin and svc (SCRAM-SHA-512/256, PLAIN), a "
+              "mutual-TLS listener and an authorizer, svc holding the demo worker's ACLs; client settings are "
+              "written to <state-dir>/client.properties, client-scram.properties, admin.properties and "
+              "client-mtls.properties. A state dir stays secure or plain.")
 @state_dir_option
 def up(port: int, nodes: int, timeout: float, secure: bool, state_dir: Path | None) -> None:
     """Start the cluster and wait until it answers a metadata request.
@@ -68,8 +69,9 @@ def up(port: int, nodes: int, timeout: float, secure: bool, state_dir: Path | No
         click.echo(f"Apache Kafka is already running from {directory.resolve()}")
     if cluster.secure:
         root = directory.resolve()
-        click.echo(f"secure: SASL_SSL (SCRAM-SHA-512) at the address below; mutual TLS at {cluster.mtls_bootstrap}")
-        click.echo(f"  service User:svc: {root / 'client.properties'} (kcat -F; SCRAM needs librdkafka >= 2.6.1), "
+        click.echo(f"secure: SASL_SSL (SCRAM-SHA-512, SCRAM-SHA-256, PLAIN) at the address below; mutual TLS at {cluster.mtls_bootstrap}")
+        click.echo(f"  service User:svc: {root / 'client.properties'} (PLAIN, any kcat -F), "
+                   f"{root / 'client-scram.properties'} (SCRAM-SHA-512, librdkafka >= 2.6.1), "
                    f"by certificate: {root / 'client-mtls.properties'}")
         click.echo(f"  super user User:admin: {root / 'admin.properties'}")
     click.echo(cluster.bootstrap)

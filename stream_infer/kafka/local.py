@@ -334,11 +334,24 @@ def admin_settings(cluster: Cluster) -> dict[str, str]:
 
 
 def _grant_service_acls(cluster: Cluster, admin_settings: dict[str, str]) -> None:
-    """Grant the service principal User:svc the ACLs the worker needs on a secure cluster.
+    """Grant the service principal User:svc the ACLs a worker running the demo config needs
+    (``stream-infer acls -c <demo config> -p User:svc`` lists them), and nothing else.
 
     Called by :func:`up` once a secure cluster it started answers; admin_settings are the super
-    user's librdkafka settings (bootstrap.servers included). For now svc is given no ACLs.
+    user's librdkafka settings (bootstrap.servers included). Creating an ACL that exists is a
+    no-op, so a restart grants nothing twice. Another config's ACLs: `stream-infer acls --apply`.
     """
+    from confluent_kafka.admin import AdminClient
+
+    from stream_infer.config import load_config
+    from stream_infer.kafka import acls, local_security
+
+    demo = load_config(Path(__file__).resolve().parent.parent / "configs" / "demo.toml")
+    bindings = acls.bindings(acls.worker_grants(demo), f"User:{local_security.SERVICE_USER}")
+    try:
+        acls.apply(AdminClient({**admin_settings, "log_level": 0}), bindings)
+    except RuntimeError as err:
+        raise KafkaSetupError(f"granting the service principal its ACLs failed: {err}") from None
 
 
 def running_cluster(state_dir: Path) -> Cluster | None:
@@ -368,10 +381,12 @@ def up(
 ) -> tuple[Cluster, bool]:
     """Start (or find running) a local cluster. Returns (cluster, started_now).
 
-    secure: TLS from a CA made in the state directory, SCRAM users admin and svc, a mutual-TLS
-    listener (``Cluster.mtls_bootstrap``) and an authorizer; clients find their settings in the
-    state directory's client.properties, admin.properties and client-mtls.properties. A state
-    directory stays plain or secure for its lifetime (a mismatch is an error).
+    secure: TLS from a CA made in the state directory, SASL users admin and svc, a mutual-TLS
+    listener (``Cluster.mtls_bootstrap``), an authorizer, and svc granted the demo worker's ACLs;
+    clients find their settings in the state directory's client.properties,
+    client-scram.properties, admin.properties and client-mtls.properties (see
+    :mod:`stream_infer.kafka.local_security`). A state directory stays plain or secure for its
+    lifetime (a mismatch is an error).
     """
     if nodes < 1:
         raise KafkaSetupError("--nodes must be at least 1")

@@ -7,7 +7,8 @@ directory:
   the chain, and ``broker-key.pem``), and the client certificate of the service principal
   (``svc.pem``, ``svc-key.pem``) for mutual TLS; keys are unencrypted PKCS#8;
 - ``credentials.json``: the SCRAM passwords of ``admin`` and ``svc``;
-- ``client.properties`` (svc over SASL_SSL), ``admin.properties`` (admin over SASL_SSL) and
+- ``client.properties`` (svc over SASL_SSL with PLAIN), ``client-scram.properties`` (svc over
+  SASL_SSL with SCRAM-SHA-512), ``admin.properties`` (admin over SASL_SSL with PLAIN) and
   ``client-mtls.properties`` (svc over SSL with its certificate): librdkafka settings as
   ``kcat -F`` reads them.
 
@@ -18,9 +19,11 @@ hostname (librdkafka's default ``ssl.endpoint.identification.algorithm=https``).
 certificate ``CN=svc`` maps to the principal ``User:svc``, the same principal as the SCRAM user
 ``svc``; the brokers' certificate is ``User:broker``, a super user like ``User:admin``.
 
-SCRAM clients need librdkafka 2.6.1 or newer (confluent-kafka's wheels bundle one): older ones
-repeat the client nonce in their final message, which Kafka 4 rejects as invalid credentials, so
-a kcat built on an older librdkafka can use client-mtls.properties but not client.properties.
+The client listener offers SCRAM-SHA-512, SCRAM-SHA-256 and PLAIN (all over TLS). SCRAM clients
+need librdkafka 2.6.1 or newer (confluent-kafka's wheels bundle one): older ones repeat the client
+nonce in their final message, which Kafka 4 rejects as invalid credentials. The kcat of current
+Linux distributions is built on such a librdkafka, so client.properties and admin.properties use
+PLAIN (any kcat reads them), and client-scram.properties holds the same principal with SCRAM.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from stream_infer.kafka.connection import read_properties
 from stream_infer.kafka.jars import KafkaSetupError
 
 TLS_DIR = "tls"
@@ -46,14 +50,17 @@ CREDENTIALS_FILE = "credentials.json"
 CLIENT_PROPERTIES = "client.properties"
 ADMIN_PROPERTIES = "admin.properties"
 MTLS_PROPERTIES = "client-mtls.properties"
+SCRAM_PROPERTIES = "client-scram.properties"
 
 ADMIN_USER = "admin"
 SERVICE_USER = "svc"
 BROKER_CN = "broker"
 SUPER_USERS = (f"User:{BROKER_CN}", f"User:{ADMIN_USER}")
-# Clients authenticate with SCRAM-SHA-512; SCRAM-SHA-256 is enabled too, with credentials for both users.
+# SCRAM-SHA-512 and SCRAM-SHA-256 credentials for both users (created at storage format), and PLAIN
+# with the same passwords (listed in the listener's JAAS config).
 SCRAM_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256")
-CLIENT_MECHANISM = "SCRAM-SHA-512"
+SASL_MECHANISMS = (*SCRAM_MECHANISMS, "PLAIN")
+SCRAM_MECHANISM = "SCRAM-SHA-512"
 # A certificate's subject "CN=svc,..." becomes the principal "svc" (User:svc), the SCRAM user's principal.
 PRINCIPAL_MAPPING_RULES = "RULE:^CN=([^,]*).*$/$1/,DEFAULT"
 AUTHORIZER = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
@@ -100,22 +107,6 @@ def write_private(path: Path, data: str | bytes) -> None:
         out.write(raw)
     os.chmod(tmp, 0o600)
     tmp.replace(path)
-
-
-def read_properties(path: Path) -> dict[str, str]:
-    """`key=value` lines of a librdkafka properties file; blank lines and `#` comments skipped."""
-    settings: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, sep, value = line.partition("=")
-        if sep:
-            settings[key.strip()] = value.strip()
-    return settings
-
-
-# --- credentials and certificates ----------------------------------------------------------------
 
 
 def ensure_material(state_dir: Path, *, formatted: bool) -> Material:
@@ -264,7 +255,7 @@ def listener_properties(
 ) -> list[str]:
     """server.properties lines for one secure node: listeners, TLS, SASL and the authorizer.
 
-    CLIENT (SASL_SSL, SCRAM) on client_port; MTLS (SSL, client certificate required) on mtls_port,
+    CLIENT (SASL_SSL: SCRAM-SHA-512, SCRAM-SHA-256, PLAIN) on client_port; MTLS (SSL, client certificate required) on mtls_port,
     also the inter-broker listener; CONTROLLER (SSL, client certificate required) on controller_port.
     The lines hold the broker's private key: the file they go to must be private (0600).
 
@@ -274,6 +265,9 @@ def listener_properties(
     SecretKeyFactory not available"); inline, an unencrypted PKCS#8 key is accepted.
     """
     jaas = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+    # PLAIN checks passwords against this list (the passwords are URL-safe base64: no quoting needed).
+    plain_jaas = (f'org.apache.kafka.common.security.plain.PlainLoginModule required user_{ADMIN_USER}="{material.admin_password}" '
+                  f'user_{SERVICE_USER}="{material.service_password}";')
     return [
         f"listeners=CLIENT://{host}:{client_port},MTLS://{host}:{mtls_port},CONTROLLER://{host}:{controller_port}",
         f"advertised.listeners=CLIENT://{host}:{client_port},MTLS://{host}:{mtls_port}",
@@ -288,9 +282,10 @@ def listener_properties(
         f"ssl.principal.mapping.rules={PRINCIPAL_MAPPING_RULES}",
         "listener.name.mtls.ssl.client.auth=required",
         "listener.name.controller.ssl.client.auth=required",
-        f"sasl.enabled.mechanisms={','.join(SCRAM_MECHANISMS)}",
-        f"listener.name.client.sasl.enabled.mechanisms={','.join(SCRAM_MECHANISMS)}",
+        f"sasl.enabled.mechanisms={','.join(SASL_MECHANISMS)}",
+        f"listener.name.client.sasl.enabled.mechanisms={','.join(SASL_MECHANISMS)}",
         *(f"listener.name.client.{m.lower()}.sasl.jaas.config={jaas}" for m in SCRAM_MECHANISMS),
+        f"listener.name.client.plain.sasl.jaas.config={plain_jaas}",
         f"authorizer.class.name={AUTHORIZER}",
         "allow.everyone.if.no.acl.found=false",
         f"super.users={';'.join(SUPER_USERS)}",
@@ -307,26 +302,29 @@ def _properties_text(title: str, settings: dict[str, str]) -> str:
 
 
 def write_client_properties(material: Material, *, bootstrap: str, mtls_bootstrap: str) -> None:
-    """Write client.properties, admin.properties and client-mtls.properties (mode 0600)."""
+    """Write client.properties, client-scram.properties, admin.properties and
+    client-mtls.properties (mode 0600)."""
     ca = str(material.tls(CA_CERT))
 
-    def scram(user: str, password: str) -> dict[str, str]:
+    def sasl(mechanism: str, user: str, password: str) -> dict[str, str]:
         return {
             "bootstrap.servers": bootstrap,
             "security.protocol": "SASL_SSL",
-            "sasl.mechanisms": CLIENT_MECHANISM,
+            "sasl.mechanisms": mechanism,
             "sasl.username": user,
             "sasl.password": password,
             "ssl.ca.location": ca,
         }
 
     state_dir = material.state_dir
-    service = scram(SERVICE_USER, material.service_password)
-    write_private(
-        state_dir / CLIENT_PROPERTIES, _properties_text(f"Service principal User:{SERVICE_USER} (SCRAM over TLS).", service)
-    )
-    admin = scram(ADMIN_USER, material.admin_password)
-    write_private(state_dir / ADMIN_PROPERTIES, _properties_text(f"Super user User:{ADMIN_USER} (SCRAM over TLS).", admin))
+    write_private(state_dir / CLIENT_PROPERTIES, _properties_text(
+        f"Service principal User:{SERVICE_USER} (PLAIN over TLS; {SCRAM_PROPERTIES} has it with {SCRAM_MECHANISM}).",
+        sasl("PLAIN", SERVICE_USER, material.service_password)))
+    write_private(state_dir / SCRAM_PROPERTIES, _properties_text(
+        f"Service principal User:{SERVICE_USER} ({SCRAM_MECHANISM} over TLS; needs librdkafka 2.6.1 or newer).",
+        sasl(SCRAM_MECHANISM, SERVICE_USER, material.service_password)))
+    write_private(state_dir / ADMIN_PROPERTIES, _properties_text(
+        f"Super user User:{ADMIN_USER} (PLAIN over TLS).", sasl("PLAIN", ADMIN_USER, material.admin_password)))
     write_private(
         state_dir / MTLS_PROPERTIES,
         _properties_text(
