@@ -214,8 +214,11 @@ def _node_properties(node: Node, cluster: Cluster, security: local_security.Mate
             "transaction.abort.timed.out.transaction.cleanup.interval.ms=1000",
             # A killed node is fenced (its partitions get new leaders) this long after its last
             # heartbeat; the default 9 s is meant for networks that hiccup, a development
-            # cluster on one machine can tell a dead JVM sooner.
-            "broker.session.timeout.ms=4000",
+            # cluster on one machine can tell a dead JVM sooner. A single node keeps the
+            # default: nothing can take over its partitions, and a node fenced because a loaded
+            # machine delayed its heartbeats leaves every partition leaderless until it is
+            # unfenced, with new leader epochs that clients holding the old ones are refused.
+            f"broker.session.timeout.ms={4000 if n > 1 else 9000}",
             "broker.heartbeat.interval.ms=1000",
             # Tests start many short-lived groups: do not delay the first rebalance by 3 s.
             "group.initial.rebalance.delay.ms=0",
