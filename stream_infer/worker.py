@@ -88,8 +88,9 @@ def faust_broker_url(bootstrap: str) -> str:
     return ";".join(f"kafka://{b.strip()}" for b in bootstrap.split(",") if b.strip())
 
 
-# How long start-up waits for the cluster to answer before it exits with the reason.
-CONNECT_TIMEOUT_S = 10.0
+# How long start-up waits for the cluster to answer at all before it exits with the reason (a
+# refusal of the credentials or the certificate ends it at once).
+CONNECT_TIMEOUT_S = 15.0
 
 
 def input_partitions(bootstrap: KafkaConnection | str, topic: str) -> int:

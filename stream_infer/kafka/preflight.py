@@ -27,6 +27,7 @@ from confluent_kafka.admin import AclOperation, AdminClient, ConsumerGroupDescri
 from stream_infer.kafka.acls import Grant
 from stream_infer.kafka.connection import KafkaConnection, as_connection
 
+log = logging.getLogger(__name__)
 _client_log = logging.getLogger("stream_infer.kafka.client")
 # librdkafka prefixes errors with the broker it was talking to: "sasl_ssl://127.0.0.1:9094/bootstrap: ..."
 _BROKER = re.compile(r"^(?:\w+://)?([^/\s]+:\d+)(?:/[\w-]+)?: ")
@@ -165,7 +166,19 @@ def check_access(admin: AdminClient, grants: Iterable[Grant], principal_hint: st
     not grant. Checked: existing topics (a topic the worker will create needs only CREATE,
     which creation itself checks) and the consumer group. Transactional ids cannot be asked
     about; the producer's initialisation reports them. On a cluster without an authorizer every
-    check passes."""
+    check passes.
+
+    Only a refusal is an error: a check the cluster cannot answer now (a coordinator failing
+    over, a slow new cluster) is skipped, logged, and left to the clients' own retries, so a
+    worker restarted during a fault still starts."""
+    try:
+        _check_access(admin, grants, principal_hint, timeout)
+    except (KafkaException, TimeoutError) as err:
+        reason = err.args[0].str() if isinstance(err, KafkaException) else f"no answer within {timeout:g} s"
+        log.info("access check skipped: the cluster did not answer it", extra={"reason": reason})
+
+
+def _check_access(admin: AdminClient, grants: Iterable[Grant], principal_hint: str, timeout: float) -> None:
     who = f" to {principal_hint}" if principal_hint else ""
     grants = list(grants)
     topics = [g for g in grants if g.resource_type == "topic"]
@@ -184,7 +197,7 @@ def check_access(admin: AdminClient, grants: Iterable[Grant], principal_hint: st
                         f"not authorized to describe topic {grant.name!r}: grant DESCRIBE{who} on it "
                         f"(it needs {', '.join(grant.operations)}; `stream-infer acls` lists every ACL the worker needs)"
                     ) from None
-                raise ConnectionFailure(f"cannot describe topic {grant.name!r}: {error.str()}") from None
+                raise
             _require(grant, description.authorized_operations, who)
     for grant in (g for g in grants if g.resource_type == "group"):
         try:
@@ -196,7 +209,7 @@ def check_access(admin: AdminClient, grants: Iterable[Grant], principal_hint: st
                     f"not authorized to use consumer group {grant.name!r}: grant {', '.join(grant.operations)}{who} on it "
                     "(`stream-infer acls` lists every ACL the worker needs)"
                 ) from None
-            raise ConnectionFailure(f"cannot describe consumer group {grant.name!r}: {error.str()}") from None
+            raise
         _require(grant, description.authorized_operations, who)
 
 
