@@ -186,4 +186,5 @@ class PredictionWatcher:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(10)
+        if self._thread.ident is not None:  # started (a trial that failed early never starts it)
+            self._thread.join(10)
