@@ -4,6 +4,10 @@ Starts Kafka (own state dir), creates the topics, starts a worker, replays C-MAP
 AI4I 2020 plus one event of every dead-letter class, shows alerts as they come, waits until every
 input is accounted for, and summarises: counts, end-to-end latency, and the RUL RMSE computed from
 the served predictions (which must equal the offline figure in the model's metadata).
+
+With `secure`, the cluster is `kafka up --secure`'s: the worker connects as the service principal
+svc (SCRAM-SHA-512 over TLS, only the ACLs `stream-infer acls` lists for the demo config), the
+demo's own feeding and reading as the super user admin.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from confluent_kafka import Producer
 from stream_infer.config import load_config
 from stream_infer.kafka import local
 from stream_infer.kafka.admin import create_topics
+from stream_infer.kafka.connection import KafkaConnection, as_connection, resolve
 from stream_infer.kafka.reader import ReadRecord, TopicReader
 from stream_infer.replay import bad_events, dataset_events, replay
 from stream_infer.training.data import MODELS_DIR, load_rul
@@ -52,13 +57,13 @@ def served_rul_rmse(predictions: list[dict]) -> float:
     return float(np.sqrt(np.mean((served - truth) ** 2)))
 
 
-def _feed(bootstrap: str, topics: dict[str, str], rate: float | None, echo) -> dict[str, int]:
+def _feed(bootstrap: KafkaConnection | str, topics: dict[str, str], rate: float | None, echo) -> dict[str, int]:
     """Replay every feed at `rate` events/s each, in parallel threads, then its bad events."""
     counts: dict[str, int] = {}
 
     def one(name: str) -> None:
-        producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
-                             "linger.ms": 5, "logger": _client_log})
+        producer = Producer(as_connection(bootstrap).client_config(**{"acks": "all", "enable.idempotence": True,
+                                                                      "linger.ms": 5, "logger": _client_log}))
         sent = replay(producer, topics[name], dataset_events(FEEDS[name]), rate=rate)
         bad = bad_events(FEEDS[name])
         for _, key, value in bad:
@@ -77,24 +82,30 @@ def _feed(bootstrap: str, topics: dict[str, str], rate: float | None, echo) -> d
     return counts
 
 
-def run_demo(echo: Callable[[str], None] = print, *, rate: float | None = 1000.0, timeout: float = 150.0) -> dict:
+def run_demo(echo: Callable[[str], None] = print, *, rate: float | None = 1000.0, timeout: float = 150.0,
+             secure: bool = False) -> dict:
     config = load_config(DEMO_CONFIG)
     pipelines = {p.name: p for p in config.pipelines}
     with tempfile.TemporaryDirectory(prefix="stream-infer-demo-") as tmp:
         tmp_path = Path(tmp)
         started = time.monotonic()
-        cluster, _ = local.up(tmp_path / "kafka", port=0)
-        echo(f"Kafka {cluster.version} up at {cluster.bootstrap} in {time.monotonic() - started:.1f} s")
+        state = tmp_path / "kafka"
+        cluster, _ = local.up(state, port=0, secure=secure)
+        echo(f"Kafka {cluster.version} up at {cluster.bootstrap}{' (SASL_SSL, ACLs)' if secure else ''} "
+             f"in {time.monotonic() - started:.1f} s")
+        # The demo itself creates, feeds and reads as admin; the worker is svc (see the docstring).
+        admin: KafkaConnection = resolve(properties_file=state / "admin.properties") if secure else as_connection(cluster.bootstrap)
+        worker_env = {"STREAM_INFER_KAFKA_PROPERTIES": str(state / "client-scram.properties")} if secure else None
         worker = None
         try:
-            create_topics(cluster.bootstrap, [p.input_topic for p in pipelines.values()], partitions=INPUT_PARTITIONS)
-            worker = WorkerProcess(DEMO_CONFIG, cluster.bootstrap, tmp_path / "worker").start()
+            create_topics(admin, [p.input_topic for p in pipelines.values()], partitions=INPUT_PARTITIONS)
+            worker = WorkerProcess(DEMO_CONFIG, cluster.bootstrap, tmp_path / "worker", env=worker_env).start()
             echo(f"worker ready in {worker.wait_ready():.1f} s (metrics: {worker.url('/metrics')})")
 
-            events_in = _feed(cluster.bootstrap, {name: pipelines[name].input_topic for name in FEEDS}, rate, echo)
+            events_in = _feed(admin, {name: pipelines[name].input_topic for name in FEEDS}, rate, echo)
 
             topics = {name: p.topics for name, p in pipelines.items()}
-            reader = TopicReader(cluster.bootstrap, [t for ts in topics.values() for t in (ts.predictions, ts.alerts, ts.dead_letters, ts.review) if t])
+            reader = TopicReader(admin, [t for ts in topics.values() for t in (ts.predictions, ts.alerts, ts.dead_letters, ts.review) if t])
 
             def show(record: ReadRecord) -> None:
                 if record.topic in (topics["engines"].alerts, topics["machines"].alerts):
@@ -115,7 +126,7 @@ def run_demo(echo: Callable[[str], None] = print, *, rate: float | None = 1000.0
         finally:
             if worker is not None:
                 worker.stop()
-            local.down(tmp_path / "kafka", wipe=True)
+            local.down(state, wipe=True)
     return summary
 
 

@@ -13,7 +13,9 @@ import orjson
 @click.option("--rate", type=click.FloatRange(min=0), default=1000.0, show_default=True,
               help="Events/s replayed into each input topic; 0 = as fast as possible (a burst: latency then measures the backlog).")
 @click.option("--timeout", type=float, default=150.0, show_default=True, help="Seconds to wait for every input to be processed.")
-def demo(as_json: bool, rate: float, timeout: float) -> None:
+@click.option("--secure", is_flag=True, help="On a secured cluster (kafka up --secure): the worker as User:svc over "
+              "SASL_SSL (SCRAM-SHA-512) with only its ACLs.")
+def demo(as_json: bool, rate: float, timeout: float, secure: bool) -> None:
     """Start Kafka and a worker, replay C-MAPSS and AI4I plus bad events, show alerts, summarise.
 
     Needs Java 17+ and Maven (the first run fetches the Kafka jars). Everything it starts is stopped.
@@ -23,7 +25,7 @@ def demo(as_json: bool, rate: float, timeout: float) -> None:
 
     echo = (lambda line: click.echo(line, err=True)) if as_json else click.echo
     try:
-        summary = run_demo(echo, rate=rate or None, timeout=timeout)
+        summary = run_demo(echo, rate=rate or None, timeout=timeout, secure=secure)
     except (KafkaSetupError, RuntimeError) as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(1)
