@@ -91,7 +91,7 @@ class KafkaConfig(_Strict):
 
 class WorkerConfig(_Strict):
     web_host: str = "127.0.0.1"
-    web_port: int = Field(6066, ge=0, le=65535)
+    web_port: int = Field(6066, ge=0, le=65535, description="HTTP port for metrics and health; 0: any free port (logged).")
     data_dir: str = ".stream-infer/worker"
     checkpoint_interval_ms: int = Field(
         500, ge=10, le=60_000,

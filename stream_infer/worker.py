@@ -45,7 +45,7 @@ from stream_infer.kafka.producer import AsyncProducer
 from stream_infer.kafka.transactions import TransactionalProducer, TransactionFatal, instance_id
 from stream_infer.logs import setup_logging
 from stream_infer.pipeline import Pipeline
-from stream_infer.ports import port_is_free
+from stream_infer.ports import free_port, port_is_free
 from stream_infer.runtime.runner import PipelineRunner
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,10 @@ class Worker:
         self.config = config
         # Everything that needs no broker first: a bad model or schema fails start-up at once.
         pipelines = [Pipeline(pc, producer=None, changelog=None) for pc in config.pipelines]
+        if config.worker.web_port == 0:  # any free port (Faust's web server needs a number)
+            port = free_port(config.worker.web_host)
+            config = self.config = config.model_copy(update={"worker": config.worker.model_copy(update={"web_port": port})})
+            log.info("web port chosen", extra={"web_port": port})
         _check_port_free(config.worker.web_host, config.worker.web_port)
         self.exactly_once = config.worker.processing_guarantee == "exactly_once"
         self.instance = instance_id()
@@ -325,7 +329,7 @@ def _exit_after(seconds: float) -> None:
 
 
 def _check_port_free(host: str, port: int) -> None:
-    if port != 0 and not port_is_free(port, host):
+    if not port_is_free(port, host):
         raise StartupError(
             f"web port {host}:{port} (metrics, health) is in use, maybe by another worker: "
             "set worker.web_port in the config"

@@ -15,7 +15,7 @@ from stream_infer.engine import ModelError
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="TOML config file (see README: Configuration).")
 @click.option("--check", is_flag=True, help="Validate config, models and topics, then exit without consuming.")
-@click.option("--web-port", type=click.IntRange(0, 65535), default=None, help="Override worker.web_port.")
+@click.option("--web-port", type=click.IntRange(0, 65535), default=None, help="Override worker.web_port (0: any free port).")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Override worker.data_dir.")
 @click.option("--kafka-properties", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="librdkafka properties file with the connection's TLS/SASL settings (the format `kcat -F` reads); "
