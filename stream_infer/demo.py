@@ -24,6 +24,7 @@ import numpy as np
 from confluent_kafka import Producer
 
 from stream_infer.config import load_config
+from stream_infer.configs import DEMO_CONFIG
 from stream_infer.kafka import local
 from stream_infer.kafka.admin import create_topics
 from stream_infer.kafka.connection import KafkaConnection, as_connection, resolve
@@ -33,7 +34,6 @@ from stream_infer.training.data import MODELS_DIR, load_rul
 from stream_infer.workerproc import WorkerProcess
 
 _client_log = logging.getLogger("stream_infer.kafka.client")
-DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.toml"
 INPUT_PARTITIONS = 6
 FEEDS = {"engines": "cmapss-test", "machines": "ai4i"}
 

@@ -9,13 +9,13 @@ from pathlib import Path
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from stream_infer.config import Config, load_config
+from stream_infer.configs import DEMO_CONFIG, demo_config_text  # noqa: F401  (tests import DEMO_CONFIG from here)
 from stream_infer.faults.reference import RecordingProducer  # noqa: F401  (tests import it from here)
 from stream_infer.kafka.admin import create_topics
 from stream_infer.kafka.connection import KafkaConnection, as_connection
 from stream_infer.replay import dataset_events, replay
 
 ROOT = Path(__file__).resolve().parent.parent
-DEMO_CONFIG = ROOT / "stream_infer" / "configs" / "demo.toml"
 
 
 @dataclass
@@ -30,11 +30,10 @@ class E2EConfig:
 
 def write_config(tmp_path: Path, prefix: str, *, checkpoint_ms: int = 200, extra: str = "") -> E2EConfig:
     """The demo config with every topic and the group renamed under `prefix`, paths made absolute."""
-    text = DEMO_CONFIG.read_text()
+    text = demo_config_text()
     for name in ("engines.", "machines."):
         text = text.replace(f'"{name}', f'"{prefix}.{name}')
     text = text.replace('group_id = "stream-infer-demo"', f'group_id = "{prefix}"')
-    text = text.replace('"../../schemas/', f'"{ROOT / "schemas"}/').replace('"../models/', f'"{ROOT / "stream_infer" / "models"}/')
     text = text.replace("checkpoint_interval_ms = 500", f"checkpoint_interval_ms = {checkpoint_ms}") + extra
     path = tmp_path / f"{prefix}.toml"
     path.write_text(text)

@@ -21,10 +21,12 @@ from pathlib import Path
 import pytest
 
 from stream_infer.config import load_config
+from stream_infer.configs import demo_config_text
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "stream_infer" / "configs" / "demo.toml"
 MODELS = ROOT / "stream_infer" / "models"
+SCHEMAS = ROOT / "stream_infer" / "schemas"
 NOWHERE = "127.0.0.1:1"  # no broker: nothing listens on port 1
 # Validation needs no network; a healthy error run takes well under a second. 8 s (not 20) keeps
 # the file fast while a worker stuck on the broker (15 s metadata timeout) still fails.
@@ -32,10 +34,8 @@ LIMIT_S = 8.0
 
 def demo_text(tmp: Path) -> str:
     """demo.toml with its relative model/schema paths made absolute, a free web port and a temp data dir."""
-    text = DEMO.read_text()
+    text = demo_config_text()
     for old, new in (
-        ('"../../schemas/', f'"{ROOT}/schemas/'),
-        ('"../models/', f'"{MODELS}/'),
         ("web_port = 6066", "web_port = 0"),  # never fail on a port another worker holds
         ('data_dir = ".stream-infer/worker"', f'data_dir = "{tmp}/data"'),
     ):
@@ -93,7 +93,7 @@ CASES: dict[str, Case] = {
         lambda t: ["pipelines[0].model", str(t / "nope.onnx"), "does not exist"],
     ),
     "missing_schema": Case(
-        lambda t: _write(t, "missing_schema", replace_once(demo_text(t), f"{ROOT}/schemas/engines-event.v1.json", f"{t}/nope.json")),
+        lambda t: _write(t, "missing_schema", replace_once(demo_text(t), f"{SCHEMAS}/engines-event.v1.json", f"{t}/nope.json")),
         lambda t: ["pipelines[0].schema", str(t / "nope.json"), "does not exist"],
     ),
     "model_shape": Case(
@@ -109,7 +109,7 @@ CASES: dict[str, Case] = {
         lambda t: [str(t / "garbage.onnx"), "cannot be loaded"],
     ),
     "schema_not_json": Case(
-        lambda t: _write(t, "schema_not_json", replace_once(demo_text(t), f"{ROOT}/schemas/engines-event.v1.json", str(_bad_schema(t)))),
+        lambda t: _write(t, "schema_not_json", replace_once(demo_text(t), f"{SCHEMAS}/engines-event.v1.json", str(_bad_schema(t)))),
         lambda t: ["pipelines[0].schema", str(t / "bad-schema.json")],
     ),
     "config_not_found": Case(lambda t: t / "missing.toml", lambda t: [str(t / "missing.toml"), "does not exist"]),

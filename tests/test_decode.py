@@ -42,7 +42,7 @@ def _pipeline(dataset: str) -> PipelineConfig:
 @functools.cache
 def _decoder(dataset: str) -> EventDecoder:
     pipeline = _pipeline(dataset)
-    assert pipeline.schema_file == ROOT / "schemas" / SCHEMA_OF[dataset]
+    assert pipeline.schema_file == (ROOT / "schemas" / SCHEMA_OF[dataset]).resolve()
     return EventDecoder(pipeline.schema_file, max_message_bytes=pipeline.max_message_bytes, key_field=pipeline.key_field,
                         max_key_bytes=pipeline.max_key_bytes)
 

@@ -40,10 +40,10 @@ COMPOSE_SECURE_DIR = DEPLOY / "compose-secure"
 K8S_SECURE = DEPLOY / "k8s-secure"
 
 # The in-image folders that deploy/config/worker.toml names, and what provides them in the
-# repository (deploy/Dockerfile copies schemas/ and links the installed package's models).
+# repository (deploy/Dockerfile links them to the installed package's folders).
 IMAGE_PATHS = {
     "/opt/stream-infer/models": ROOT / "stream_infer" / "models",
-    "/opt/stream-infer/schemas": ROOT / "schemas",
+    "/opt/stream-infer/schemas": ROOT / "stream_infer" / "schemas",
 }
 IMAGE_CONFIG = "/etc/stream-infer/worker.toml"
 WEB_PORT = 6066
@@ -293,7 +293,9 @@ def test_dockerfile_copy_sources_exist_and_are_in_the_context():
             assert not dockerignore_matches(source), f"COPY source {source} is excluded by .dockerignore"
     destinations = {source.rstrip("/"): dest.rstrip("/") for sources, dest in from_context for source in sources}
     assert destinations["deploy/config/worker.toml"] == IMAGE_CONFIG
-    assert destinations["schemas"] == "/opt/stream-infer/schemas"
+    # Run-time files come with the installed wheel; only the package sources and the worker
+    # config are copied into the image.
+    assert set(destinations) == {"pyproject.toml", "README.md", "stream_infer", "deploy/config/worker.toml"}, destinations
 
 
 def test_dockerignore():

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from stream_infer.bench.harness import DEMO_CONFIG
 from stream_infer.config import load_config
+from stream_infer.configs import DEMO_CONFIG
 from stream_infer.faults import TrialResult, run_trial, trial_line
 from stream_infer.faults.reference import EventStream, load_reference
 from stream_infer.faults.scenarios import BROKER_KILL_NODES, SCENARIOS

@@ -37,6 +37,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from stream_infer.bench.jvm import JitWatch, stat_cpu_ticks
 from stream_infer.config import load_config
+from stream_infer.configs import demo_config_text
 from stream_infer.kafka import local
 from stream_infer.kafka.admin import create_topics, topic_partitions
 from stream_infer.kafka.reader import TopicReader
@@ -46,7 +47,6 @@ from stream_infer.workerproc import WorkerProcess
 log = logging.getLogger(__name__)
 _client_log = logging.getLogger("stream_infer.kafka.client")
 
-DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.toml"
 PARTITIONS = 6
 
 
@@ -86,10 +86,8 @@ def engines_config(path: Path, *, group: str, input_topic: str, output_prefix: s
     """Write the demo config's engines pipeline alone, on the given topics and group, with
     [pipelines.batching] keys overridden and the processing guarantee set (None: the default);
     paths made absolute. Returns `path`."""
-    text = DEMO_CONFIG.read_text()
+    text = demo_config_text()
     text = text[: text.index("# AI4I 2020")]  # engines only
-    base = DEMO_CONFIG.parent
-    text = text.replace('"../../schemas/', f'"{(base / "../../schemas").resolve()}/').replace('"../models/', f'"{(base / "../models").resolve()}/')
     text = text.replace('group_id = "stream-infer-demo"', f'group_id = "{group}"')
     text = text.replace('input_topic = "engines.telemetry"', f'input_topic = "{input_topic}"')
     for name in ("predictions", "alerts", "telemetry.dlq"):

@@ -20,13 +20,14 @@ def demo(as_json: bool, rate: float, timeout: float, secure: bool) -> None:
 
     Needs Java 17+ and Maven (the first run fetches the Kafka jars). Everything it starts is stopped.
     """
+    from stream_infer.config import ConfigError
     from stream_infer.demo import run_demo
     from stream_infer.kafka.jars import KafkaSetupError
 
     echo = (lambda line: click.echo(line, err=True)) if as_json else click.echo
     try:
         summary = run_demo(echo, rate=rate or None, timeout=timeout, secure=secure)
-    except (KafkaSetupError, RuntimeError) as err:
+    except (KafkaSetupError, ConfigError, RuntimeError) as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(1)
     if as_json:

@@ -13,8 +13,8 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from stream_infer.bench.harness import DEMO_CONFIG
 from stream_infer.config import load_config
+from stream_infer.configs import DEMO_CONFIG
 from stream_infer.faults.harness import run_trial
 from stream_infer.faults.reference import EventStream, load_reference
 from stream_infer.faults.report import TrialResult

@@ -47,8 +47,8 @@ from pathlib import Path
 import orjson
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from stream_infer.bench.harness import DEMO_CONFIG
 from stream_infer.config import Config, ConfigError, PipelineConfig, load_config
+from stream_infer.configs import DEMO_CONFIG, demo_config_text
 from stream_infer.fuzz.accounting import Expectation, dead_letter_problems, expect_dead_letter
 from stream_infer.fuzz.kinds import (DATASETS, POISON_VALUE_BYTES, Base, Headers, Kind, all_kinds, build, first_base,
                                     kinds_for)
@@ -61,7 +61,6 @@ from stream_infer.workerproc import WorkerProcess
 log = logging.getLogger(__name__)
 _client_log = logging.getLogger("stream_infer.kafka.client")
 
-ROOT = Path(__file__).resolve().parent.parent.parent
 PIPELINES = ("engines", "machines")
 # The feeder's own limit: above the 1,030,000-byte poison pill plus its key and framing, below
 # the broker's default message.max.bytes (1,048,588) that bounds a record batch.
@@ -235,13 +234,12 @@ def write_config(path: Path, prefix: str, *, engines_state: dict[str, int] | Non
     made absolute, and SEQUENCE_FIELDS set; with `engines_state` (e.g. {"max_keys": 0}) that
     table replaces the engines pipeline's [pipelines.state] (whatever the demo sets there).
     Raises ConfigError if the worker's config does not accept the result."""
-    text = DEMO_CONFIG.read_text()
+    text = demo_config_text()
     for name, sequence_field in SEQUENCE_FIELDS.items():
         text = _set_in_pipeline(text, name, f'sequence_field = "{sequence_field}"')
     for name in ("engines.", "machines."):
         text = text.replace(f'"{name}', f'"{prefix}.{name}')
     text = text.replace('group_id = "stream-infer-demo"', f'group_id = "{prefix}"')
-    text = text.replace('"../../schemas/', f'"{ROOT / "schemas"}/').replace('"../models/', f'"{ROOT / "stream_infer" / "models"}/')
     if engines_state is not None:
         text = _replace_state_table(text, "engines", engines_state)
     path.parent.mkdir(parents=True, exist_ok=True)
