@@ -5,7 +5,7 @@ tick (about every second) with the backlog (messages on the pipeline's assigned 
 processed), and the pipeline feeds two :class:`CostProfile` with every batch: its inference time
 (also calibrated at start) and its whole time on the event loop, decode to produce.
 
-Policy (the README's "Operating it" repeats it):
+Policy (docs/operating.md repeats it; docs/performance.md has the measurements behind it):
 
 * **latency mode** (start, and whenever the backlog is small): batches are at most the *latency
   size*: the largest power of two (<= the cap) whose measured cost fits the latency budget, the
@@ -28,7 +28,7 @@ Policy (the README's "Operating it" repeats it):
   trickle's one-event batches cost about 0.3 ms each) doubling took six seconds to reach 1024,
   and a 60,000-event burst drained in 6.1 s instead of 3.5-4.0. Why not wait `max_wait`: under a
   backlog batches fill without waiting, so the wait only matters to a stream the worker keeps up
-  with, and there it is latency (README, Performance, finding 19).
+  with, and there it is latency (docs/performance.md).
 * back to **latency mode** only after `leave_after` low ticks in a row: the backlog at or below
   the low-water mark, or no fetch filling the batch size since the previous tick. Why the
   second: with a cap of 1024 and a 20 ms wait, a steady 31,700 events/s is about 630 events a

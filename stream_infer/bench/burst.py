@@ -4,7 +4,7 @@ A worker runs in latency mode on a trickle of events; then `burst_events` arrive
 0.25 s the worker's own metrics are scraped: the controller's mode and batch size, the lag gauges
 (messages and seconds), paused partitions and in-flight events, and the mean size of the batches
 processed since the previous scrape. The run ends once the lag is back to zero and the controller
-back in latency mode. Used by `stream-infer bench` (a figure in the README) and by the tests.
+back in latency mode. Used by `stream-infer bench` (a figure in docs/operating.md) and by the tests.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A fresh broker runs its request paths interpreted until HotSpot's C1/C2 compilers have compiled
 them, and the compilers take CPU meanwhile. Under a live stream of small produce and fetch
 requests on this 2-core machine that lasted more than a minute: the C2 thread used 0.35-0.47 of a
-core and the request threads 0.5-0.7, falling to 0.24 once compiled (README, Performance). Latency
+core and the request threads 0.5-0.7, falling to 0.24 once compiled (docs/performance.md). Latency
 measured in that minute is the broker's warm-up, not the service's, so the benchmark's latency
 phases wait until the compilers have gone quiet.
 """

@@ -1,6 +1,6 @@
 """Consume in batches: confluent-kafka's consumer, driven from one dedicated thread.
 
-Why not Faust's per-event stream: profiling the first worker (see README, Performance) showed the
+Why not Faust's per-event stream: profiling a worker built on it (docs/performance.md) showed the
 event loop idle most of the time while Faust handed events one by one through its aiokafka thread
 and stream machinery; the pipeline's throughput was a small fraction of a plain loop's. Here
 librdkafka prefetches in the background and each call hands the pipeline a whole batch.
