@@ -16,8 +16,8 @@ consumers see each input's outputs once (visible at the checkpoint's commit). Se
 from __future__ import annotations
 
 import asyncio
-import gc
 import faulthandler
+import gc
 import logging
 import os
 import threading

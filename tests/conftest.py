@@ -52,7 +52,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-def unique() -> "UniqueNames":
+def unique() -> UniqueNames:
     """Call with a prefix to get a topic or group name no other test (or earlier run) uses."""
     return UniqueNames()
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import prometheus_client
 import pytest
+from support import close_runner
 
 from stream_infer.bench.harness import engine_events, engines_config
 from stream_infer.config import load_config
@@ -20,8 +21,6 @@ from stream_infer.kafka.reader import TopicReader
 from stream_infer.pipeline import Pipeline
 from stream_infer.runtime import checkpointing as checkpointing_module
 from stream_infer.runtime.runner import PipelineRunner
-
-from support import close_runner
 
 
 def _cuts(how: str) -> float:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support import DEMO_CONFIG, write_config
 
 from stream_infer.config import ConfigError, load_config
 from stream_infer.kafka.connection import (
@@ -14,8 +15,6 @@ from stream_infer.kafka.connection import (
     read_properties,
     resolve,
 )
-
-from support import DEMO_CONFIG, write_config
 
 SECRET = "s3cr3t-Pa55-do-not-print"
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from support import create_inputs, feed, write_config
+
 from stream_infer.kafka.admin import group_lag
 from stream_infer.kafka.reader import TopicReader
 from stream_infer.workerproc import WorkerProcess
-
-from support import create_inputs, feed, write_config
 
 TOTAL = 13_096  # all of C-MAPSS test_FD001
 

@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+from support import RecordingProducer
 
 from stream_infer.config import PipelineConfig, load_config
 from stream_infer.decode import REASONS, DecodedBatch, EventDecoder, InputRecord
 from stream_infer.features import Featurizer
 from stream_infer.outputs import EXCERPT_BYTES
 from stream_infer.replay import bad_events, dataset_events
-from support import RecordingProducer
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = ROOT / "stream_infer" / "configs" / "demo.toml"

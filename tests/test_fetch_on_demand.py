@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
+from support import close_runner
 
 from stream_infer.bench.harness import engines_config
 from stream_infer.config import load_config
@@ -23,8 +24,6 @@ from stream_infer.kafka.admin import create_topics
 from stream_infer.kafka.consumer import BatchConsumer
 from stream_infer.pipeline import Pipeline
 from stream_infer.runtime.runner import PipelineRunner
-
-from support import close_runner
 
 EVENTS = 150
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from support import RecordingProducer
 
 from stream_infer.config import PipelineConfig, load_config
 from stream_infer.decode import REASONS, InputRecord
@@ -21,7 +22,6 @@ from stream_infer.fuzz.kinds import DATASETS, POISON_KEY_BYTES, POISON_VALUE_BYT
 from stream_infer.fuzz.run import SEQUENCE_FIELDS, keys_phase
 from stream_infer.pipeline import Pipeline
 from stream_infer.replay import dataset_events
-from support import RecordingProducer
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = load_config(ROOT / "stream_infer" / "configs" / "demo.toml")

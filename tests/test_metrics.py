@@ -30,5 +30,5 @@ def test_observe_many_equals_per_value_observe() -> None:
     assert [line for line in batched.splitlines() if "_created" not in line and "_sum" not in line] == [
         line for line in per_value.splitlines() if "_created" not in line and "_sum" not in line
     ]
-    sums = [float(next(l for l in text.splitlines() if l.startswith("lat_sum")).split()[-1]) for text in exposed]
+    sums = [float(next(line for line in text.splitlines() if line.startswith("lat_sum")).split()[-1]) for text in exposed]
     assert abs(sums[0] - sums[1]) <= 1e-6 * sums[0]

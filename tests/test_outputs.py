@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support import RecordingProducer
 
 from stream_infer import metrics
 from stream_infer.config import load_config
@@ -17,7 +18,6 @@ from stream_infer.decode import REASONS, DeadLetter, InputRecord
 from stream_infer.outputs import EXCERPT_BYTES, HEADER_BUDGET_BYTES, OutputWriter
 from stream_infer.pipeline import Pipeline
 from stream_infer.replay import dataset_events
-from support import RecordingProducer
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = load_config(ROOT / "stream_infer" / "configs" / "demo.toml")

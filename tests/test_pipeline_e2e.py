@@ -7,13 +7,12 @@ from pathlib import Path
 
 import fastjsonschema
 import orjson
+from support import ROOT, create_inputs, feed, output_topics, write_config
 
 from stream_infer.kafka.reader import TopicReader
 from stream_infer.outputs import EXCERPT_BYTES
 from stream_infer.replay import bad_events
 from stream_infer.workerproc import WorkerProcess
-
-from support import ROOT, create_inputs, feed, output_topics, write_config
 
 N_ENGINES = 3000
 N_MACHINES = 2000

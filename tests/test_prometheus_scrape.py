@@ -13,11 +13,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from support import create_inputs, feed, write_config
 
 from stream_infer.kafka.admin import group_lag
 from stream_infer.kafka.local import free_port
 from stream_infer.workerproc import WorkerProcess
-from support import create_inputs, feed, write_config
 
 EVENTS = 400
 

@@ -201,10 +201,10 @@ def test_cli_status_down_and_restart_reuse_ca_and_passwords(secure: local.Cluste
 
 def test_svc_holds_exactly_the_demo_workers_acls(secure: local.Cluster) -> None:
     from confluent_kafka.admin import AclBindingFilter
+    from support import DEMO_CONFIG
 
     from stream_infer.config import load_config
     from stream_infer.kafka import acls
-    from support import DEMO_CONFIG
 
     su = admin(secure.state_dir / "admin.properties")
     everything = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, "User:svc", None,

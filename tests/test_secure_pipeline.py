@@ -30,14 +30,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from support import create_inputs, feed, output_topics, write_config
 
 from stream_infer.config import load_config
 from stream_infer.kafka import local
 from stream_infer.kafka.connection import read_properties, resolve
 from stream_infer.kafka.reader import TopicReader
 from stream_infer.workerproc import WorkerProcess
-
-from support import create_inputs, feed, output_topics, write_config
 
 N_ENGINES = 600
 N_MACHINES = 400
@@ -167,7 +166,7 @@ def granted_config(secure: dict, tmp_path_factory: pytest.TempPathFactory) -> Pa
 def _other_ca(tmp_path: Path) -> Path:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "some other CA")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now)
             .not_valid_after(now + datetime.timedelta(days=1))

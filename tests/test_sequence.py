@@ -8,13 +8,13 @@ import time
 from pathlib import Path
 
 import orjson
+from support import RecordingProducer
 
 from stream_infer.config import load_config
 from stream_infer.decode import InputRecord
 from stream_infer.pipeline import Pipeline
 from stream_infer.replay import dataset_events
 from stream_infer.state import KeyState
-from support import RecordingProducer
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_ENGINES = next(p for p in load_config(ROOT / "stream_infer" / "configs" / "demo.toml").pipelines if p.name == "engines")

@@ -58,7 +58,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -456,6 +456,11 @@ def _compare(result: Result, out: np.ndarray, reference: np.ndarray | None, cpu_
     result.outputs_agree = bool(diff / scale <= REL_TOLERANCE)
 
 
+def _plain_run(session: ort.InferenceSession, output: str, name: str, batch: np.ndarray) -> Callable[[], np.ndarray]:
+    """One plain run of `session` on `batch` (input `name`), returning `output`: the step timed."""
+    return lambda: session.run([output], {name: batch})[0]
+
+
 def _cpu_session(path: Path) -> ort.InferenceSession:
     """CPU session using every core the OS reports (the brief: intra_op = os.cpu_count())."""
     options = ort.SessionOptions()
@@ -577,7 +582,7 @@ def run_bench(
     missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"model file(s) not found: {', '.join(missing)}")
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    started = datetime.now(UTC).isoformat(timespec="seconds")
 
     want_cuda = any(m in CUDA_MODES for m in modes)
     cuda = prepare_cuda(paths[models[0]], device_id) if want_cuda and models else CudaStatus(False, "not requested")
@@ -622,14 +627,14 @@ def run_bench(
                         name = cpu_session.get_inputs()[0].name
                         out_name = cpu_session.get_outputs()[0].name
                         result, out = _timed_result(model, batch_size, mode,
-                                                    lambda: cpu_session.run([out_name], {name: batch})[0], seconds)
+                                                    _plain_run(cpu_session, out_name, name, batch), seconds)
                         reference, cpu_rate = out.astype(np.float64), result.rows_per_s
                         result.speedup_vs_cpu = 1.0
                     elif mode == "cuda":
                         name = cuda_session.get_inputs()[0].name
                         out_name = cuda_session.get_outputs()[0].name
                         result, out = _timed_result(model, batch_size, mode,
-                                                    lambda: cuda_session.run([out_name], {name: batch})[0], seconds)
+                                                    _plain_run(cuda_session, out_name, name, batch), seconds)
                         _compare(result, out, reference, cpu_rate)
                     else:
                         others = np.ascontiguousarray(inputs[::-1][:batch_size])  # other rows, for the self-check
@@ -644,7 +649,7 @@ def run_bench(
                     result = Result(model, batch_size, mode, "error", note=f"{type(err).__name__}: {err}"[:500])
                 results.append(result)
                 log(_progress_line(result))
-        del cpu_session, cuda_session
+        cpu_session = cuda_session = None  # release the model's sessions before the next one
 
     cuda_dict = asdict(cuda)
     cuda_dict["host_buffer"] = host_buffers

@@ -331,7 +331,7 @@ class Bench:
                 count = max(int(rate * duration), 20)
                 before = len(reader.records[predictions])
                 _paced(self.bootstrap, topic, events[:count], rate)
-                reader.until(lambda: len(reader.records[predictions]) - before >= count, 120)
+                reader.until(lambda before=before, count=count: len(reader.records[predictions]) - before >= count, 120)
                 lat, inside = _latencies(reader.records[predictions][before:])
                 pct = {f"p{q}": round(float(np.percentile(lat, q)), 1) for q in (50, 95, 99)}
                 self.results["latency_ms"][name] = {

@@ -25,7 +25,8 @@ def replay(dataset: str, topic: str, rate: float | None, limit: int | None, boot
     from tqdm import tqdm
 
     from stream_infer.kafka.preflight import ConnectionFailure, connect
-    from stream_infer.replay import dataset_events, dataset_size, replay as run_replay
+    from stream_infer.replay import dataset_events, dataset_size
+    from stream_infer.replay import replay as run_replay
 
     connection = connection_from(bootstrap_servers, kafka_properties)
     bootstrap = connection.bootstrap

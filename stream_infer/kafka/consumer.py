@@ -242,7 +242,7 @@ class BatchConsumer:
             epochs[tp.partition] = next(_epochs)
             self._committed.pop(tp.partition, None)
             target = tp.offset if tp.offset >= 0 else retry_kafka(
-                lambda: self._consumer.get_watermark_offsets(tp, timeout=10)[0], timeout=30, what="reading the log start")
+                lambda tp=tp: self._consumer.get_watermark_offsets(tp, timeout=10)[0], timeout=30, what="reading the log start")
             self._consumer.seek(TopicPartition(tp.topic, tp.partition, target))
         self._set_ownership({**self._ownership.epochs, **epochs})
         return epochs

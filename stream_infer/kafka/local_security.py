@@ -184,7 +184,7 @@ def _pem(cert: x509.Certificate) -> bytes:
 
 def _make_tls(material: Material) -> None:
     """A new CA, broker and svc certificates, written to a fresh folder that then replaces tls/."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = _name("stream-infer local Kafka CA")
     ca_cert = (

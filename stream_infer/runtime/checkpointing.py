@@ -209,7 +209,7 @@ class Checkpointing:
             return
         try:
             await asyncio.wait_for(self._final(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("final checkpoint not committed within %.0f s; the next owner resumes from the previous one",
                         timeout, extra={"pipeline": self.name})
         self.stopping = True

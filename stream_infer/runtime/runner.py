@@ -20,10 +20,9 @@ from stream_infer.config import Config
 from stream_infer.kafka.consumer import records_from_messages
 from stream_infer.pipeline import Pipeline
 from stream_infer.runtime.checkpointing import Checkpointing, exit_for_restart
-from stream_infer.runtime.source import message_bytes
 from stream_infer.runtime.monitor import LagMonitor
 from stream_infer.runtime.rebalance import RebalanceHandler
-from stream_infer.runtime.source import BatchSource
+from stream_infer.runtime.source import BatchSource, message_bytes
 
 log = logging.getLogger(__name__)
 

@@ -170,7 +170,7 @@ class BatchSource:
         if self.consumer is not None:
             try:
                 await asyncio.wait_for(self.call(self.consumer.close), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("consumer did not close within %.0f s; exiting anyway (the group moves its partitions "
                             "after the session timeout)", timeout, extra={"pipeline": self.name})
         self.thread.shutdown(wait=False)

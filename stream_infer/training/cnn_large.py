@@ -135,7 +135,7 @@ def make_weights(seed: int = SEED) -> dict[str, np.ndarray]:
     return weights
 
 
-def build_model(weights: dict[str, np.ndarray]) -> "onnx.ModelProto":
+def build_model(weights: dict[str, np.ndarray]) -> onnx.ModelProto:
     """The ONNX graph described in the module docstring, with ``weights`` as initializers."""
     import onnx  # lazy: the training extra only
     from onnx import TensorProto, helper, numpy_helper

@@ -24,9 +24,10 @@ Split: stratified on ``machine_failure``, seeded, 60% train / 20% validation / 2
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from onnx import TensorProto
