@@ -28,10 +28,24 @@ import numpy as np
 
 _ANNOTATIONS = {"description", "title", "examples", "default", "$comment", "deprecated", "readOnly", "writeOnly"}
 _TOP_KEYWORDS = _ANNOTATIONS | {"$schema", "$id", "type", "required", "properties", "additionalProperties"}
-_PROPERTY_KEYWORDS = _ANNOTATIONS | {"type", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "enum", "const", "pattern"}
+_PROPERTY_KEYWORDS = _ANNOTATIONS | {
+    "type",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "enum",
+    "const",
+    "pattern",
+}
 # Python types orjson produces for each JSON Schema type. Exact types: bool is not an integer
 # here, and 1.0 is not checked as an integer (the slow path decides such rare cases).
-_TYPES = {"integer": frozenset({int}), "number": frozenset({int, float}), "string": frozenset({str}), "boolean": frozenset({bool})}
+_TYPES = {
+    "integer": frozenset({int}),
+    "number": frozenset({int, float}),
+    "string": frozenset({str}),
+    "boolean": frozenset({bool}),
+}
 _SCALARS = frozenset({int, float, str, bool})
 _BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 

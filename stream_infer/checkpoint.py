@@ -124,9 +124,17 @@ class CheckpointCommitter:
     (exactly-once) it is dropped, and :meth:`commit` raises TransactionAborted so the caller
     rewinds."""
 
-    def __init__(self, pipeline: str, input_topic: str, changelog_topic: str | None, producer: TransactionalProducer,
-                 ownership: Callable[[], Ownership], on_committed: Callable[[dict[int, int], dict[int, int]], None],
-                 *, retain_on_abort: bool) -> None:
+    def __init__(
+        self,
+        pipeline: str,
+        input_topic: str,
+        changelog_topic: str | None,
+        producer: TransactionalProducer,
+        ownership: Callable[[], Ownership],
+        on_committed: Callable[[dict[int, int], dict[int, int]], None],
+        *,
+        retain_on_abort: bool,
+    ) -> None:
         self.pipeline = pipeline
         self.input_topic = input_topic
         self.changelog_topic = changelog_topic
@@ -186,7 +194,9 @@ class CheckpointCommitter:
                 with self._lock:  # the transaction stays open: what it holds is checked next time
                     self._add_locked(Checkpoint({}, produced=taken.produced))
             return CommitResult({}, 0, 0.0)
-        records = checkpoint_records(self.changelog_topic, checkpoint.snapshots, checkpoint.offsets) if self.changelog_topic else []
+        records = (
+            checkpoint_records(self.changelog_topic, checkpoint.snapshots, checkpoint.offsets) if self.changelog_topic else []
+        )
         offsets = {(self.input_topic, p): o for p, o in checkpoint.offsets.items()}
         try:
             seconds = self.producer.commit(records, offsets, ownership.group_metadata)
@@ -194,15 +204,20 @@ class CheckpointCommitter:
             metrics.CHECKPOINT_ABORTS.labels(self.pipeline).inc()
             if self.failing_since is None:
                 self.failing_since = time.monotonic()
-                log.warning("checkpoint transaction aborted; %s", "retried at the next checkpoint" if self._retain_on_abort
-                            else "rewinding to the last committed checkpoint", extra={"pipeline": self.pipeline, "error": str(exc)})
+                log.warning(
+                    "checkpoint transaction aborted; %s",
+                    "retried at the next checkpoint" if self._retain_on_abort else "rewinding to the last committed checkpoint",
+                    extra={"pipeline": self.pipeline, "error": str(exc)},
+                )
             if self._retain_on_abort:
                 with self._lock:
                     self._pending = checkpoint if self._pending is None else checkpoint.merge(self._pending)
             raise
         if self.failing_since is not None:
-            log.warning("checkpoints committed again", extra={"pipeline": self.pipeline,
-                                                             "failing_s": round(time.monotonic() - self.failing_since, 1)})
+            log.warning(
+                "checkpoints committed again",
+                extra={"pipeline": self.pipeline, "failing_s": round(time.monotonic() - self.failing_since, 1)},
+            )
             self.failing_since = None
         metrics.CHECKPOINTS.labels(self.pipeline).inc()
         self._on_committed(checkpoint.offsets, checkpoint.epochs)

@@ -34,13 +34,18 @@ class _Strict(BaseModel):
 class KafkaConfig(_Strict):
     bootstrap_servers: str = "127.0.0.1:9092"
     group_id: str = Field("stream-infer", description="Consumer group and Faust app id; workers sharing it split partitions.")
-    replication_factor: int = Field(1, ge=1, description="For the topics the worker creates (outputs, state changelogs); at most the cluster's broker count.")
+    replication_factor: int = Field(
+        1, ge=1, description="For the topics the worker creates (outputs, state changelogs); at most the cluster's broker count."
+    )
     min_insync_replicas: int | None = Field(
-        None, ge=1,
+        None,
+        ge=1,
         description="min.insync.replicas of the topics the worker creates; default min(2, replication_factor), so acks=all needs two copies where there can be two.",
     )
     transaction_timeout_ms: int = Field(
-        10_000, ge=1_000, le=900_000,
+        10_000,
+        ge=1_000,
+        le=900_000,
         description=(
             "Checkpoint transactions of a worker killed inside one are aborted by the broker this long after they began; "
             "until then the partitions' next owner waits to restore their state (and exactly-once readers wait too)."
@@ -62,7 +67,9 @@ class KafkaConfig(_Strict):
         ),
     )
     session_timeout_ms: int = Field(
-        10_000, ge=3_000, le=300_000,
+        10_000,
+        ge=3_000,
+        le=300_000,
         description=(
             "A worker that stops heartbeating (crash, kill -9) keeps its partitions this long before the group moves them. "
             "Keep it above the cluster's group-coordinator failover time (broker.session.timeout.ms plus leader "
@@ -94,7 +101,9 @@ class WorkerConfig(_Strict):
     web_port: int = Field(6066, ge=0, le=65535, description="HTTP port for metrics and health; 0: any free port (logged).")
     data_dir: str = ".stream-infer/worker"
     checkpoint_interval_ms: int = Field(
-        500, ge=10, le=60_000,
+        500,
+        ge=10,
+        le=60_000,
         description="How often state and offsets are committed (exactly-once: also when outputs become visible).",
     )
     processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
@@ -106,7 +115,9 @@ class WorkerConfig(_Strict):
         ),
     )
     stall_timeout_s: float = Field(
-        60.0, gt=0, le=86_400,
+        60.0,
+        gt=0,
+        le=86_400,
         description="/healthz turns 503 when a pipeline has lag and made no progress for this long.",
     )
 
@@ -142,12 +153,16 @@ class BatchingConfig(_Strict):
 
     max_batch_size: int = Field(256, ge=1, le=65_536, description="The cap: the controller never exceeds it.")
     max_wait_ms: float = Field(
-        20.0, ge=0, le=60_000,
+        20.0,
+        ge=0,
+        le=60_000,
         description="The longest any batch waits to fill; the default latency budget is a quarter of it (throughput mode waits at most the budget).",
     )
     adaptive: bool = Field(True, description="false: always max_batch_size, no waiting (the controller is off).")
     latency_budget_ms: float | None = Field(
-        None, gt=0, le=60_000,
+        None,
+        gt=0,
+        le=60_000,
         description=(
             "Latency mode uses the largest batch whose measured cost (whole batch path, and inference alone) is at "
             "most this, and a fetch of two or more events may wait this long for more (a lone event never waits); "
@@ -156,11 +171,15 @@ class BatchingConfig(_Strict):
         ),
     )
     max_in_flight_events: int = Field(
-        50_000, ge=1, le=10_000_000,
+        50_000,
+        ge=1,
+        le=10_000_000,
         description="Events fetched but not yet acknowledged; at this bound the worker pauses its partitions until half drained.",
     )
     max_in_flight_mb: float = Field(
-        64.0, gt=0, le=65_536,
+        64.0,
+        gt=0,
+        le=65_536,
         description=(
             "The same bound in megabytes of fetched values (after decompression): large values pause the partitions "
             "long before max_in_flight_events does."
@@ -194,14 +213,16 @@ class StateConfig(_Strict):
     does. See docs/state.md."""
 
     key_ttl_ms: int = Field(
-        0, ge=0,
+        0,
+        ge=0,
         description=(
             "0: off. A key whose newest event is this much older than the newest event of its input "
             "partition (event time: the records' Kafka timestamps, capped at the worker's clock) expires."
         ),
     )
     max_keys: int = Field(
-        0, ge=0,
+        0,
+        ge=0,
         description=(
             "0: off. The most keys one worker holds for this pipeline (all its partitions together): past it "
             "the least recently seen keys are evicted after each batch. Keys in use by the batches being "
@@ -276,7 +297,8 @@ class PipelineConfig(_Strict):
         ),
     )
     out_of_order: Literal["dead_letter", "accept"] = Field(
-        "dead_letter", description="What an out-of-order event gets: the DLQ (reason `out_of_order`), or processed as usual.",
+        "dead_letter",
+        description="What an out-of-order event gets: the DLQ (reason `out_of_order`), or processed as usual.",
     )
     features: FeatureSpec
     batching: BatchingConfig = BatchingConfig()

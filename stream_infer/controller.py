@@ -157,7 +157,11 @@ class BatchController:
 
         if self.mode == LATENCY:
             # The first step's backlog was there before this worker: no burst to wait out.
-            if self._high_ticks >= self.enter_after or self._growing_ticks > self.enter_after or (first and backlog > self.high_water):
+            if (
+                self._high_ticks >= self.enter_after
+                or self._growing_ticks > self.enter_after
+                or (first and backlog > self.high_water)
+            ):
                 self.mode = THROUGHPUT
                 self.setting = Setting(self.cap, min(self.max_wait, self.latency_budget), THROUGHPUT)
             else:

@@ -106,8 +106,12 @@ class EventDecoder:
         limit = self.max_message_bytes
         values = [r.value for r in batch]
         raw_keys = [r.key for r in batch]
-        if (None in values or max(map(len, values), default=0) > limit or not all(raw_keys)
-                or max(map(len, raw_keys), default=0) > self.max_key_bytes):  # type: ignore[arg-type]
+        if (
+            None in values
+            or max(map(len, values), default=0) > limit
+            or not all(raw_keys)
+            or max(map(len, raw_keys), default=0) > self.max_key_bytes
+        ):  # type: ignore[arg-type]
             return None
         try:
             events = list(map(orjson.loads, values))
@@ -139,7 +143,9 @@ class EventDecoder:
             try:
                 key = raw_key.decode()
             except UnicodeDecodeError as err:
-                out.dead.append(DeadLetter(record, "invalid_key", f"the Kafka key is not UTF-8: {err.reason} at byte {err.start}"))
+                out.dead.append(
+                    DeadLetter(record, "invalid_key", f"the Kafka key is not UTF-8: {err.reason} at byte {err.start}")
+                )
                 continue
             try:
                 event = loads(value)
@@ -151,7 +157,9 @@ class EventDecoder:
                 continue
             if versions and "schema_version" in event and not _known_version(event["schema_version"], versions):
                 out.dead.append(
-                    DeadLetter(record, "unknown_schema_version", f"schema_version {event['schema_version']!r}; known: {list(versions)}")
+                    DeadLetter(
+                        record, "unknown_schema_version", f"schema_version {event['schema_version']!r}; known: {list(versions)}"
+                    )
                 )
                 continue
             try:
@@ -161,8 +169,13 @@ class EventDecoder:
                 out.dead.append(DeadLetter(record, reason, err.message))
                 continue
             if not _key_matches(key, event.get(field_name, _ABSENT)):
-                out.dead.append(DeadLetter(record, "key_mismatch",
-                                           f"Kafka key {key[:100]!r} differs from {field_name} {str(event[field_name])[:100]!r}"))
+                out.dead.append(
+                    DeadLetter(
+                        record,
+                        "key_mismatch",
+                        f"Kafka key {key[:100]!r} differs from {field_name} {str(event[field_name])[:100]!r}",
+                    )
+                )
                 continue
             out.records.append(record)
             out.events.append(event)

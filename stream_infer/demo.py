@@ -62,8 +62,11 @@ def _feed(bootstrap: KafkaConnection | str, topics: dict[str, str], rate: float 
     counts: dict[str, int] = {}
 
     def one(name: str) -> None:
-        producer = Producer(as_connection(bootstrap).client_config(**{"acks": "all", "enable.idempotence": True,
-                                                                      "linger.ms": 5, "logger": _client_log}))
+        producer = Producer(
+            as_connection(bootstrap).client_config(
+                **{"acks": "all", "enable.idempotence": True, "linger.ms": 5, "logger": _client_log}
+            )
+        )
         sent = replay(producer, topics[name], dataset_events(FEEDS[name]), rate=rate)
         bad = bad_events(FEEDS[name])
         for _, key, value in bad:
@@ -82,8 +85,9 @@ def _feed(bootstrap: KafkaConnection | str, topics: dict[str, str], rate: float 
     return counts
 
 
-def run_demo(echo: Callable[[str], None] = print, *, rate: float | None = 1000.0, timeout: float = 150.0,
-             secure: bool = False) -> dict:
+def run_demo(
+    echo: Callable[[str], None] = print, *, rate: float | None = 1000.0, timeout: float = 150.0, secure: bool = False
+) -> dict:
     config = load_config(DEMO_CONFIG)
     pipelines = {p.name: p for p in config.pipelines}
     with tempfile.TemporaryDirectory(prefix="stream-infer-demo-") as tmp:
@@ -91,10 +95,14 @@ def run_demo(echo: Callable[[str], None] = print, *, rate: float | None = 1000.0
         started = time.monotonic()
         state = tmp_path / "kafka"
         cluster, _ = local.up(state, port=0, secure=secure)
-        echo(f"Kafka {cluster.version} up at {cluster.bootstrap}{' (SASL_SSL, ACLs)' if secure else ''} "
-             f"in {time.monotonic() - started:.1f} s")
+        echo(
+            f"Kafka {cluster.version} up at {cluster.bootstrap}{' (SASL_SSL, ACLs)' if secure else ''} "
+            f"in {time.monotonic() - started:.1f} s"
+        )
         # The demo itself creates, feeds and reads as admin; the worker is svc (see the docstring).
-        admin: KafkaConnection = resolve(properties_file=state / "admin.properties") if secure else as_connection(cluster.bootstrap)
+        admin: KafkaConnection = (
+            resolve(properties_file=state / "admin.properties") if secure else as_connection(cluster.bootstrap)
+        )
         worker_env = {"STREAM_INFER_KAFKA_PROPERTIES": str(state / "client-scram.properties")} if secure else None
         worker = None
         try:
@@ -105,19 +113,27 @@ def run_demo(echo: Callable[[str], None] = print, *, rate: float | None = 1000.0
             events_in = _feed(admin, {name: pipelines[name].input_topic for name in FEEDS}, rate, echo)
 
             topics = {name: p.topics for name, p in pipelines.items()}
-            reader = TopicReader(admin, [t for ts in topics.values() for t in (ts.predictions, ts.alerts, ts.dead_letters, ts.review) if t])
+            reader = TopicReader(
+                admin, [t for ts in topics.values() for t in (ts.predictions, ts.alerts, ts.dead_letters, ts.review) if t]
+            )
 
             def show(record: ReadRecord) -> None:
                 if record.topic in (topics["engines"].alerts, topics["machines"].alerts):
                     a = record.json()
-                    echo(f"  ALERT {a['pipeline']:<8} key={a['key']:<7} {a['rule']} score={a['score']:.3f} after {a['count']} event(s)")
+                    echo(
+                        f"  ALERT {a['pipeline']:<8} key={a['key']:<7} {a['rule']} score={a['score']:.3f} after {a['count']} event(s)"
+                    )
 
             def accounted(name: str) -> int:
                 t = topics[name]
-                return len({(r.json()["source"]["partition"], r.json()["source"]["offset"]) for r in reader.records[t.predictions]}) + len(reader.records[t.dead_letters])
+                return len(
+                    {(r.json()["source"]["partition"], r.json()["source"]["offset"]) for r in reader.records[t.predictions]}
+                ) + len(reader.records[t.dead_letters])
 
             if not reader.until(lambda: all(accounted(n) >= events_in[n] for n in FEEDS), timeout, show):
-                raise RuntimeError(f"not every input was processed within {timeout:.0f} s: {[(n, accounted(n), events_in[n]) for n in FEEDS]}\n{worker.log_tail()}")
+                raise RuntimeError(
+                    f"not every input was processed within {timeout:.0f} s: {[(n, accounted(n), events_in[n]) for n in FEEDS]}\n{worker.log_tail()}"
+                )
             # Alerts of the last batch travel beside its predictions: read until the topics are quiet.
             while reader.poll(1.0, show):
                 pass

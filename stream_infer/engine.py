@@ -58,7 +58,9 @@ def _preload_cuda_libraries() -> None:
 
 
 class InferenceEngine:
-    def __init__(self, model_path: Path, *, width: int, outputs: list[str], device: str = "auto", intra_op_threads: int = 1) -> None:
+    def __init__(
+        self, model_path: Path, *, width: int, outputs: list[str], device: str = "auto", intra_op_threads: int = 1
+    ) -> None:
         if not model_path.is_file():
             raise ModelError(f"model file {model_path} does not exist")
         options = ort.SessionOptions()
@@ -73,7 +75,11 @@ class InferenceEngine:
         self.name = model_path.stem
         self.version = model_version(model_path)
         self.provider = self.session.get_providers()[0]
-        if device == "cuda" and self.provider != "CUDAExecutionProvider" and "CUDAExecutionProvider" in ort.get_available_providers():
+        if (
+            device == "cuda"
+            and self.provider != "CUDAExecutionProvider"
+            and "CUDAExecutionProvider" in ort.get_available_providers()
+        ):
             log.warning("device = cuda, but the CUDA provider did not load (CUDA/cuDNN libraries not found?); running on CPU")
         self._check_signature(model_path, width, outputs)
         self.input_name = self.session.get_inputs()[0].name

@@ -75,8 +75,7 @@ class Featurizer:
         had = np.fromiter((0 if s.rows is None else len(s.rows) for s in states), dtype=np.int64, count=n_keys)
         # Histories, all left-padded to `hist` rows with the key's first row ever.
         padded = [
-            s.rows if h == hist else _left_pad(s.rows, rows[i], hist)
-            for s, h, i in zip(states, had.tolist(), first.tolist())
+            s.rows if h == hist else _left_pad(s.rows, rows[i], hist) for s, h, i in zip(states, had.tolist(), first.tolist())
         ]
         block = hist + counts  # rows per key in the scratch array
         block_start = np.cumsum(block) - block
@@ -94,7 +93,7 @@ class Featurizer:
         tails = scratch[(block_start + counts)[:, None] + np.arange(hist)]
         keep = np.minimum(had + counts, hist).tolist()
         for k, (state, key) in enumerate(zip(states, uniq)):
-            state.rows = tails[k, hist - keep[k]:].copy()  # a copy: a view would pin the batch's array
+            state.rows = tails[k, hist - keep[k] :].copy()  # a copy: a view would pin the batch's array
             store.mark_dirty(partitions[first[k]], key)
         return out
 
@@ -116,7 +115,7 @@ class Featurizer:
             out[i] = block.ravel()
             # The key's last rows, as many as it has seen: a view of this event's own block (one
             # row more than kept), never of an array shared with other keys.
-            state.rows = block[window - min(had + 1, hist):]
+            state.rows = block[window - min(had + 1, hist) :]
             store.mark_dirty(partition, key)
         return out
 

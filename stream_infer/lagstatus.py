@@ -172,9 +172,7 @@ def lag_seconds(sample: OffsetSample, now: float, oldest_unprocessed_ts: float |
     return round(max(0.0, now - oldest_unprocessed_ts), 3)
 
 
-def build_report(
-    group: str, windows: Windows, now: float, timestamps: Mapping[PartitionKey, float]
-) -> GroupReport:
+def build_report(group: str, windows: Windows, now: float, timestamps: Mapping[PartitionKey, float]) -> GroupReport:
     """The report of the latest round: its offsets, each window's status and the group's.
 
     `timestamps` maps a partition to the timestamp (epoch seconds) of its record at the committed
@@ -183,8 +181,13 @@ def build_report(
     statuses = windows.statuses()
     partitions = [
         PartitionReport(
-            topic, partition, sample.committed, sample.log_end, sample.lag,
-            lag_seconds(sample, now, timestamps.get((topic, partition))), statuses[(topic, partition)],
+            topic,
+            partition,
+            sample.committed,
+            sample.log_end,
+            sample.lag,
+            lag_seconds(sample, now, timestamps.get((topic, partition))),
+            statuses[(topic, partition)],
         )
         for (topic, partition), sample in windows.latest().items()
     ]

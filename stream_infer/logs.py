@@ -81,8 +81,9 @@ class ConnectionOutageFilter(logging.Filter):
             if self._watcher is None:
                 self._watcher = threading.Thread(target=self._watch, name="outage-log", daemon=True)
                 self._watcher.start()
-        self.log.warning("connection to broker %s failing: %s (repeats suppressed until it recovers)", broker, reason,
-                         extra={"client": client})
+        self.log.warning(
+            "connection to broker %s failing: %s (repeats suppressed until it recovers)", broker, reason, extra={"client": client}
+        )
         return False
 
     def _watch(self) -> None:
@@ -96,8 +97,14 @@ class ConnectionOutageFilter(logging.Filter):
             for key, _ in ended:
                 del self._outages[key]
         for (client, broker), (first, last, suppressed) in ended:
-            self.log.warning("connection to broker %s: no failure for %.0f s (failing for %.0f s before, %d repeats suppressed)",
-                             broker, now - last, last - first, int(suppressed), extra={"client": client})
+            self.log.warning(
+                "connection to broker %s: no failure for %.0f s (failing for %.0f s before, %d repeats suppressed)",
+                broker,
+                now - last,
+                last - first,
+                int(suppressed),
+                extra={"client": client},
+            )
 
 
 _OUTAGES = ConnectionOutageFilter()

@@ -24,31 +24,46 @@ REPLAYS_SKIPPED = Counter(
     ["pipeline"],
 )
 SKIPPED = Counter(
-    "stream_infer_events_skipped", "Input events skipped by the staleness policy (summarised on <pipeline>.skipped)",
+    "stream_infer_events_skipped",
+    "Input events skipped by the staleness policy (summarised on <pipeline>.skipped)",
     ["pipeline", "reason"],
 )
-CHECKPOINTS = Counter("stream_infer_checkpoints", "Checkpoint transactions committed (state, offsets, exactly-once outputs)", ["pipeline"])
+CHECKPOINTS = Counter(
+    "stream_infer_checkpoints", "Checkpoint transactions committed (state, offsets, exactly-once outputs)", ["pipeline"]
+)
 CHECKPOINT_ABORTS = Counter(
-    "stream_infer_checkpoint_aborts", "Checkpoint transactions aborted (group generation moved on, coordinator moved, "
-    "timeout): retried at the next checkpoint (at-least-once) or rewound (exactly-once)", ["pipeline"],
+    "stream_infer_checkpoint_aborts",
+    "Checkpoint transactions aborted (group generation moved on, coordinator moved, "
+    "timeout): retried at the next checkpoint (at-least-once) or rewound (exactly-once)",
+    ["pipeline"],
 )
 REWINDS = Counter(
-    "stream_infer_rewinds", "Exactly-once rewinds to the last committed checkpoint after an aborted transaction", ["pipeline"],
+    "stream_infer_rewinds",
+    "Exactly-once rewinds to the last committed checkpoint after an aborted transaction",
+    ["pipeline"],
 )
 CHECKPOINT_CUTS = Counter(
-    "stream_infer_checkpoint_cuts", "Checkpoint snapshots by how they were taken: idle (between batches, all outputs "
-    "already acknowledged) or paused (the batch path waited for the acks)", ["pipeline", "how"],
+    "stream_infer_checkpoint_cuts",
+    "Checkpoint snapshots by how they were taken: idle (between batches, all outputs "
+    "already acknowledged) or paused (the batch path waited for the acks)",
+    ["pipeline", "how"],
 )
 BATCH_SIZE = Histogram(
-    "stream_infer_batch_size", "Events per micro-batch", ["pipeline"],
+    "stream_infer_batch_size",
+    "Events per micro-batch",
+    ["pipeline"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096),
 )
 INFERENCE_SECONDS = Histogram(
-    "stream_infer_inference_seconds", "ONNX Runtime time per batch", ["pipeline"],
+    "stream_infer_inference_seconds",
+    "ONNX Runtime time per batch",
+    ["pipeline"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2),
 )
 BATCH_WAIT_SECONDS = Histogram(
-    "stream_infer_batcher_wait_seconds", "Time a batch waited between being fetched and being processed", ["pipeline"],
+    "stream_infer_batcher_wait_seconds",
+    "Time a batch waited between being fetched and being processed",
+    ["pipeline"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1),
 )
 READY = Gauge("stream_infer_ready", "1 once models are warm and partitions assigned")
@@ -63,12 +78,15 @@ LAG_MESSAGES = Gauge(
     "stream_infer_consumer_lag_messages", "Log-end offset minus the group's committed offset", ["pipeline", "topic", "partition"]
 )
 LAG_SECONDS = Gauge(
-    "stream_infer_consumer_lag_seconds", "Now minus the timestamp of the oldest unprocessed record (0 without lag)",
+    "stream_infer_consumer_lag_seconds",
+    "Now minus the timestamp of the oldest unprocessed record (0 without lag)",
     ["pipeline", "topic", "partition"],
 )
 CONTROLLER_BATCH_SIZE = Gauge("stream_infer_controller_batch_size", "Batch size the controller sets now", ["pipeline"])
 CONTROLLER_MODE = Gauge("stream_infer_controller_mode", "1 for the controller's current mode", ["pipeline", "mode"])
-IN_FLIGHT_BATCHES = Gauge("stream_infer_in_flight_batches", "Batches fetched whose outputs are not yet acknowledged", ["pipeline"])
+IN_FLIGHT_BATCHES = Gauge(
+    "stream_infer_in_flight_batches", "Batches fetched whose outputs are not yet acknowledged", ["pipeline"]
+)
 IN_FLIGHT_EVENTS = Gauge("stream_infer_in_flight_events", "Events fetched whose outputs are not yet acknowledged", ["pipeline"])
 PAUSES = Counter("stream_infer_pauses", "Times the worker paused its partitions (in-flight bound reached)", ["pipeline"])
 PAUSED_PARTITIONS = Gauge("stream_infer_paused_partitions", "Input partitions paused by backpressure", ["pipeline"])

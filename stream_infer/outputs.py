@@ -59,9 +59,16 @@ class OutputWriter:
 
     # --- messages ------------------------------------------------------------------------------
 
-    def predictions(self, records: Sequence[InputRecord], keys: Sequence[str], fields: dict[str, np.ndarray],
-                    alerts: list[tuple[int, dict]], arrival: float,
-                    messages: list[OutMessage], sources: list[Source]) -> None:
+    def predictions(
+        self,
+        records: Sequence[InputRecord],
+        keys: Sequence[str],
+        fields: dict[str, np.ndarray],
+        alerts: list[tuple[int, dict]],
+        arrival: float,
+        messages: list[OutMessage],
+        sources: list[Source],
+    ) -> None:
         """Append each record's prediction (and review copy), then the batch's alerts."""
         topics = self.config.topics
         latency_ms = round((time.monotonic() - arrival) * 1000, 3)
@@ -127,10 +134,17 @@ class OutputWriter:
         timestamps = [r.timestamp_ms for r in stale]
         policy = self.config.staleness
         summary = {
-            "schema_version": 1, "pipeline": self.name, "reason": "stale", "policy": policy.policy,
-            "max_event_age_ms": policy.max_event_age_ms, "count": len(stale), "topic": stale[0].topic,
-            "partitions": list(by_partition.values()), "oldest_timestamp_ms": min(timestamps),
-            "newest_timestamp_ms": max(timestamps), "skipped_at_ms": int(time.time() * 1000),
+            "schema_version": 1,
+            "pipeline": self.name,
+            "reason": "stale",
+            "policy": policy.policy,
+            "max_event_age_ms": policy.max_event_age_ms,
+            "count": len(stale),
+            "topic": stale[0].topic,
+            "partitions": list(by_partition.values()),
+            "oldest_timestamp_ms": min(timestamps),
+            "newest_timestamp_ms": max(timestamps),
+            "skipped_at_ms": int(time.time() * 1000),
         }
         return (self.config.skipped_topic, self.name.encode(), orjson.dumps(summary), None)
 
@@ -155,10 +169,18 @@ class OutputWriter:
         self._dropped_causes.add(cause)
         record = source.record if isinstance(source, DeadLetter) else source
         where = {"topic": record.topic, "partition": record.partition, "offset": record.offset} if record else {}
-        log.error("output refused by the producer; skipped (counted in stream_infer_outputs_dropped_total); "
-                  "check the topic's max.message.bytes and the producer settings",
-                  extra={"pipeline": self.name, "output_topic": topic, "error": error, **where,
-                         "key_bytes": len(message[1] or b""), "value_bytes": len(message[2])})
+        log.error(
+            "output refused by the producer; skipped (counted in stream_infer_outputs_dropped_total); "
+            "check the topic's max.message.bytes and the producer settings",
+            extra={
+                "pipeline": self.name,
+                "output_topic": topic,
+                "error": error,
+                **where,
+                "key_bytes": len(message[1] or b""),
+                "value_bytes": len(message[2]),
+            },
+        )
 
 
 def _input_headers(headers: Sequence[tuple[str, bytes]] | None) -> tuple[list[tuple[str, bytes]], int | str]:

@@ -99,8 +99,12 @@ class Pipeline:
     def __init__(self, config: PipelineConfig, producer: AsyncProducer | None, changelog: Changelog | None) -> None:
         self.config = config
         self.name = config.name
-        self.decoder = EventDecoder(config.schema_file, max_message_bytes=config.max_message_bytes,
-                                    key_field=config.key_field, max_key_bytes=config.max_key_bytes)
+        self.decoder = EventDecoder(
+            config.schema_file,
+            max_message_bytes=config.max_message_bytes,
+            key_field=config.key_field,
+            max_key_bytes=config.max_key_bytes,
+        )
         self.featurizer = Featurizer(config.features)
         self.engine = InferenceEngine(
             config.model,
@@ -199,8 +203,13 @@ class Pipeline:
                     self.resume_at[partition] = offset
             log.info(
                 "restored state",
-                extra={"pipeline": self.name, "partitions": missing, "keys": sum(len(s) for s, _ in restored.values()),
-                       "checkpoints": {p: o for p, (_, o) in restored.items()}, "seconds": round(time.perf_counter() - started, 3)},
+                extra={
+                    "pipeline": self.name,
+                    "partitions": missing,
+                    "keys": sum(len(s) for s, _ in restored.values()),
+                    "checkpoints": {p: o for p, (_, o) in restored.items()},
+                    "seconds": round(time.perf_counter() - started, 3),
+                },
             )
         self.loaded.update(missing)
 
@@ -350,7 +359,9 @@ class Pipeline:
         finite = np.isfinite(rows).all(axis=1)
         if not finite.all():
             for i in np.nonzero(~finite)[0]:
-                batch.dead.append(DeadLetter(decoded.records[i], "non_finite_number", "a feature is NaN/Infinity or beyond float32 range"))
+                batch.dead.append(
+                    DeadLetter(decoded.records[i], "non_finite_number", "a feature is NaN/Infinity or beyond float32 range")
+                )
             keep_idx = np.nonzero(finite)[0]
             rows = rows[keep_idx]
             decoded.records = [decoded.records[i] for i in keep_idx]
@@ -413,8 +424,13 @@ class Pipeline:
                 if keep is None:
                     keep = np.ones(len(decoded.events), dtype=bool)
                 keep[i] = False
-                dead.append(DeadLetter(decoded.records[i], "out_of_order",
-                                       f"{field_name} {sequence} is not greater than the key's last accepted {last}"))
+                dead.append(
+                    DeadLetter(
+                        decoded.records[i],
+                        "out_of_order",
+                        f"{field_name} {sequence} is not greater than the key's last accepted {last}",
+                    )
+                )
         return keep
 
     def _bound_state(self, keep_from: int) -> None:
@@ -447,8 +463,9 @@ class Pipeline:
         batch.stale = [r for r, d in zip(records, drop.tolist()) if d]
         return ~drop
 
-    def finish(self, batch: PreparedBatch, raw: dict | None, error: Exception | None,
-               arrival: float) -> tuple[list[OutMessage], list[Source], BatchResult]:
+    def finish(
+        self, batch: PreparedBatch, raw: dict | None, error: Exception | None, arrival: float
+    ) -> tuple[list[OutMessage], list[Source], BatchResult]:
         """Scores, alerts and every output message of a batch (predictions, alerts, review, DLQ),
         with the input each message speaks for (see :mod:`stream_infer.outputs`)."""
         result = BatchResult(skipped=batch.skipped, stale_skipped=len(batch.stale))
@@ -458,13 +475,18 @@ class Pipeline:
             messages.append(self.outputs.skipped_summary(batch.stale))
             sources.append(None)
         if error is not None:
-            log.error("model failed on a batch; its events go to the dead-letter topic", extra={"pipeline": self.name, "error": str(error)})
+            log.error(
+                "model failed on a batch; its events go to the dead-letter topic",
+                extra={"pipeline": self.name, "error": str(error)},
+            )
             batch.dead.extend(DeadLetter(r, "model_error", str(error)[:500]) for r in batch.records)
         elif raw is not None:
             fields = score_fields(raw, self.config.outputs)
             alerts = []
             if self.alerts is not None:
-                alerts = self.alerts.apply(batch.keys, batch.records, fields[self.config.outputs.score_name], self.store, self.model)
+                alerts = self.alerts.apply(
+                    batch.keys, batch.records, fields[self.config.outputs.score_name], self.store, self.model
+                )
             self.outputs.predictions(batch.records, batch.keys, fields, alerts, arrival, messages, sources)
             result.predictions, result.alerts = len(batch.records), len(alerts)
             if "review" in fields:

@@ -41,7 +41,9 @@ class AlertTracker:
         # "above" includes the threshold, like a classifier's label (score >= threshold); "below" excludes it.
         return scores < self.rule.threshold if self.rule.direction == "below" else scores >= self.rule.threshold
 
-    def apply(self, keys: Sequence[str], records: Sequence[InputRecord], scores: np.ndarray, store: StateStore, model: dict) -> list[tuple[int, dict]]:
+    def apply(
+        self, keys: Sequence[str], records: Sequence[InputRecord], scores: np.ndarray, store: StateStore, model: dict
+    ) -> list[tuple[int, dict]]:
         """Update each key's alert state in input order; return (event index, alert record) pairs."""
         rule = self.rule
         breach = self.breaches(scores)
@@ -61,7 +63,7 @@ class AlertTracker:
                 if a.in_episode:
                     continue
                 a.run += 1
-                a.run_inputs = (a.run_inputs + [record.source])[-rule.consecutive:]
+                a.run_inputs = (a.run_inputs + [record.source])[-rule.consecutive :]
                 if a.run >= rule.consecutive:
                     alerts.append((i, self._alert(keys[i], float(scores[i]), a, model)))
                     a.in_episode, a.run, a.run_inputs = True, 0, []

@@ -64,7 +64,9 @@ class KeyState:
 
     def to_bytes(self) -> bytes:
         alert = self.alert
-        alert_json = _NEUTRAL_ALERT if alert.neutral and not alert.clear_run and not alert.run_inputs else orjson.dumps(alert.__dict__)
+        alert_json = (
+            _NEUTRAL_ALERT if alert.neutral and not alert.clear_run and not alert.run_inputs else orjson.dumps(alert.__dict__)
+        )
         rows = self.rows
         sequence = _SEQUENCE.pack(_NO_SEQUENCE if self.last_sequence is None else self.last_sequence)
         if rows is None:
@@ -89,7 +91,11 @@ class KeyState:
         start = alert_at + alert_len
         alert = AlertState(**orjson.loads(data[alert_at:start]))
         # Read-only view of the record's bytes: windows replace a key's rows, never write into them.
-        rows = None if n < 0 else np.frombuffer(data, dtype="<f4", count=n * width, offset=start).astype(np.float32, copy=False).reshape(n, width)
+        rows = (
+            None
+            if n < 0
+            else np.frombuffer(data, dtype="<f4", count=n * width, offset=start).astype(np.float32, copy=False).reshape(n, width)
+        )
         return cls(rows=rows, alert=alert, last_sequence=last_sequence)
 
     @property

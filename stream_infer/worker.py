@@ -151,8 +151,15 @@ class Worker:
             check_access(admin, worker_grants(self.config), principal_hint=principal)
         except ConnectionFailure as err:
             raise StartupError(str(err)) from None
-        log.info("connected to Kafka", extra={"bootstrap": connection.bootstrap, "security_protocol": connection.security_protocol,
-                                              "sasl_mechanism": connection.sasl_mechanism, "sasl_username": connection.sasl_username})
+        log.info(
+            "connected to Kafka",
+            extra={
+                "bootstrap": connection.bootstrap,
+                "security_protocol": connection.security_protocol,
+                "sasl_mechanism": connection.sasl_mechanism,
+                "sasl_username": connection.sasl_username,
+            },
+        )
 
     def _connect(self, pipeline: Pipeline) -> PipelineRunner:
         """The broker steps of a pipeline: output topics, state changelog, the checkpoint
@@ -178,8 +185,10 @@ class Worker:
                 raise StartupError(str(err)) from None
             pipeline.changelog = Changelog(bootstrap, state_topic)
         transactions = TransactionalProducer(
-            bootstrap, f"{kafka.group_id}-{pc.name}-{self.instance}",
-            transaction_timeout_ms=kafka.transaction_timeout_ms, extra=dict(kafka.producer),
+            bootstrap,
+            f"{kafka.group_id}-{pc.name}-{self.instance}",
+            transaction_timeout_ms=kafka.transaction_timeout_ms,
+            extra=dict(kafka.producer),
         )
         # Exactly-once: outputs go into the checkpoint's transaction (the pipeline only calls
         # send_batch; acks are the commit's business, see runtime.checkpointing).
@@ -194,16 +203,25 @@ class Worker:
             if runner is not None and runner.source.consumer is not None:
                 runner.source.consumer.note_committed(offsets, epochs)
 
-        committer = CheckpointCommitter(pc.name, pc.input_topic, state_topic, transactions, ownership, committed,
-                                        retain_on_abort=not self.exactly_once)
+        committer = CheckpointCommitter(
+            pc.name, pc.input_topic, state_topic, transactions, ownership, committed, retain_on_abort=not self.exactly_once
+        )
         runner = PipelineRunner(pipeline, self.config, committer)
         seconds = pipeline.engine.warm_up((1, pc.batching.max_batch_size))
         inline_rows = pipeline.calibrate()
         log.warning(
             "pipeline ready",
-            extra={"pipeline": pc.name, "model": pipeline.engine.name, "version": pipeline.engine.version,
-                   "provider": pipeline.engine.provider, "input": pc.input_topic, "partitions": partitions,
-                   "stateful": pc.stateful, "warm_up_s": round(seconds, 3), "inline_rows": inline_rows},
+            extra={
+                "pipeline": pc.name,
+                "model": pipeline.engine.name,
+                "version": pipeline.engine.version,
+                "provider": pipeline.engine.provider,
+                "input": pc.input_topic,
+                "partitions": partitions,
+                "stateful": pc.stateful,
+                "warm_up_s": round(seconds, 3),
+                "inline_rows": inline_rows,
+            },
         )
         return runner
 
@@ -304,11 +322,14 @@ def _named(method, name: str, *bound):
     and it passes the app to a task or timer whose signature takes arguments, so the wrapper
     declares exactly what Faust should pass: the stream for an agent, nothing otherwise."""
     if method.__name__ == "agent":
+
         async def wrapper(stream):
             return await method(stream)
     else:
+
         async def wrapper():
             return await method(*bound)
+
     wrapper.__name__ = wrapper.__qualname__ = name
     return wrapper
 
@@ -317,8 +338,11 @@ def _exit_after(seconds: float) -> None:
     """Start a watchdog that ends the process `seconds` from now if it is still shutting down."""
 
     def expire() -> None:
-        log.warning("shutdown did not finish within %.0f s; exiting now (uncommitted events are processed again "
-                    "by the partitions' next owner); the threads' stacks follow on stderr", seconds)
+        log.warning(
+            "shutdown did not finish within %.0f s; exiting now (uncommitted events are processed again "
+            "by the partitions' next owner); the threads' stacks follow on stderr",
+            seconds,
+        )
         logging.shutdown()
         faulthandler.dump_traceback(all_threads=True)
         os._exit(0)
@@ -331,6 +355,5 @@ def _exit_after(seconds: float) -> None:
 def _check_port_free(host: str, port: int) -> None:
     if not port_is_free(port, host):
         raise StartupError(
-            f"web port {host}:{port} (metrics, health) is in use, maybe by another worker: "
-            "set worker.web_port in the config"
+            f"web port {host}:{port} (metrics, health) is in use, maybe by another worker: set worker.web_port in the config"
         )

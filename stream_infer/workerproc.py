@@ -16,7 +16,9 @@ from stream_infer.kafka.local import free_port
 class WorkerProcess:
     """`stream-infer worker` in a subprocess with its own web port and data dir; log to a file."""
 
-    def __init__(self, config: Path, bootstrap: str, workdir: Path, *, log_level: str = "warning", env: dict | None = None) -> None:
+    def __init__(
+        self, config: Path, bootstrap: str, workdir: Path, *, log_level: str = "warning", env: dict | None = None
+    ) -> None:
         self.config = config
         self.bootstrap = bootstrap
         self.workdir = workdir
@@ -29,8 +31,20 @@ class WorkerProcess:
     def start(self) -> WorkerProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=self.bootstrap, **self.env)
-        cmd = [sys.executable, "-m", "stream_infer.cli", "--log-level", self.log_level, "worker", "-c", str(self.config),
-               "--web-port", str(self.web_port), "--data-dir", str(self.workdir / f"data-{self.web_port}")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "stream_infer.cli",
+            "--log-level",
+            self.log_level,
+            "worker",
+            "-c",
+            str(self.config),
+            "--web-port",
+            str(self.web_port),
+            "--data-dir",
+            str(self.workdir / f"data-{self.web_port}"),
+        ]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         return self

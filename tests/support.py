@@ -53,8 +53,9 @@ def create_inputs(bootstrap: KafkaConnection | str, cfg: E2EConfig, partitions: 
     create_topics(bootstrap, [p.input_topic for p in cfg.config.pipelines], partitions=partitions)
 
 
-def feed(bootstrap: KafkaConnection | str, topic: str, dataset: str, start: int = 0, stop: int | None = None,
-         extra: list | None = None) -> int:
+def feed(
+    bootstrap: KafkaConnection | str, topic: str, dataset: str, start: int = 0, stop: int | None = None, extra: list | None = None
+) -> int:
     """Replay events [start, stop) of a data set (then `extra` (key, value) pairs) into `topic`;
     returns the count sent."""
     producer = Producer(as_connection(bootstrap).client_config(**{"acks": "all", "enable.idempotence": True, "linger.ms": 5}))
@@ -66,7 +67,12 @@ def feed(bootstrap: KafkaConnection | str, topic: str, dataset: str, start: int 
 
 
 def output_topics(cfg: E2EConfig) -> list[str]:
-    return [t for p in cfg.config.pipelines for t in (p.topics.predictions, p.topics.alerts, p.topics.dead_letters, p.topics.review) if t]
+    return [
+        t
+        for p in cfg.config.pipelines
+        for t in (p.topics.predictions, p.topics.alerts, p.topics.dead_letters, p.topics.review)
+        if t
+    ]
 
 
 def close_runner(runner) -> None:

@@ -21,7 +21,9 @@ from stream_infer.state import StateStore
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = {"name": "engines_rul", "version": "sha256:0123456789abcdef"}
-BELOW = AlertRule(name="rul_below_30", score="rul", direction="below", threshold=30, consecutive=3, rearm_after=5, severity="critical")
+BELOW = AlertRule(
+    name="rul_below_30", score="rul", direction="below", threshold=30, consecutive=3, rearm_after=5, severity="critical"
+)
 
 # Alert at 3 (third 20 in a row), silence while in the episode, re-armed by the 5 x 40, alert at 13.
 SEQUENCE = [50, 20, 20, 20, 20, 20, 40, 40, 40, 40, 40, 20, 20, 20]
@@ -42,8 +44,14 @@ class Feed:
         """Apply one batch; returns (global event index, batch index, alert) for each alert."""
         start = self.offset
         records = [
-            InputRecord(key=k.encode(), value=b"{}", topic="engines.telemetry", partition=partition,
-                        offset=start + i, timestamp_ms=1_700_000_000_000 + 1000 * (start + i))
+            InputRecord(
+                key=k.encode(),
+                value=b"{}",
+                topic="engines.telemetry",
+                partition=partition,
+                offset=start + i,
+                timestamp_ms=1_700_000_000_000 + 1000 * (start + i),
+            )
             for i, k in enumerate(keys)
         ]
         self.offset += len(keys)
@@ -57,7 +65,9 @@ class Feed:
 MODES = ["one-by-one", "one-batch"]
 
 
-def _run(mode: str, keys: Sequence[str], scores: Sequence[float], feed: Feed | None = None) -> tuple[Feed, list[tuple[int, int, dict]]]:
+def _run(
+    mode: str, keys: Sequence[str], scores: Sequence[float], feed: Feed | None = None
+) -> tuple[Feed, list[tuple[int, int, dict]]]:
     feed = feed or Feed()
     alerts = feed.one_by_one(keys, scores) if mode == "one-by-one" else feed.batch(keys, scores)
     return feed, alerts

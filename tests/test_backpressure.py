@@ -23,14 +23,20 @@ TRICKLE = 30
 def test_burst_moves_controller_and_pauses_then_recovers(kafka_bootstrap: str, tmp_path: Path, unique) -> None:
     topic, group = unique("burst"), unique("burst-group")
     create_topics(kafka_bootstrap, [topic], partitions=6)
-    config = engines_config(tmp_path / "burst.toml", group=group, input_topic=topic, output_prefix=group,
-                            batching={"max_batch_size": 1024, "latency_budget_ms": 0.05, "max_in_flight_events": 4000})
+    config = engines_config(
+        tmp_path / "burst.toml",
+        group=group,
+        input_topic=topic,
+        output_prefix=group,
+        batching={"max_batch_size": 1024, "latency_budget_ms": 0.05, "max_in_flight_events": 4000},
+    )
     worker = WorkerProcess(config, kafka_bootstrap, tmp_path / "worker", log_level="info").start()
     try:
         worker.wait_ready()
         trickle = engine_events(TRICKLE)
         result = run_burst(
-            worker, "engines",
+            worker,
+            "engines",
             trickle=lambda: _paced(kafka_bootstrap, topic, trickle, rate=20),
             produce_burst=lambda: preload(kafka_bootstrap, topic, BURST),
             expected_predictions=TRICKLE + BURST,
@@ -49,7 +55,9 @@ def test_burst_moves_controller_and_pauses_then_recovers(kafka_bootstrap: str, t
 
     # Throughput mode at the cap from its first tick.
     modes = [s["mode"] for s in during]
-    assert "throughput" in modes, f"never left latency mode: {during} {result['scrape_errors']} ended {result['ended_at']} produce {result['produce_seconds']}"
+    assert "throughput" in modes, (
+        f"never left latency mode: {during} {result['scrape_errors']} ended {result['ended_at']} produce {result['produce_seconds']}"
+    )
     sizes = [s["controller_batch_size"] for s in during if s["mode"] == "throughput"]
     assert set(sizes) == {1024}, sizes
     assert result["peak_mean_batch_size"] > latency_size  # the processed batches grew too, not just the setting
@@ -69,7 +77,9 @@ def test_burst_moves_controller_and_pauses_then_recovers(kafka_bootstrap: str, t
     try:
         total = TRICKLE + BURST
         reader.until(lambda: len(reader.records[f"{group}.predictions"]) >= total, 60)
-        sources = {(r.json()["source"]["partition"], r.json()["source"]["offset"]) for r in reader.records[f"{group}.predictions"]}
+        sources = {
+            (r.json()["source"]["partition"], r.json()["source"]["offset"]) for r in reader.records[f"{group}.predictions"]
+        }
     finally:
         reader.close()
     assert len(sources) == total

@@ -36,11 +36,13 @@ def test_lag_snapshot_reports_the_commits_the_broker_confirmed(kafka_bootstrap: 
     assert producer.flush(30) == 0
 
     assigned: dict[int, int] = {}
-    consumer = BatchConsumer(kafka_bootstrap, group, topic, on_assign=assigned.update, on_revoke=lambda parts: None,
-                             on_lost=lambda parts: None)
+    consumer = BatchConsumer(
+        kafka_bootstrap, group, topic, on_assign=assigned.update, on_revoke=lambda parts: None, on_lost=lambda parts: None
+    )
     producer_tx = TransactionalProducer(kafka_bootstrap, unique("bc-tx"), transaction_timeout_ms=10_000)
-    committer = CheckpointCommitter("bc", topic, None, producer_tx, consumer.ownership, consumer.note_committed,
-                                    retain_on_abort=True)
+    committer = CheckpointCommitter(
+        "bc", topic, None, producer_tx, consumer.ownership, consumer.note_committed, retain_on_abort=True
+    )
     try:
         got = []
         for _ in range(200):
@@ -78,8 +80,9 @@ def test_a_lone_event_is_handed_over_at_once_a_stream_is_coalesced(kafka_bootstr
     topic, group = unique("co"), unique("co-group")
     create_topics(kafka_bootstrap, [topic], partitions=1)
     producer = Producer({"bootstrap.servers": kafka_bootstrap, "acks": "all", "linger.ms": 0})
-    consumer = BatchConsumer(kafka_bootstrap, group, topic, on_assign=lambda parts: None, on_revoke=lambda parts: None,
-                             on_lost=lambda parts: None)
+    consumer = BatchConsumer(
+        kafka_bootstrap, group, topic, on_assign=lambda parts: None, on_revoke=lambda parts: None, on_lost=lambda parts: None
+    )
     try:
         for _ in range(100):  # join the group and reach the (empty) end
             if consumer.next_batch(10, poll_timeout=0.1) == [] and consumer.lag_snapshot([0])[0].log_end == 0:

@@ -25,8 +25,36 @@ SCHEMAS = {"cmapss-test": "engines-event.v1.json", "ai4i": "machines-event.v1.js
 KEY_FIELDS = {"cmapss-test": "unit", "ai4i": "product_id"}
 
 # Values a field may be replaced with: other JSON types, edge numbers, strings that look numeric.
-REPLACEMENTS = [None, True, False, "", "1", "L1", "X9", "M", "L", [], {}, [1], 0, -1, 1, 1.0, 1.5, -0.001, 0.0,
-                999.9, 1000, 1000.5, 100000, 100001, 1e300, 2, "H", 10**20]
+REPLACEMENTS = [
+    None,
+    True,
+    False,
+    "",
+    "1",
+    "L1",
+    "X9",
+    "M",
+    "L",
+    [],
+    {},
+    [1],
+    0,
+    -1,
+    1,
+    1.0,
+    1.5,
+    -0.001,
+    0.0,
+    999.9,
+    1000,
+    1000.5,
+    100000,
+    100001,
+    1e300,
+    2,
+    "H",
+    10**20,
+]
 
 
 def _schema(dataset: str) -> dict:
@@ -115,8 +143,10 @@ MIXED = {
 def test_never_accepts_what_a_schema_with_every_column_kind_rejects() -> None:
     check = compile_batch_check(MIXED)
     validate = fastjsonschema.compile(MIXED)
-    good = [{"n": 0.5 + k, "i": 1 + k, "x": -1.5 + k, "s": f"L{k % 10}", "e": "LMH"[k % 3], "any": [k], **({"o": 2} if k % 2 else {})}
-            for k in range(40)]
+    good = [
+        {"n": 0.5 + k, "i": 1 + k, "x": -1.5 + k, "s": f"L{k % 10}", "e": "LMH"[k % 3], "any": [k], **({"o": 2} if k % 2 else {})}
+        for k in range(40)
+    ]
     assert check.check(good)
     rejected, accepted = _hold_to_the_schema(check, validate, good, MIXED, mutate=3, insert_at=10)
     assert rejected > 80 and accepted > 10

@@ -33,7 +33,12 @@ def test_bench_harness_smoke(kafka_bootstrap: str, tmp_path: Path, monkeypatch: 
     warm = written["latency_warmup"]  # a broker the run did not start: no PID to watch, the minimum only
     assert warm["events"] > 0 and warm["seconds"] >= 0.5 and warm["broker_jit_cores"] is None and warm["p99_last_5s"] >= 0
     assert all(v["events"] > 0 and v["p99"] >= v["p50"] >= 0 for v in written["latency_ms"].values())
-    assert set(results["targets"]) >= {"service_vs_ceiling", "ok_service_ge_0.7_ceiling", "ok_p99_at_10eps_le_15ms",
-                                       "exactly_once_vs_service", "ok_exactly_once_ge_0.8_service"}
+    assert set(results["targets"]) >= {
+        "service_vs_ceiling",
+        "ok_service_ge_0.7_ceiling",
+        "ok_p99_at_10eps_le_15ms",
+        "exactly_once_vs_service",
+        "ok_exactly_once_ge_0.8_service",
+    }
     assert any(line.startswith("service") for line in lines)
     assert os.environ["KAFKA_BOOTSTRAP_SERVERS"] == kafka_bootstrap

@@ -42,7 +42,9 @@ def test_a_budget_nothing_fits_sends_every_batch_to_the_executor(tmp_path: Path)
 
 def test_the_default_budget_is_the_latency_budget(tmp_path: Path) -> None:
     def budget(**batching) -> float:
-        config = load_config(engines_config(tmp_path / "c.toml", group="g", input_topic="in", output_prefix="out", batching=batching))
+        config = load_config(
+            engines_config(tmp_path / "c.toml", group="g", input_topic="in", output_prefix="out", batching=batching)
+        )
         return config.pipelines[0].batching.latency_budget_s
 
     assert budget(max_wait_ms=20) == pytest.approx(0.005)

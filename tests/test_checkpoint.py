@@ -72,17 +72,22 @@ def test_a_zombie_can_write_neither_state_nor_offsets_and_a_failed_commit_is_ret
     state = f"{group}-p-state"
     create_topics(kafka_bootstrap, [topic], partitions=2)
     ensure_changelog_topic(kafka_bootstrap, state, 2, 1)
-    first = BatchConsumer(kafka_bootstrap, group, topic, on_assign=lambda e: None, on_revoke=lambda p: None, on_lost=lambda p: None)
+    first = BatchConsumer(
+        kafka_bootstrap, group, topic, on_assign=lambda e: None, on_revoke=lambda p: None, on_lost=lambda p: None
+    )
     second = None
     producer = TransactionalProducer(kafka_bootstrap, unique("zombie-tx"), transaction_timeout_ms=10_000)
     try:
         _join(first, 2)
         stale = first.ownership()
         ownership = [stale]
-        committer = CheckpointCommitter("p", topic, state, producer, lambda: ownership[0], lambda o, e: None, retain_on_abort=True)
+        committer = CheckpointCommitter(
+            "p", topic, state, producer, lambda: ownership[0], lambda o, e: None, retain_on_abort=True
+        )
         # A second member joins: the generation moves on, and the first keeps only one partition.
-        second = BatchConsumer(kafka_bootstrap, group, topic, on_assign=lambda e: None, on_revoke=lambda p: None,
-                               on_lost=lambda p: None)
+        second = BatchConsumer(
+            kafka_bootstrap, group, topic, on_assign=lambda e: None, on_revoke=lambda p: None, on_lost=lambda p: None
+        )
         deadline = time.monotonic() + 30
         while not (second.ownership().epochs and len(first.ownership().epochs) == 1) and time.monotonic() < deadline:
             first.next_batch(10, poll_timeout=0.05)
@@ -138,7 +143,9 @@ def test_a_killed_owners_open_transaction_is_waited_for_then_skipped(kafka_boots
     committed.commit([(state, 0, b"k", KeyState().to_bytes())], {}, None)
     committed.close()
     # A producer that dies inside its transaction: the records are there, the transaction open.
-    dying = Producer({"bootstrap.servers": kafka_bootstrap, "transactional.id": unique("settle-b"), "transaction.timeout.ms": 3000})
+    dying = Producer(
+        {"bootstrap.servers": kafka_bootstrap, "transactional.id": unique("settle-b"), "transaction.timeout.ms": 3000}
+    )
     dying.init_transactions(30)
     dying.begin_transaction()
     dying.produce(state, key=b"k", value=b"never committed", partition=0)
@@ -150,14 +157,18 @@ def test_a_killed_owners_open_transaction_is_waited_for_then_skipped(kafka_boots
     assert 1.5 < waited < 20, waited  # until the broker aborted it (3 s after it began)
 
 
-@pytest.mark.parametrize("cut", [
-    # partition 1 lost after the cut
-    Checkpoint({0: 3, 1: 4}, {}, {0: 1, 1: 1}, frozenset({(0, 1), (1, 1)})),
-    # partition 1 lost before the cut: the cut no longer names it, but its outputs are in the transaction
-    Checkpoint({0: 3}, {}, {0: 1}, frozenset({(0, 1), (1, 1)})),
-    # partition 1 lost and assigned again: outputs of the old assignment are in the transaction
-    Checkpoint({0: 3}, {}, {0: 1}, frozenset({(0, 1), (1, 1), (1, 2)})),
-], ids=["after-cut", "before-cut", "reassigned"])
+@pytest.mark.parametrize(
+    "cut",
+    [
+        # partition 1 lost after the cut
+        Checkpoint({0: 3, 1: 4}, {}, {0: 1, 1: 1}, frozenset({(0, 1), (1, 1)})),
+        # partition 1 lost before the cut: the cut no longer names it, but its outputs are in the transaction
+        Checkpoint({0: 3}, {}, {0: 1}, frozenset({(0, 1), (1, 1)})),
+        # partition 1 lost and assigned again: outputs of the old assignment are in the transaction
+        Checkpoint({0: 3}, {}, {0: 1}, frozenset({(0, 1), (1, 1), (1, 2)})),
+    ],
+    ids=["after-cut", "before-cut", "reassigned"],
+)
 def test_exactly_once_aborts_when_a_partition_was_lost_since_its_outputs(kafka_bootstrap: str, unique, cut: Checkpoint) -> None:
     """The open transaction holds outputs of every partition processed since the last commit;
     publishing it with outputs of a partition this worker lost would duplicate what the
@@ -166,16 +177,24 @@ def test_exactly_once_aborts_when_a_partition_was_lost_since_its_outputs(kafka_b
     create_topics(kafka_bootstrap, [topic, f"{topic}.out"], partitions=2)
     producer = TransactionalProducer(kafka_bootstrap, unique("eos-lost-tx"), transaction_timeout_ms=10_000)
     owned_now = {0: 1, 1: 2} if (1, 2) in cut.produced else {0: 1}
-    committer = CheckpointCommitter("p", topic, None, producer, lambda: Ownership(None, owned_now), lambda o, e: None,
-                                    retain_on_abort=False)
+    committer = CheckpointCommitter(
+        "p", topic, None, producer, lambda: Ownership(None, owned_now), lambda o, e: None, retain_on_abort=False
+    )
     try:
         producer.send_batch([(f"{topic}.out", b"k", b"output of partition 1", None)])
         committer.add(cut)
         with pytest.raises(TransactionAborted, match=r"partitions \[1\] lost"):
             committer.commit_now()
         assert not committer.pending  # exactly-once rewinds instead of retrying
-        reader = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": unique("eos-lost-r"), "isolation.level": "read_committed",
-                           "auto.offset.reset": "earliest", "enable.partition.eof": True})
+        reader = Consumer(
+            {
+                "bootstrap.servers": kafka_bootstrap,
+                "group.id": unique("eos-lost-r"),
+                "isolation.level": "read_committed",
+                "auto.offset.reset": "earliest",
+                "enable.partition.eof": True,
+            }
+        )
         reader.assign([TopicPartition(f"{topic}.out", p, 0) for p in range(2)])
         seen, eofs = [], 0
         while eofs < 2:

@@ -24,11 +24,17 @@ from stream_infer.runtime.runner import PipelineRunner
 
 
 def _cuts(how: str) -> float:
-    return prometheus_client.REGISTRY.get_sample_value("stream_infer_checkpoint_cuts_total", {"pipeline": "engines", "how": how}) or 0.0
+    return (
+        prometheus_client.REGISTRY.get_sample_value("stream_infer_checkpoint_cuts_total", {"pipeline": "engines", "how": how})
+        or 0.0
+    )
 
 
 def _records(topic: str, count: int, first_offset: int = 0) -> list[InputRecord]:
-    return [InputRecord(key, value, topic, 0, first_offset + i, 1_700_000_000_000 + i) for i, (key, value) in enumerate(engine_events(count))]
+    return [
+        InputRecord(key, value, topic, 0, first_offset + i, 1_700_000_000_000 + i)
+        for i, (key, value) in enumerate(engine_events(count))
+    ]
 
 
 class _Producer:

@@ -33,6 +33,7 @@ NOWHERE = "127.0.0.1:1"  # no broker: nothing listens on port 1
 # worker that tried the broker (it waits up to 15 s for an answer) still fails.
 LIMIT_S = 12.0
 
+
 def demo_text(tmp: Path) -> str:
     """demo.toml with its relative model/schema paths made absolute, a free web port and a temp data dir."""
     text = demo_config_text()
@@ -106,11 +107,15 @@ CASES: dict[str, Case] = {
         lambda t: [str(t / "garbage.onnx"), "cannot be loaded"],
     ),
     "second_model_not_onnx": Case(
-        lambda t: _write(t, "second_model_not_onnx", replace_once(demo_text(t), f"{MODELS}/machines_failure.onnx", str(_garbage(t)))),
+        lambda t: _write(
+            t, "second_model_not_onnx", replace_once(demo_text(t), f"{MODELS}/machines_failure.onnx", str(_garbage(t)))
+        ),
         lambda t: [str(t / "garbage.onnx"), "cannot be loaded"],
     ),
     "schema_not_json": Case(
-        lambda t: _write(t, "schema_not_json", replace_once(demo_text(t), f"{SCHEMAS}/engines-event.v1.json", str(_bad_schema(t)))),
+        lambda t: _write(
+            t, "schema_not_json", replace_once(demo_text(t), f"{SCHEMAS}/engines-event.v1.json", str(_bad_schema(t)))
+        ),
         lambda t: ["pipelines[0].schema", str(t / "bad-schema.json")],
     ),
     "config_not_found": Case(lambda t: t / "missing.toml", lambda t: [str(t / "missing.toml"), "does not exist"]),
@@ -154,7 +159,11 @@ def run_worker(config: Path, *, sentinel: bool = False) -> Run:
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "stream_infer.cli", "worker", "-c", str(config)],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=LIMIT_S,
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=LIMIT_S,
         )
         returncode, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
     except subprocess.TimeoutExpired as err:  # run() has killed the child

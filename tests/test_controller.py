@@ -11,7 +11,9 @@ def _cost(rows: float, per_row_ms: float = 0.01, fixed_ms: float = 0.05) -> floa
     return (fixed_ms + per_row_ms * rows) / 1000
 
 
-def _profile(per_row_ms: float = 0.01, fixed_ms: float = 0.05, sizes=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)) -> CostProfile:
+def _profile(
+    per_row_ms: float = 0.01, fixed_ms: float = 0.05, sizes=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+) -> CostProfile:
     profile = CostProfile()
     for rows in sizes:
         profile.observe(rows, _cost(rows, per_row_ms, fixed_ms))
@@ -122,7 +124,6 @@ def test_latency_mode_coalesces_within_the_budget_and_throughput_mode_waits_at_m
     for _ in range(3):
         setting = controller.update(0)
     assert setting.mode == LATENCY and setting.linger == 0 and setting.coalesce == 0.005
-
 
 
 def test_throughput_mode_leaves_when_batches_stop_filling_whatever_the_backlog() -> None:

@@ -24,8 +24,9 @@ from stream_infer.kafka.consumer import BatchConsumer
 from stream_infer.kafka.retrying import retry_kafka
 from stream_infer.kafka.transactions import CALL_TIMEOUT_S, HUNG_AFTER_S, TransactionAborted, TransactionalProducer
 
-pytestmark = pytest.mark.skipif(bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS")),
-                                reason="kills a broker: needs a local 3-node cluster")
+pytestmark = pytest.mark.skipif(
+    bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS")), reason="kills a broker: needs a local 3-node cluster"
+)
 
 
 def _coordinator(admin: AdminClient, group: str) -> int:
@@ -51,8 +52,15 @@ def test_a_commit_returns_and_the_next_commits_after_the_group_coordinator_dies(
                 feed.produce(topic, value=b"%d" % i, partition=partition)
         assert feed.flush(30) == 0
 
-        consumer = BatchConsumer(bootstrap, group, topic, on_assign=lambda e: None, on_revoke=lambda p: None,
-                                 on_lost=lambda p: None, session_timeout_ms=30_000)
+        consumer = BatchConsumer(
+            bootstrap,
+            group,
+            topic,
+            on_assign=lambda e: None,
+            on_revoke=lambda p: None,
+            on_lost=lambda p: None,
+            session_timeout_ms=30_000,
+        )
         got: list = []
         deadline = time.monotonic() + 60
         while len(got) < 10 and time.monotonic() < deadline:

@@ -29,7 +29,6 @@ TOPIC = "in"
 BEYOND_FLOAT32 = 1e39  # finite for JSON (a double) but beyond float32's range (~3.4e38)
 
 
-
 # --- helpers ------------------------------------------------------------------------------------
 
 
@@ -43,8 +42,12 @@ def _pipeline(dataset: str) -> PipelineConfig:
 def _decoder(dataset: str) -> EventDecoder:
     pipeline = _pipeline(dataset)
     assert pipeline.schema_file == (ROOT / "schemas" / SCHEMA_OF[dataset]).resolve()
-    return EventDecoder(pipeline.schema_file, max_message_bytes=pipeline.max_message_bytes, key_field=pipeline.key_field,
-                        max_key_bytes=pipeline.max_key_bytes)
+    return EventDecoder(
+        pipeline.schema_file,
+        max_message_bytes=pipeline.max_message_bytes,
+        key_field=pipeline.key_field,
+        max_key_bytes=pipeline.max_key_bytes,
+    )
 
 
 @functools.cache
@@ -72,7 +75,9 @@ def _is_beyond_float32(value: bytes) -> bool:
 
 
 def _record(key: bytes | None, value: bytes | None, offset: int, partition: int = 0) -> InputRecord:
-    return InputRecord(key=key, value=value, topic=TOPIC, partition=partition, offset=offset, timestamp_ms=1_700_000_000_000 + offset)
+    return InputRecord(
+        key=key, value=value, topic=TOPIC, partition=partition, offset=offset, timestamp_ms=1_700_000_000_000 + offset
+    )
 
 
 def _decode_one(dataset: str, key: bytes | None, value: bytes | None) -> DecodedBatch:
@@ -177,7 +182,8 @@ def test_pipeline_dead_letters_every_bad_event_with_its_listed_reason(dataset: s
     # An oversized value is kept as an excerpt, its size in a header (stream_infer.outputs).
     limit = config.max_message_bytes
     assert sorted((dict(m[3])["x-dlq-reason"].decode(), m[2]) for m in dead) == sorted(
-        (r, v if len(v) <= limit else v[:EXCERPT_BYTES]) for r, _, v in bad)
+        (r, v if len(v) <= limit else v[:EXCERPT_BYTES]) for r, _, v in bad
+    )
     for m in dead:
         headers = dict(m[3])
         if headers["x-dlq-reason"] == b"oversized":

@@ -127,7 +127,7 @@ def host_path(service: dict, container_path: str) -> Path:
     for source, target in bind_mounts(service):
         target = target.rstrip("/")
         if container_path == target or container_path.startswith(target + "/"):
-            return (ROOT / source / container_path[len(target):].lstrip("/")).resolve()
+            return (ROOT / source / container_path[len(target) :].lstrip("/")).resolve()
     raise AssertionError(f"{container_path} is not inside a bind mount of the service")
 
 
@@ -240,6 +240,7 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
 
 def dockerignore_matches(path: str) -> bool:
     """Whether .dockerignore keeps `path` (or a folder above it) out of the build context."""
+
     def regex(pattern: str) -> re.Pattern:
         out = ""
         for part in re.split(r"(\*\*/|\*|\?)", pattern.strip("/")):
@@ -299,8 +300,15 @@ def test_dockerfile_copy_sources_exist_and_are_in_the_context():
 
 
 def test_dockerignore():
-    for path in (".venv", ".git", "bench-results", ".gpu", ".pytest_cache", "stream_infer/__pycache__",
-                 "stream_infer/models/__pycache__/x.pyc"):
+    for path in (
+        ".venv",
+        ".git",
+        "bench-results",
+        ".gpu",
+        ".pytest_cache",
+        "stream_infer/__pycache__",
+        "stream_infer/models/__pycache__/x.pyc",
+    ):
         assert dockerignore_matches(path), f".dockerignore should exclude {path}"
     # Everything the image build reads stays in the context.
     needed = ["pyproject.toml", "README.md", "stream_infer/cli/__init__.py", "deploy/config/worker.toml"]
@@ -437,12 +445,20 @@ def test_dashboard_covers_the_operator_view(dashboard):
     exprs = dashboard_expressions(dashboard)
     used = {name for expr in exprs.values() for name in METRIC_NAME.findall(expr)}
     wanted = {
-        "stream_infer_consumer_lag_messages", "stream_infer_consumer_lag_seconds",
-        "stream_infer_events_consumed_total", "stream_infer_predictions_total",
-        "stream_infer_batch_size_bucket", "stream_infer_controller_batch_size", "stream_infer_controller_mode",
-        "stream_infer_end_to_end_latency_seconds_bucket", "stream_infer_inference_seconds_bucket",
-        "stream_infer_dead_letters_total", "stream_infer_alerts_total", "stream_infer_events_skipped_total",
-        "stream_infer_paused_partitions", "stream_infer_in_flight_batches",
+        "stream_infer_consumer_lag_messages",
+        "stream_infer_consumer_lag_seconds",
+        "stream_infer_events_consumed_total",
+        "stream_infer_predictions_total",
+        "stream_infer_batch_size_bucket",
+        "stream_infer_controller_batch_size",
+        "stream_infer_controller_mode",
+        "stream_infer_end_to_end_latency_seconds_bucket",
+        "stream_infer_inference_seconds_bucket",
+        "stream_infer_dead_letters_total",
+        "stream_infer_alerts_total",
+        "stream_infer_events_skipped_total",
+        "stream_infer_paused_partitions",
+        "stream_infer_in_flight_batches",
     }
     assert not wanted - used, f"no panel shows {sorted(wanted - used)}"
     latency = " ".join(e for e in exprs.values() if "end_to_end_latency_seconds_bucket" in e)
@@ -482,7 +498,10 @@ def test_deployment(manifests):
     assert deployment["spec"]["replicas"] == 2
     template = deployment["spec"]["template"]
     assert template["metadata"]["annotations"] == {
-        "prometheus.io/scrape": "true", "prometheus.io/port": str(WEB_PORT), "prometheus.io/path": "/metrics"}
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(WEB_PORT),
+        "prometheus.io/path": "/metrics",
+    }
     pod = template["spec"]
     assert pod["terminationGracePeriodSeconds"] == 60
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -676,8 +695,9 @@ def loopback_address(env: dict[str, str]) -> str:
     """host:port of the secured broker's plaintext loopback listener (the setup jobs' way in)."""
     protocols = dict(entry.split(":") for entry in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
     advertised = listener_map(env["KAFKA_ADVERTISED_LISTENERS"])
-    (address,) = [f"{host}:{port}" for name, (host, port) in advertised.items()
-                  if protocols[name] == "PLAINTEXT" and host in LOOPBACK]
+    (address,) = [
+        f"{host}:{port}" for name, (host, port) in advertised.items() if protocols[name] == "PLAINTEXT" and host in LOOPBACK
+    ]
     return address
 
 
@@ -710,8 +730,10 @@ def test_compose_secure_secrets_job(compose, compose_secure):
     assert not any(read_only for _, read_only in named_volumes(job).values())
     # Who sees which volume: the broker's keystore only the broker; the worker's password and the CA
     # the workers and the job that registers the password.
-    users = {name: {volume for volume, _ in named_volumes(secure_service(compose, compose_secure, name)).values()}
-             for name in set(compose["services"]) | set(compose_secure["services"])}
+    users = {
+        name: {volume for volume, _ in named_volumes(secure_service(compose, compose_secure, name)).values()}
+        for name in set(compose["services"]) | set(compose_secure["services"])
+    }
     assert {name for name, volumes in users.items() if "broker-secrets" in volumes} == {"kafka-secrets", "kafka"}
     assert {name for name, volumes in users.items() if "client-secrets" in volumes} == {"kafka-secrets", "topics", "worker"}
     for name in ("kafka", "topics", "worker"):
@@ -828,8 +850,12 @@ def test_compose_secure_setup_jobs(compose, compose_secure):
     assert f"--entity-type users --entity-name {username}" in script
     password_file = re.search(r"SCRAM-SHA-512=\[password=\$\$\(cat (\S+)\)\]", script).group(1)
     assert Path(password_file).parent.as_posix() == volume_dir(topics, "client-secrets")
-    assert Path(password_file).name == Path(REFERENCE.match(
-        properties((COMPOSE_SECURE_DIR / "worker.properties").read_text())["sasl.password"]).group(2)).name
+    assert (
+        Path(password_file).name
+        == Path(
+            REFERENCE.match(properties((COMPOSE_SECURE_DIR / "worker.properties").read_text())["sasl.password"]).group(2)
+        ).name
+    )
     for pipeline in tomllib.loads(WORKER_TOML.read_text())["pipelines"]:
         assert pipeline["input_topic"] in script
     assert f"--partitions {INPUT_PARTITIONS}" in script
@@ -857,20 +883,48 @@ def test_make_secrets_script(tmp_path):
     assert sorted(p.name for p in broker.iterdir()) == ["kafka.keystore.p12", "keystore.password"]
     assert sorted(p.name for p in client.iterdir()) == ["ca.pem", "svc.password"]
     assert len((client / "svc.password").read_text().strip()) >= 32
-    cert = subprocess.run(["openssl", "pkcs12", "-in", str(broker / "kafka.keystore.p12"), "-passin",
-                           f"file:{broker / 'keystore.password'}", "-clcerts", "-nokeys"],
-                          capture_output=True, text=True, timeout=60)
+    cert = subprocess.run(
+        [
+            "openssl",
+            "pkcs12",
+            "-in",
+            str(broker / "kafka.keystore.p12"),
+            "-passin",
+            f"file:{broker / 'keystore.password'}",
+            "-clcerts",
+            "-nokeys",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert cert.returncode == 0, cert.stderr
     (tmp_path / "kafka.pem").write_text(cert.stdout)
     for name in ("kafka", "localhost"):
-        verify = subprocess.run(["openssl", "verify", "-CAfile", str(client / "ca.pem"), "-verify_hostname", name,
-                                 str(tmp_path / "kafka.pem")], capture_output=True, text=True, timeout=60)
+        verify = subprocess.run(
+            ["openssl", "verify", "-CAfile", str(client / "ca.pem"), "-verify_hostname", name, str(tmp_path / "kafka.pem")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert verify.returncode == 0, verify.stdout + verify.stderr
     keytool = shutil.which("keytool")
     if keytool:  # Java (the broker) reads the keystore with the password file's content
-        listing = subprocess.run([keytool, "-list", "-storetype", "PKCS12", "-keystore", str(broker / "kafka.keystore.p12"),
-                                  "-storepass", (broker / "keystore.password").read_text().strip()],
-                                 capture_output=True, text=True, timeout=60)
+        listing = subprocess.run(
+            [
+                keytool,
+                "-list",
+                "-storetype",
+                "PKCS12",
+                "-keystore",
+                str(broker / "kafka.keystore.p12"),
+                "-storepass",
+                (broker / "keystore.password").read_text().strip(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert listing.returncode == 0 and "PrivateKeyEntry" in listing.stdout, listing.stdout + listing.stderr
     before = {p.name: p.read_bytes() for p in [*broker.iterdir(), *client.iterdir()]}
     again = subprocess.run(["sh", str(MAKE_SECRETS), str(broker), str(client)], capture_output=True, text=True, timeout=60)
@@ -884,8 +938,10 @@ def test_make_secrets_script(tmp_path):
 @pytest.fixture(scope="module")
 def secure_overlay() -> dict[str, list]:
     """Every YAML file of the overlay, parsed: file name -> its documents."""
-    return {path.name: [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
-            for path in sorted(K8S_SECURE.glob("*.yaml"))}
+    return {
+        path.name: [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+        for path in sorted(K8S_SECURE.glob("*.yaml"))
+    }
 
 
 def overlay_doc(secure_overlay: dict, name: str):
@@ -955,8 +1011,7 @@ def test_secure_overlay_files(secure_overlay, manifests):
     assert "secret-kafka.example.yaml" not in used
     assert set(secure_overlay) == used | {"kustomization.yaml", "secret-kafka.example.yaml"}
     kinds = {name: [doc["kind"] for doc in docs] for name, docs in secure_overlay.items() if name in resources}
-    assert kinds == {"kafka-client-configmap.yaml": ["ConfigMap"],
-                     "keda-trigger-authentication.yaml": ["TriggerAuthentication"]}
+    assert kinds == {"kafka-client-configmap.yaml": ["ConfigMap"], "keda-trigger-authentication.yaml": ["TriggerAuthentication"]}
     (scaled_patch,) = [p for p in kustomization["patches"] if p["path"] == "scaledobject-patch.yaml"]
     assert scaled_patch["target"]["kind"] == "ScaledObject"
     assert scaled_patch["target"]["name"] == manifests["ScaledObject"]["metadata"]["name"]
@@ -1033,8 +1088,9 @@ def test_secure_client_settings_load(secure_overlay, tmp_path, monkeypatch):
 def test_no_password_literal_in_any_configmap(secure_overlay):
     secret = example_secret(secure_overlay)["stringData"]
     configmaps = [doc for doc in yaml.safe_load_all((K8S / "configmap.yaml").read_text()) if doc]
-    configmaps += [doc for docs in secure_overlay.values() for doc in docs
-                   if isinstance(doc, dict) and doc.get("kind") == "ConfigMap"]
+    configmaps += [
+        doc for docs in secure_overlay.values() for doc in docs if isinstance(doc, dict) and doc.get("kind") == "ConfigMap"
+    ]
     assert len(configmaps) >= 2
     for configmap in configmaps:
         where = f"ConfigMap {configmap['metadata']['name']}"
@@ -1084,6 +1140,7 @@ def test_secure_keda_trigger_authentication(secure_overlay, manifests):
         unchanged = {k: v for k, v in base_trigger["metadata"].items() if k != "bootstrapServers"}
         assert {k: v for k, v in meta.items() if k not in ("bootstrapServers", "sasl", "tls")} == unchanged
         assert {"lagThreshold", "offsetResetPolicy", "consumerGroup", "topic"} <= unchanged.keys()
+
     def without_triggers(spec: dict) -> dict:
         return {k: v for k, v in spec.items() if k != "triggers"}
 
@@ -1096,7 +1153,13 @@ def test_secure_kustomize_renders(secure_overlay, manifests):
     assert result.returncode == 0, result.stderr
     docs = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
     assert sorted(doc["kind"] for doc in docs) == [
-        "ConfigMap", "ConfigMap", "Deployment", "ScaledObject", "Service", "TriggerAuthentication"]
+        "ConfigMap",
+        "ConfigMap",
+        "Deployment",
+        "ScaledObject",
+        "Service",
+        "TriggerAuthentication",
+    ]
     rendered = {doc["kind"]: doc for doc in docs}
     expected = json_patch(manifests["ScaledObject"], overlay_doc(secure_overlay, "scaledobject-patch.yaml"))
     assert rendered["ScaledObject"]["spec"] == expected["spec"]

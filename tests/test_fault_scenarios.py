@@ -28,8 +28,9 @@ def common(tmp_path_factory: pytest.TempPathFactory) -> dict:
     work = tmp_path_factory.mktemp("faults")
     stream = EventStream()
     engines = next(p for p in load_config(DEMO_CONFIG).pipelines if p.name == "engines")
-    return dict(work_dir=work, stream=stream, reference=load_reference(engines, stream, work / "reference"),
-                rate=RATE, duration=DURATION)
+    return dict(
+        work_dir=work, stream=stream, reference=load_reference(engines, stream, work / "reference"), rate=RATE, duration=DURATION
+    )
 
 
 def _check(result: TrialResult) -> None:
@@ -44,22 +45,38 @@ def _check(result: TrialResult) -> None:
 def _on_a_cluster_of_three(scenario: str, guarantee: str, seed: int, common: dict, tmp_path: Path) -> TrialResult:
     cluster, _ = local.up(tmp_path / "kafka-3", port=0, nodes=BROKER_KILL_NODES)
     try:
-        return run_trial(scenario, SCENARIOS[scenario], guarantee, seed, bootstrap=cluster.bootstrap,
-                         replication=BROKER_KILL_NODES, cluster_dir=tmp_path / "kafka-3", **common)
+        return run_trial(
+            scenario,
+            SCENARIOS[scenario],
+            guarantee,
+            seed,
+            bootstrap=cluster.bootstrap,
+            replication=BROKER_KILL_NODES,
+            cluster_dir=tmp_path / "kafka-3",
+            **common,
+        )
     finally:
         local.down(tmp_path / "kafka-3", wipe=True, timeout=15)
 
 
 def test_a_worker_killed_while_a_third_joins(kafka_bootstrap: str, common: dict) -> None:
-    result = run_trial("worker_kill", SCENARIOS["worker_kill"], "at_least_once", 101, bootstrap=kafka_bootstrap,
-                       delete_topics=True, **common)
+    result = run_trial(
+        "worker_kill", SCENARIOS["worker_kill"], "at_least_once", 101, bootstrap=kafka_bootstrap, delete_topics=True, **common
+    )
     _check(result)
     assert result.recovery_max_s is not None and result.recovery_max_s <= 15.0  # session timeout + 5 s
 
 
 def test_a_rolling_restart_hands_over_without_duplicates(kafka_bootstrap: str, common: dict) -> None:
-    result = run_trial("rolling_restart", SCENARIOS["rolling_restart"], "at_least_once", 102, bootstrap=kafka_bootstrap,
-                       delete_topics=True, **common)
+    result = run_trial(
+        "rolling_restart",
+        SCENARIOS["rolling_restart"],
+        "at_least_once",
+        102,
+        bootstrap=kafka_bootstrap,
+        delete_topics=True,
+        **common,
+    )
     _check(result)
     assert result.accounting.duplicates == 0, trial_line(result)
     stops = [e for e in result.exits if e.graceful_required]
@@ -67,8 +84,9 @@ def test_a_rolling_restart_hands_over_without_duplicates(kafka_bootstrap: str, c
 
 
 def test_exactly_once_through_a_worker_kill(kafka_bootstrap: str, common: dict) -> None:
-    result = run_trial("worker_kill", SCENARIOS["worker_kill"], "exactly_once", 103, bootstrap=kafka_bootstrap,
-                       delete_topics=True, **common)
+    result = run_trial(
+        "worker_kill", SCENARIOS["worker_kill"], "exactly_once", 103, bootstrap=kafka_bootstrap, delete_topics=True, **common
+    )
     _check(result)
     assert result.accounting.duplicates == 0, trial_line(result)
 
@@ -91,5 +109,7 @@ def test_the_broker_leading_most_partitions_killed(guarantee: str, common: dict,
         assert result.accounting.duplicates == 0, line
     assert result.recovery_max_s is not None, line
     if result.recovery_max_s > 15.0:
-        pytest.xfail(f"recovery {result.recovery_max_s:.1f} s, the cluster's own failover {result.feed_recovery_max_s} s "
-                     "(open: docs/guarantees.md)")
+        pytest.xfail(
+            f"recovery {result.recovery_max_s:.1f} s, the cluster's own failover {result.feed_recovery_max_s} s "
+            "(open: docs/guarantees.md)"
+        )

@@ -50,9 +50,12 @@ def test_account_counts_lost_duplicates_mismatches_and_unknown_sources() -> None
     inputs = {(0, 0): (1, 1), (0, 1): (1, 2), (1, 0): (2, 1), (1, 1): (2, 2)}
     reference = {(1, 1): 10.0, (1, 2): 11.0, (2, 1): 20.0, (2, 2): 21.0}
     observations = [
-        _obs(0, 0, 10.0), _obs(0, 0, 10.0), _obs(0, 0, 10.0),  # two duplicates, both equal
+        _obs(0, 0, 10.0),
+        _obs(0, 0, 10.0),
+        _obs(0, 0, 10.0),  # two duplicates, both equal
         _obs(0, 1, 11.0),
-        _obs(1, 0, 20.0), _obs(1, 0, 20.5),  # a duplicate that differs: mismatched
+        _obs(1, 0, 20.0),
+        _obs(1, 0, 20.5),  # a duplicate that differs: mismatched
         _obs(5, 7, 1.0),  # names no input that was fed
     ]  # (1, 1) has no prediction: lost
     result = account(inputs, observations, reference)
@@ -80,7 +83,9 @@ def test_account_alerts_by_the_input_that_raised_them_and_their_score() -> None:
     predictions = dict.fromkeys(inputs.values(), 1.0)
     reference_alerts = {(7, 50): 25.0, (8, 20): 12.5, (5, 5): 1.0}  # (5, 5) is never fed: not expected
     alerts = [
-        _alert(0, 10, 25.0), _alert(0, 10, 25.0), _alert(0, 10, 25.0),  # expected, then two repeats
+        _alert(0, 10, 25.0),
+        _alert(0, 10, 25.0),
+        _alert(0, 10, 25.0),  # expected, then two repeats
         _alert(1, 3, 25.0),  # the second loop's alert for (7, 50)
         _alert(1, 4, 13.0),  # another score: the expected one is missing, this one unexpected
         _alert(2, 0, 5.0),  # an input for which the reference raises no alert
@@ -104,8 +109,13 @@ def test_account_alerts_clean_and_none_expected() -> None:
     inputs = {(0, i): (1, i + 1) for i in range(4)}
     predictions = {(1, i + 1): float(i) for i in range(4)}
     clean = account(inputs, [], predictions, alerts=[_alert(0, 3, 3.0)], reference_alerts={(1, 4): 3.0})
-    assert (clean.alerts_expected, clean.alerts_seen, clean.alerts_missing, clean.alerts_unexpected,
-            clean.alerts_duplicates) == (1, 1, 0, 0, 0) and clean.alerts_equal
+    assert (clean.alerts_expected, clean.alerts_seen, clean.alerts_missing, clean.alerts_unexpected, clean.alerts_duplicates) == (
+        1,
+        1,
+        0,
+        0,
+        0,
+    ) and clean.alerts_equal
     none = account(inputs, [], predictions)  # no alert rule: nothing expected, nothing seen
     assert (none.alerts_expected, none.alerts_seen) == (0, 0) and none.alerts_equal
     stray = account(inputs, [], predictions, alerts=[_alert(0, 1, 1.0)])
@@ -113,11 +123,15 @@ def test_account_alerts_clean_and_none_expected() -> None:
 
 
 def test_alert_observation_names_the_last_input_of_the_run() -> None:
-    body = {"key": "1037", "score": 23.5, "inputs": [
-        {"topic": "t", "partition": 4, "offset": 7, "timestamp_ms": 1},
-        {"topic": "t", "partition": 4, "offset": 9, "timestamp_ms": 2},
-        {"topic": "t", "partition": 4, "offset": 12, "timestamp_ms": 3},
-    ]}
+    body = {
+        "key": "1037",
+        "score": 23.5,
+        "inputs": [
+            {"topic": "t", "partition": 4, "offset": 7, "timestamp_ms": 1},
+            {"topic": "t", "partition": 4, "offset": 9, "timestamp_ms": 2},
+            {"topic": "t", "partition": 4, "offset": 12, "timestamp_ms": 3},
+        ],
+    }
     assert alert_observation(body, 5.0) == AlertObservation(4, 12, 23.5, 5.0)
     assert alert_observation({"score": 1.0, "inputs": []}, 5.0) == AlertObservation(-1, -1, 1.0, 5.0)
 
@@ -155,9 +169,13 @@ def test_latency_max_uses_each_inputs_first_prediction() -> None:
 def _result(alerts: list[AlertObservation] | None = None, **changes) -> TrialResult:
     """A worker_kill trial at least once: two inputs, one repeated prediction, one alert seen as expected."""
     result = TrialResult("worker_kill", "at_least_once", 7)
-    result.accounting = account({(0, 0): (1, 1), (0, 1): (1, 2)}, [_obs(0, 0, 1.0), _obs(0, 0, 1.0), _obs(0, 1, 2.0)],
-                                {(1, 1): 1.0, (1, 2): 2.0}, alerts=[_alert(0, 1, 2.0)] if alerts is None else alerts,
-                                reference_alerts={(1, 2): 2.0})
+    result.accounting = account(
+        {(0, 0): (1, 1), (0, 1): (1, 2)},
+        [_obs(0, 0, 1.0), _obs(0, 0, 1.0), _obs(0, 1, 2.0)],
+        {(1, 1): 1.0, (1, 2): 2.0},
+        alerts=[_alert(0, 1, 2.0)] if alerts is None else alerts,
+        reference_alerts={(1, 2): 2.0},
+    )
     result.recovery = {"kill w2": {0: 11.25, 3: 12.5}}
     result.feed_recovery = {"kill w2": {0: 0.01, 3: 0.02}}
     result.latency_max_s = 13.0
@@ -206,7 +224,8 @@ def test_trial_line_has_every_field_in_order() -> None:
     assert line.endswith("result=FAIL(error,lost,slow_recovery) alerts=0/0 lost_by_partition=0:1,2:2 error='worker not ready'")
     wrong = _result(guarantee="exactly_once", alerts=[_alert(0, 1, 2.5), _alert(0, 1, 2.5), _alert(0, 0, 1.0)])
     assert trial_line(wrong).endswith(
-        "result=FAIL(duplicates,alerts,alert_duplicates) alerts=2/1 alerts_missing=1 alerts_unexpected=2 alerts_duplicates=1")
+        "result=FAIL(duplicates,alerts,alert_duplicates) alerts=2/1 alerts_missing=1 alerts_unexpected=2 alerts_duplicates=1"
+    )
 
 
 def test_table_and_json_summarise_per_scenario_and_guarantee() -> None:
@@ -218,7 +237,9 @@ def test_table_and_json_summarise_per_scenario_and_guarantee() -> None:
     ]
     rows = summarize(results)
     assert [(r.scenario, r.guarantee, r.trials, r.failed, r.duplicates) for r in rows] == [
-        ("worker_kill", "at_least_once", 3, 0, 3), ("broker_kill", "exactly_once", 1, 1, 1)]
+        ("worker_kill", "at_least_once", 3, 0, 3),
+        ("broker_kill", "exactly_once", 1, 1, 1),
+    ]
     assert (rows[0].recovery_median_s, rows[0].recovery_max_s) == (14.0, 15.0)
     assert table(rows).splitlines() == [
         "scenario     guarantee      trials  failed  lost  duplicates  all_equal  recovery_s median/max  cluster_s max",
@@ -231,10 +252,17 @@ def test_table_and_json_summarise_per_scenario_and_guarantee() -> None:
     assert data["trials"][0]["recovery"] == {"kill w2": {"0": 11.25, "3": 12.5}}
     assert data["summary"][1]["recovery_max_s"] == "inf"
     accounting = data["trials"][0]["accounting"]
-    assert {k: accounting[k] for k in ("alerts_expected", "alerts_seen", "alerts_missing", "alerts_unexpected",
-                                       "alerts_duplicates", "alerts_equal")} == {
-        "alerts_expected": 1, "alerts_seen": 1, "alerts_missing": 0, "alerts_unexpected": 0, "alerts_duplicates": 0,
-        "alerts_equal": True}
+    assert {
+        k: accounting[k]
+        for k in ("alerts_expected", "alerts_seen", "alerts_missing", "alerts_unexpected", "alerts_duplicates", "alerts_equal")
+    } == {
+        "alerts_expected": 1,
+        "alerts_seen": 1,
+        "alerts_missing": 0,
+        "alerts_unexpected": 0,
+        "alerts_duplicates": 0,
+        "alerts_equal": True,
+    }
 
 
 # --- the stream and the reference ------------------------------------------------------------
@@ -322,5 +350,6 @@ def test_trial_config_renames_topics_and_sets_replication_and_guarantee(tmp_path
     raw = tomllib.loads(path.read_text())
     # Written where the worker knows the key; where it does not, left out and said so.
     assert raw["worker"].get("processing_guarantee") == "at_least_once" or (
-        "processing_guarantee" not in raw["worker"] and "left out" in notes[0])
+        "processing_guarantee" not in raw["worker"] and "left out" in notes[0]
+    )
     load_config(path)

@@ -37,8 +37,9 @@ def test_faust_app_relays_between_topics(kafka_bootstrap: str, unique, tmp_path:
     assert producer.flush(30) == 0
 
     env = dict(os.environ, BOOTSTRAP=kafka_bootstrap, SRC=src, DST=dst, APP_ID=app_id, DATA_DIR=str(tmp_path))
-    proc = subprocess.Popen([sys.executable, str(APP), "worker", "-l", "warn"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, str(APP), "worker", "-l", "warn"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     try:
         relayed = _read_all(kafka_bootstrap, dst, 2, N, timeout=90)
     finally:

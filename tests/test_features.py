@@ -207,7 +207,12 @@ def test_small_and_vectorised_paths_give_the_same_rows_and_state(monkeypatch: py
         outs, states = [], []
         for keys, partitions, rows in batches:
             outs.append(featurizer.windowed(keys, partitions, rows, store))
-            states.append(({p: {k: s.rows.copy() for k, s in ks.items()} for p, ks in store.partitions.items()}, {p: set(d) for p, d in store.take_dirty().items()}))
+            states.append(
+                (
+                    {p: {k: s.rows.copy() for k, s in ks.items()} for p, ks in store.partitions.items()},
+                    {p: set(d) for p, d in store.take_dirty().items()},
+                )
+            )
         results[small_batch] = outs, states
     (each, each_states), (vec, vec_states) = results[10**9], results[0]
     for i, (a, b) in enumerate(zip(each, vec)):
@@ -247,10 +252,15 @@ def test_key_state_round_trips_exactly() -> None:
         assert np.array_equal(restored.rows.view(np.uint32), state.rows.view(np.uint32))
         assert restored.alert == state.alert
 
-    alert = AlertState(run=2, in_episode=True, clear_run=3, run_inputs=[
-        {"topic": "engines.telemetry", "partition": 4, "offset": 17, "timestamp_ms": 1_700_000_000_123},
-        {"topic": "engines.telemetry", "partition": 4, "offset": 18, "timestamp_ms": 1_700_000_000_456},
-    ])
+    alert = AlertState(
+        run=2,
+        in_episode=True,
+        clear_run=3,
+        run_inputs=[
+            {"topic": "engines.telemetry", "partition": 4, "offset": 17, "timestamp_ms": 1_700_000_000_123},
+            {"topic": "engines.telemetry", "partition": 4, "offset": 18, "timestamp_ms": 1_700_000_000_456},
+        ],
+    )
     tricky = np.array([[0.0, -0.0, 1e-45, 3.4028235e38, -3.4028235e38, 1.1754944e-38, 0.1, 643.02] * 2], dtype=np.float32)[:, :14]
     restored = KeyState.from_bytes(KeyState(rows=tricky, alert=alert).to_bytes())
     assert np.array_equal(restored.rows.view(np.uint32), tricky.view(np.uint32))

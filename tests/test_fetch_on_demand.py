@@ -46,7 +46,9 @@ def _run(kafka_bootstrap: str, tmp_path: Path, unique, monkeypatch: pytest.Monke
     topic = unique("ondemand")
     create_topics(kafka_bootstrap, [topic], partitions=1)
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)  # the config's broker: the test's
-    config = load_config(engines_config(tmp_path / "c.toml", group=unique("ondemand-group"), input_topic=topic, output_prefix="out"))
+    config = load_config(
+        engines_config(tmp_path / "c.toml", group=unique("ondemand-group"), input_topic=topic, output_prefix="out")
+    )
     pipeline = Pipeline(config.pipelines[0], producer=None, changelog=None)
     runner = PipelineRunner(pipeline, config)
     if throughput:

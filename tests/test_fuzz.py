@@ -79,7 +79,11 @@ def test_every_pipeline_has_at_least_30_kinds_and_every_input_reason() -> None:
     # Every reason a record itself can cause (model_error and output_rejected come later); the
     # machines pipeline does not check order per key, so out_of_order is the engines' alone.
     assert {k.reasons[p] for p in PIPELINES for k in kinds_for(p)} == set(REASONS) - {"model_error", "output_rejected"}
-    assert {k.reasons["machines"] for k in kinds_for("machines")} == set(REASONS) - {"model_error", "output_rejected", "out_of_order"}
+    assert {k.reasons["machines"] for k in kinds_for("machines")} == set(REASONS) - {
+        "model_error",
+        "output_rejected",
+        "out_of_order",
+    }
     names = [k.name for k in all_kinds()]
     assert len(names) == len(set(names))
     assert all(f"`{n}`" in kinds_table() for n in names)
@@ -106,7 +110,7 @@ def test_kind_is_dead_lettered_with_its_reason(pipeline_name: str, kind_name: st
     pipeline, producer = _pipeline(pipeline_name)
     now = int(time.time() * 1000)
     case = _cases().index((pipeline_name, kind_name))
-    valid = _stream(pipeline_name)[2 * AROUND * case: 2 * AROUND * (case + 1)]
+    valid = _stream(pipeline_name)[2 * AROUND * case : 2 * AROUND * (case + 1)]
     offset = 1_000 * (case + 1)  # offsets increase across the tests
     records = [InputRecord(k, v, "in", 0, offset + i, now) for i, (k, v) in enumerate(valid[:AROUND])]
     records.append(InputRecord(hostile.key, hostile.value, "in", 0, offset + AROUND, now, tuple(hostile.headers)))
@@ -115,11 +119,18 @@ def test_kind_is_dead_lettered_with_its_reason(pipeline_name: str, kind_name: st
     asyncio.run(pipeline.process(records, time.monotonic()))
     dead = [m for m in producer.messages if m[0] == config.topics.dead_letters]
     predicted = [m for m in producer.messages if m[0] == config.topics.predictions]
-    assert [dict(m[3])["x-dlq-reason"].decode() for m in dead] == [kind.reasons[pipeline_name]], dict(dead[0][3]).get("x-dlq-detail") if dead else None
+    assert [dict(m[3])["x-dlq-reason"].decode() for m in dead] == [kind.reasons[pipeline_name]], (
+        dict(dead[0][3]).get("x-dlq-detail") if dead else None
+    )
     assert len(predicted) == 2 * AROUND
     assert offset + AROUND not in {orjson.loads(m[2])["source"]["offset"] for m in predicted}
-    expected = expect_dead_letter(kind.name, kind.reasons[pipeline_name], hostile,
-                                  max_message_bytes=config.max_message_bytes, max_key_bytes=config.max_key_bytes)
+    expected = expect_dead_letter(
+        kind.name,
+        kind.reasons[pipeline_name],
+        hostile,
+        max_message_bytes=config.max_message_bytes,
+        max_key_bytes=config.max_key_bytes,
+    )
     _, key, value, headers = dead[0]
     assert dead_letter_problems(expected, key, value, headers, ("in", 0, offset + AROUND)) == []
 
@@ -127,8 +138,14 @@ def test_kind_is_dead_lettered_with_its_reason(pipeline_name: str, kind_name: st
 def test_dead_letter_check_catches_a_forged_or_unbounded_dead_letter() -> None:
     hostile = Hostile(b"1", b"x" * 70_000, (("x-dlq-reason", b"model_error"),))
     expected = expect_dead_letter("k", "oversized", hostile, max_message_bytes=65_536, max_key_bytes=1024)
-    good = [("x-original-x-dlq-reason", b"model_error"), ("x-dlq-reason", b"oversized"), ("x-source-topic", b"in"),
-            ("x-source-partition", b"0"), ("x-source-offset", b"5"), ("x-dlq-value-bytes", b"70000")]
+    good = [
+        ("x-original-x-dlq-reason", b"model_error"),
+        ("x-dlq-reason", b"oversized"),
+        ("x-source-topic", b"in"),
+        ("x-source-partition", b"0"),
+        ("x-source-offset", b"5"),
+        ("x-dlq-value-bytes", b"70000"),
+    ]
     assert dead_letter_problems(expected, b"1", b"x" * 1024, good, ("in", 0, 5)) == []
     forged = [("x-dlq-reason", b"model_error"), *good[1:]]  # the spoof copied under its own name
     assert any("x-dlq-reason" in p for p in dead_letter_problems(expected, b"1", b"x" * 1024, forged))
@@ -147,8 +164,16 @@ def test_small_fuzz_run_against_a_real_worker(kafka_bootstrap: str, tmp_path: Pa
     assert not result.failed, report
     assert result.hostile == 2000 and result.valid >= 2000, report
     assert result.kinds == len(all_kinds()), report
-    assert (result.lost, result.hostile_predicted, result.wrong_reason, result.dlq_problems, result.duplicates,
-            result.valid_dead, result.exits, result.stop_status) == (0, 0, 0, 0, 0, 0, 0, 0), report
+    assert (
+        result.lost,
+        result.hostile_predicted,
+        result.wrong_reason,
+        result.dlq_problems,
+        result.duplicates,
+        result.valid_dead,
+        result.exits,
+        result.stop_status,
+    ) == (0, 0, 0, 0, 0, 0, 0, 0), report
     assert result.canaries >= 2 * 2 * (2000 // 2 // len(kinds_for("engines"))), report  # two poison kinds per pipeline
     assert result.canary_max_s is not None and result.peak_rss_mb > 0, report
     assert result.line().startswith("fuzz: hostile=2000 "), report

@@ -33,8 +33,10 @@ def test_readiness_names_each_state(tmp_path: Path) -> None:
     runner = _runner(tmp_path)
     cp, pipeline = runner.checkpointing, runner.pipeline
     try:
-        assert runner.readiness() == (False, {"ready": False, "partitions": [],
-                                              "reason": "not a member of the consumer group (joining or rebalancing)"})
+        assert runner.readiness() == (
+            False,
+            {"ready": False, "partitions": [], "reason": "not a member of the consumer group (joining or rebalancing)"},
+        )
         runner.rebalance.member = True
         pipeline.owned = {0: 1, 3: 2}
         pipeline.loaded = {0}
@@ -45,8 +47,10 @@ def test_readiness_names_each_state(tmp_path: Path) -> None:
         assert runner.readiness()[1]["reason"] == "rewinding to the last committed checkpoint"
         cp.rewinding = False
         pipeline.owned, pipeline.loaded = {}, set()
-        assert runner.readiness() == (True, {"ready": True, "partitions": [],
-                                             "reason": "member with no partition assigned (more workers than partitions)"})
+        assert runner.readiness() == (
+            True,
+            {"ready": True, "partitions": [], "reason": "member with no partition assigned (more workers than partitions)"},
+        )
     finally:
         close_runner(runner)
 
@@ -97,10 +101,18 @@ def test_an_idle_member_is_ready_and_says_so(kafka_bootstrap: str, unique, tmp_p
         for worker in workers:
             worker.wait_ready()
         bodies: dict = {}
-        assert _until(lambda: all((bodies.__setitem__(w, _get(w, "/readyz")) or bodies[w][0] == 200) for w in workers)
-                      and sorted(len(b[1]["pipelines"]["engines"]["partitions"]) for b in bodies.values()) == [0, 1], 30), bodies
+        assert _until(
+            lambda: (
+                all((bodies.__setitem__(w, _get(w, "/readyz")) or bodies[w][0] == 200) for w in workers)
+                and sorted(len(b[1]["pipelines"]["engines"]["partitions"]) for b in bodies.values()) == [0, 1]
+            ),
+            30,
+        ), bodies
         idle = next(w for w in workers if not bodies[w][1]["pipelines"]["engines"]["partitions"])
-        assert bodies[idle][1]["pipelines"]["engines"]["reason"] == "member with no partition assigned (more workers than partitions)"
+        assert (
+            bodies[idle][1]["pipelines"]["engines"]["reason"]
+            == "member with no partition assigned (more workers than partitions)"
+        )
         assert all(_get(w, "/healthz")[0] == 200 for w in workers)
     finally:
         for worker in workers:
@@ -132,7 +144,7 @@ def test_a_stalled_worker_is_unhealthy_until_it_progresses_again(unique, tmp_pat
         os.kill(broker, signal.SIGSTOP)  # the worker has processed them; its commit is seconds away
         try:
             status: list = []
-            assert _until(lambda: (status.__setitem__(slice(None), [_get(worker, "/healthz")]) or status[0][0] == 503), 30), status
+            assert _until(lambda: status.__setitem__(slice(None), [_get(worker, "/healthz")]) or status[0][0] == 503, 30), status
             engines = status[0][1]["pipelines"]["engines"]
             assert engines["healthy"] is False and engines["lag"] > 0 and "no checkpoint progress" in engines["reason"]
         finally:
@@ -140,7 +152,9 @@ def test_a_stalled_worker_is_unhealthy_until_it_progresses_again(unique, tmp_pat
         assert _until(lambda: _get(worker, "/healthz")[0] == 200, 60), worker.log_tail()
         reader = TopicReader(bootstrap, [f"{group}.predictions"])
         try:
-            assert reader.until(lambda: len({r.json()["source"]["offset"] for r in reader.records[f"{group}.predictions"]}) >= 200, 60)
+            assert reader.until(
+                lambda: len({r.json()["source"]["offset"] for r in reader.records[f"{group}.predictions"]}) >= 200, 60
+            )
         finally:
             reader.close()
     finally:

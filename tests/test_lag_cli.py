@@ -153,7 +153,11 @@ def test_uncommitted_samples() -> None:
 
 def test_group_status_is_the_worst_partition() -> None:
     assert [s for s in sorted(SEVERITY, key=SEVERITY.__getitem__)] == [
-        Status.OK, Status.WARN, Status.STALL, Status.STOP, Status.REWIND
+        Status.OK,
+        Status.WARN,
+        Status.STALL,
+        Status.STOP,
+        Status.REWIND,
     ]
     assert group_status([Status.OK, Status.OK]) == Status.OK
     assert group_status([Status.OK, Status.WARN, None]) == Status.WARN
@@ -200,10 +204,14 @@ def test_lag_seconds_and_report() -> None:
 
 
 def test_table_format() -> None:
-    report = GroupReport("g", Status.STOP, [
-        PartitionReport("orders", 0, 5, 12, 7, 10.04, Status.STOP),
-        PartitionReport("orders", 1, None, 3, None, None, None),
-    ])
+    report = GroupReport(
+        "g",
+        Status.STOP,
+        [
+            PartitionReport("orders", 0, 5, 12, 7, 10.04, Status.STOP),
+            PartitionReport("orders", 1, None, 3, None, None, None),
+        ],
+    )
     assert format_table(report).splitlines() == [
         "TOPIC   PARTITION  COMMITTED  LOG-END  LAG  LAG-SECONDS  STATUS",
         "orders  0          5          12       7    10.0         STOP",
@@ -250,7 +258,9 @@ def test_json_reports_committed_log_end_lag_and_age(kafka_bootstrap: str, unique
     lines = table.stdout.strip().splitlines()
     assert lines[0].split() == ["TOPIC", "PARTITION", "COMMITTED", "LOG-END", "LAG", "LAG-SECONDS", "STATUS"]
     assert [line.split()[:5] for line in lines[1:4]] == [
-        [topic, "0", "30", "50", "20"], [topic, "1", "20", "20", "0"], [topic, "2", "2", "7", "5"]
+        [topic, "0", "30", "50", "20"],
+        [topic, "1", "20", "20", "0"],
+        [topic, "2", "2", "7", "5"],
     ]
     assert lines[-1] == f"group {group}: STALL"
 
@@ -264,16 +274,27 @@ def kafka_describe(bootstrap: str, group: str) -> tuple[dict[tuple[str, int], tu
     except KafkaSetupError as err:
         pytest.skip(f"Kafka's tools cannot run here: {err}")
     proc = subprocess.run(
-        [java, "-cp", classpath, "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
-         "--bootstrap-server", bootstrap, "--describe", "--group", group],
-        capture_output=True, text=True, timeout=120,
+        [
+            java,
+            "-cp",
+            classpath,
+            "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+            "--bootstrap-server",
+            bootstrap,
+            "--describe",
+            "--group",
+            group,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = [line.split() for line in proc.stdout.splitlines() if line.strip()]
     header = next(i for i, cols in enumerate(lines) if cols[:2] == ["GROUP", "TOPIC"])
     names = lines[header]
     rows = {}
-    for cols in lines[header + 1:]:
+    for cols in lines[header + 1 :]:
         row = dict(zip(names, cols))
         assert row["GROUP"] == group, f"unexpected line in the tool's output: {cols}"
         rows[(row["TOPIC"], int(row["PARTITION"]))] = (row["CURRENT-OFFSET"], row["LOG-END-OFFSET"], row["LAG"])
@@ -303,8 +324,9 @@ def test_check_exits_0_for_an_ok_group(kafka_bootstrap: str, unique) -> None:
     seed(kafka_bootstrap, topic, {0: 5, 1: 8, 2: 3})
     commit(kafka_bootstrap, group, topic, {0: 5, 1: 8, 2: 3})  # caught up everywhere
 
-    result = run_lag("--group", group, "--bootstrap-servers", kafka_bootstrap, "--check", "--json",
-                     "--samples", "3", "--interval", "0.3")
+    result = run_lag(
+        "--group", group, "--bootstrap-servers", kafka_bootstrap, "--check", "--json", "--samples", "3", "--interval", "0.3"
+    )
     assert result.exit_code == 0, result.output
     report = one_report(result)
     assert report["status"] == "OK"
@@ -317,8 +339,9 @@ def test_check_exits_1_for_a_stopped_group(kafka_bootstrap: str, unique) -> None
     commit(kafka_bootstrap, group, topic, {0: 2, 1: 5, 2: 9})  # then the consumer died
 
     with producing(kafka_bootstrap, topic, partitions=3):  # records keep arriving meanwhile
-        result = run_lag("--group", group, "--bootstrap-servers", kafka_bootstrap, "--check", "--json",
-                         "--samples", "3", "--interval", "0.3")
+        result = run_lag(
+            "--group", group, "--bootstrap-servers", kafka_bootstrap, "--check", "--json", "--samples", "3", "--interval", "0.3"
+        )
     assert result.exit_code == 1, result.output
     report = one_report(result)
     assert report["status"] == "STOP"
@@ -336,9 +359,23 @@ def test_rewind_between_samples_is_reported(kafka_bootstrap: str, unique) -> Non
     # --watch makes the timing deterministic: every sample before the first report saw 40, and the
     # rewind is committed only after it, so it falls inside a later window.
     proc = subprocess.Popen(
-        [*CLI, "lag", "--group", group, "--bootstrap-servers", kafka_bootstrap, "--json", "--watch",
-         "--samples", "3", "--interval", "0.2"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            *CLI,
+            "lag",
+            "--group",
+            group,
+            "--bootstrap-servers",
+            kafka_bootstrap,
+            "--json",
+            "--watch",
+            "--samples",
+            "3",
+            "--interval",
+            "0.2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stdout is not None
@@ -353,8 +390,13 @@ def test_rewind_between_samples_is_reported(kafka_bootstrap: str, unique) -> Non
                 break
         assert reports[-1]["status"] == "REWIND", reports
         assert reports[-1]["partitions"][0] | {"lag_seconds": None} == {
-            "topic": topic, "partition": 0, "committed": 20, "log_end": 50, "lag": 30,
-            "lag_seconds": None, "status": "REWIND",
+            "topic": topic,
+            "partition": 0,
+            "committed": 20,
+            "log_end": 50,
+            "lag": 30,
+            "lag_seconds": None,
+            "status": "REWIND",
         }
         proc.send_signal(signal.SIGINT)  # Ctrl-C ends --watch cleanly
         assert proc.wait(15) == 0
@@ -377,8 +419,9 @@ def test_unknown_group_exits_2_unless_topics_are_named(kafka_bootstrap: str, uni
     assert named.exit_code == 0, named.output
     report = one_report(named)
     assert report["status"] == "NOTFOUND"
-    assert [(p["partition"], p["committed"], p["log_end"], p["lag"], p["lag_seconds"], p["status"])
-            for p in report["partitions"]] == [(0, None, 4, None, None, None), (1, None, 0, None, None, None)]
+    assert [
+        (p["partition"], p["committed"], p["log_end"], p["lag"], p["lag_seconds"], p["status"]) for p in report["partitions"]
+    ] == [(0, None, 4, None, None, None), (1, None, 0, None, None, None)]
 
     missing = run_lag("--group", group, "--bootstrap-servers", kafka_bootstrap, "--topic", unique("nosuchtopic"))
     assert missing.exit_code == 2 and "does not exist" in missing.stderr
@@ -394,8 +437,9 @@ def test_unreachable_broker_exits_2_quickly() -> None:
         sock.bind(("127.0.0.1", 0))
         address = f"127.0.0.1:{sock.getsockname()[1]}"
     started = time.monotonic()
-    proc = subprocess.run([*CLI, "lag", "--group", "g", "--bootstrap-servers", address],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [*CLI, "lag", "--group", "g", "--bootstrap-servers", address], capture_output=True, text=True, timeout=60
+    )
     elapsed = time.monotonic() - started
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert elapsed < 10

@@ -91,8 +91,9 @@ def test_three_nodes_replicate_and_survive_one_node_loss(tmp_path: Path, unique)
         os.kill(pids[2], signal.SIGKILL)  # node 3 dies: 2 in-sync replicas remain, acks=all still works
         delivered = []
         for i in range(300):
-            producer.produce(topic, key=b"k%d" % (i % 10), value=b"after-%d" % i,
-                             on_delivery=lambda err, msg: delivered.append(err))
+            producer.produce(
+                topic, key=b"k%d" % (i % 10), value=b"after-%d" % i, on_delivery=lambda err, msg: delivered.append(err)
+            )
         assert producer.flush(60) == 0
         assert delivered.count(None) == 300, f"delivery errors after losing one node: {set(delivered)}"
 
@@ -134,7 +135,7 @@ def test_missing_java_is_a_clear_error(tmp_path: Path) -> None:
 def test_old_java_is_a_clear_error(tmp_path: Path) -> None:
     fake = tmp_path / "jdk" / "bin" / "java"
     fake.parent.mkdir(parents=True)
-    fake.write_text('#!/bin/sh\necho \'openjdk version "11.0.22" 2024-01-16\' >&2\n')
+    fake.write_text("#!/bin/sh\necho 'openjdk version \"11.0.22\" 2024-01-16' >&2\n")
     fake.chmod(0o755)
     env = dict(os.environ, JAVA_HOME=str(tmp_path / "jdk"))
     result = run_cli("kafka", "up", "--port", "0", "--state-dir", str(tmp_path / "k"), env=env)

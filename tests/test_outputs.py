@@ -25,7 +25,15 @@ ENGINES = next(p for p in CONFIG.pipelines if p.name == "engines")
 
 
 def _record(key: bytes | None, value: bytes | None, offset: int = 7, headers: tuple | list | None = ()) -> InputRecord:
-    return InputRecord(key=key, value=value, topic="in", partition=3, offset=offset, timestamp_ms=1_700_000_000_000, headers=None if headers is None else tuple(headers))
+    return InputRecord(
+        key=key,
+        value=value,
+        topic="in",
+        partition=3,
+        offset=offset,
+        timestamp_ms=1_700_000_000_000,
+        headers=None if headers is None else tuple(headers),
+    )
 
 
 def _writer() -> OutputWriter:
@@ -49,7 +57,8 @@ def test_dead_letter_is_bounded_whatever_the_input() -> None:
     huge_key = b"k" * 700_000
     many_headers = [(f"h{i}", b"x" * 1000) for i in range(100)]
     topic, key, value, headers = _writer().dead_letter(
-        DeadLetter(_record(huge_key, huge_value, headers=many_headers), "oversized", "too big"))
+        DeadLetter(_record(huge_key, huge_value, headers=many_headers), "oversized", "too big")
+    )
     assert topic == ENGINES.topics.dead_letters
     assert len(value) == EXCERPT_BYTES and len(key) == EXCERPT_BYTES
     found = dict(headers)
@@ -111,7 +120,7 @@ def test_a_message_nothing_can_carry_is_counted_and_skipped(caplog: pytest.LogCa
 
 def test_readme_lists_exactly_the_reasons_the_code_gives() -> None:
     readme = (ROOT / "README.md").read_text()
-    paragraph = readme[readme.index("Reasons: "):]
+    paragraph = readme[readme.index("Reasons: ") :]
     paragraph = paragraph[: paragraph.index("\n\n")]
     reasons = re.sub(r"\([^)]*\)", "", paragraph.split("Each is counted")[0])  # not the explanations
     listed = re.findall(r"`([a-z_]+)`", reasons)

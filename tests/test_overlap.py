@@ -34,8 +34,16 @@ def _records(count: int) -> list[InputRecord]:
     records, next_offset = [], [0, 0, 0]
     for i, (key, value) in enumerate(events):
         partition = int(key) % 3  # as Kafka does: a key lives in one partition
-        records.append(InputRecord(key=key, value=value, topic="in", partition=partition, offset=next_offset[partition],
-                                   timestamp_ms=1_700_000_000_000 + i))
+        records.append(
+            InputRecord(
+                key=key,
+                value=value,
+                topic="in",
+                partition=partition,
+                offset=next_offset[partition],
+                timestamp_ms=1_700_000_000_000 + i,
+            )
+        )
         next_offset[partition] += 1
     return records
 
@@ -98,4 +106,3 @@ def test_overlapped_halves_give_what_one_batch_gives(tmp_path: Path, monkeypatch
     assert counts == [(2 * OVERLAP_MIN_EVENTS - 2, 2), (299, 1)]  # the halves' counts, added up
     assert acknowledged == len(records) and len(state) == 100  # every unit of the fleet has a window
     assert len(messages["out.telemetry.dlq"]) == 3 and len(messages["out.predictions"]) == len(records) - 3
-

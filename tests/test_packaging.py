@@ -32,8 +32,23 @@ RUNTIME_FILES = [
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
-                            "--wheel-dir", str(out), str(ROOT)], capture_output=True, text=True, timeout=300)
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--quiet",
+            "--wheel-dir",
+            str(out),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert build.returncode == 0, build.stderr[-3000:]
     wheels = list(out.glob("stream_infer-*.whl"))
     assert len(wheels) == 1, wheels
@@ -55,28 +70,49 @@ def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     venv = tmp_path_factory.mktemp("venv") / "v"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
-    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               capture_output=True, text=True, check=True).stdout.strip())
+    site = Path(
+        subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
     (site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    install = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--quiet", str(wheel)],
-                             capture_output=True, text=True, timeout=300)
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--quiet", str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert install.returncode == 0, install.stderr[-3000:]
     return venv
 
 
-def test_installed_it_validates_the_packaged_demo_config_against_a_broker(installed: Path, kafka_bootstrap: str,
-                                                                         tmp_path: Path) -> None:
+def test_installed_it_validates_the_packaged_demo_config_against_a_broker(
+    installed: Path, kafka_bootstrap: str, tmp_path: Path
+) -> None:
     python = installed / "bin" / "python"
-    where = subprocess.run([str(python), "-c", "import stream_infer; print(stream_infer.__file__)"],
-                           capture_output=True, text=True, check=True, cwd=tmp_path).stdout.strip()
+    where = subprocess.run(
+        [str(python), "-c", "import stream_infer; print(stream_infer.__file__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    ).stdout.strip()
     assert where.startswith(str(installed)) and not where.startswith(str(ROOT)), where
     packaged = Path(where).parent / "configs" / "demo.toml"
     create_topics(kafka_bootstrap, ["engines.telemetry", "machines.readings"], partitions=1)
     env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap)
     for command in ([str(installed / "bin" / "stream-infer")], [str(python), "-m", "stream_infer"]):
-        check = subprocess.run([*command, "worker", "-c", str(packaged), "--check", "--web-port", "0",
-                                "--data-dir", str(tmp_path / "data")],
-                               capture_output=True, text=True, timeout=180, cwd=tmp_path, env=env)
+        check = subprocess.run(
+            [*command, "worker", "-c", str(packaged), "--check", "--web-port", "0", "--data-dir", str(tmp_path / "data")],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            cwd=tmp_path,
+            env=env,
+        )
         assert check.returncode == 0, check.stdout + check.stderr
         assert "ok: 2 pipeline(s) valid: engines, machines" in check.stdout
 
@@ -84,6 +120,11 @@ def test_installed_it_validates_the_packaged_demo_config_against_a_broker(instal
 def test_a_config_error_is_one_line_not_a_traceback(installed: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[kafka]\nbootstrap_servers = 5\n")
-    run = subprocess.run([str(installed / "bin" / "python"), "-m", "stream_infer", "worker", "-c", str(bad), "--check"],
-                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    run = subprocess.run(
+        [str(installed / "bin" / "python"), "-m", "stream_infer", "worker", "-c", str(bad), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert run.returncode == 2 and run.stderr.startswith("error: ") and "Traceback" not in run.stderr, run.stderr

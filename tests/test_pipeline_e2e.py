@@ -32,8 +32,17 @@ def test_counts_reconcile_order_holds_and_bad_input_goes_to_the_dlq(kafka_bootst
     bad = {"engines": bad_events("cmapss-test"), "machines": bad_events("ai4i")}
     # Bad events are mixed in: half the good events before them, half after.
     sent = {
-        "engines": feed(kafka_bootstrap, engines.input_topic, "cmapss-train", start=ENGINES_FROM, stop=ENGINES_FROM + N_ENGINES // 2, extra=[(k, v) for _, k, v in bad["engines"]]),
-        "machines": feed(kafka_bootstrap, machines.input_topic, "ai4i", stop=N_MACHINES // 2, extra=[(k, v) for _, k, v in bad["machines"]]),
+        "engines": feed(
+            kafka_bootstrap,
+            engines.input_topic,
+            "cmapss-train",
+            start=ENGINES_FROM,
+            stop=ENGINES_FROM + N_ENGINES // 2,
+            extra=[(k, v) for _, k, v in bad["engines"]],
+        ),
+        "machines": feed(
+            kafka_bootstrap, machines.input_topic, "ai4i", stop=N_MACHINES // 2, extra=[(k, v) for _, k, v in bad["machines"]]
+        ),
     }
     worker = WorkerProcess(cfg.path, kafka_bootstrap, tmp_path / "w").start()
     worker.wait_ready()  # the worker creates the output topics
@@ -47,7 +56,9 @@ def test_counts_reconcile_order_holds_and_bad_input_goes_to_the_dlq(kafka_bootst
             return len(reader.records[p.topics.predictions]) + len(reader.records[p.topics.dead_letters])
 
         done = reader.until(lambda: accounted(engines) >= sent["engines"] and accounted(machines) >= sent["machines"], 120)
-        assert done, f"not all inputs processed: {accounted(engines)}/{sent['engines']}, {accounted(machines)}/{sent['machines']}\n{worker.log_tail()}"
+        assert done, (
+            f"not all inputs processed: {accounted(engines)}/{sent['engines']}, {accounted(machines)}/{sent['machines']}\n{worker.log_tail()}"
+        )
         while reader.poll(1.0):  # alerts of the last batch
             pass
     finally:
@@ -65,7 +76,9 @@ def test_counts_reconcile_order_holds_and_bad_input_goes_to_the_dlq(kafka_bootst
         assert len(set(sources) | set(dead)) == sent[p.name]
         # every bad event in the DLQ with the right reason, original bytes and source headers
         # (an oversized value is kept as an excerpt: stream_infer.outputs)
-        expected = sorted((reason, value if len(value) <= p.max_message_bytes else value[:EXCERPT_BYTES]) for reason, _, value in bad[p.name])
+        expected = sorted(
+            (reason, value if len(value) <= p.max_message_bytes else value[:EXCERPT_BYTES]) for reason, _, value in bad[p.name]
+        )
         assert sorted((r.headers["x-dlq-reason"].decode(), r.value) for r in dlq) == expected
         assert all(r.headers["x-source-topic"].decode() == p.input_topic for r in dlq)
         # per-key order: each key's predictions appear in increasing input offset, keyed like the input
@@ -108,4 +121,6 @@ def test_counts_reconcile_order_holds_and_bad_input_goes_to_the_dlq(kafka_bootst
                         armed, clear = True, 0
     assert {(a["key"], a["inputs"][-1]["offset"]) for a in engine_alerts} == expected_alerts
     reviews = reader.records[machines.topics.review]
-    assert all(cfg.pipeline("machines").outputs.review_low <= r.json()["outputs"]["failure_probability"] < 0.194476 for r in reviews)
+    assert all(
+        cfg.pipeline("machines").outputs.review_low <= r.json()["outputs"]["failure_probability"] < 0.194476 for r in reviews
+    )

@@ -59,9 +59,14 @@ def test_prometheus_scrapes_the_worker_lag_gauge(kafka_bootstrap: str, unique, t
         f"    static_configs:\n      - targets: ['127.0.0.1:{worker.web_port}']\n"
     )
     prom = subprocess.Popen(
-        [binary, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{prom_port}"],
-        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prometheus.log", "wb"),
+        [
+            binary,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{prom_port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "prometheus.log", "wb"),
     )
     try:
         worker.wait_ready()
@@ -73,6 +78,7 @@ def test_prometheus_scrapes_the_worker_lag_gauge(kafka_bootstrap: str, unique, t
         assert up and up[0]["value"][1] == "1", (tmp_path / "prometheus.log").read_text()[-2000:]
 
         selector = f'stream_infer_consumer_lag_messages{{pipeline="engines",topic="{engines.input_topic}"}}'
+
         # The monitor samples every second and Prometheus scrapes every second: wait for zeros.
         def three_zeros():
             result = _query(prom_port, selector)
@@ -85,8 +91,14 @@ def test_prometheus_scrapes_the_worker_lag_gauge(kafka_bootstrap: str, unique, t
 
         seconds = _query(prom_port, f'stream_infer_consumer_lag_seconds{{pipeline="engines",topic="{engines.input_topic}"}}')
         assert len(seconds) == 3 and all(float(s["value"][1]) == 0 for s in seconds)
-        predictions = _until(lambda: [r for r in _query(prom_port, 'stream_infer_predictions_total{pipeline="engines"}')
-                                      if float(r["value"][1]) == EVENTS], 20)
+        predictions = _until(
+            lambda: [
+                r
+                for r in _query(prom_port, 'stream_infer_predictions_total{pipeline="engines"}')
+                if float(r["value"][1]) == EVENTS
+            ],
+            20,
+        )
         assert predictions, _query(prom_port, 'stream_infer_predictions_total{pipeline="engines"}')
         mode = _query(prom_port, 'stream_infer_controller_mode{pipeline="engines"} == 1')
         assert [m["metric"]["mode"] for m in mode] == ["latency"]

@@ -97,8 +97,17 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local.Cluster]:
 def test_files_are_written_and_private(secure: local.Cluster) -> None:
     state = secure.state_dir
     assert secure.secure and secure.mtls_bootstrap and secure.mtls_bootstrap != secure.bootstrap
-    for name in ("client.properties", "client-scram.properties", "admin.properties", "client-mtls.properties", "credentials.json",
-                 "tls/ca-key.pem", "tls/broker-key.pem", "tls/svc-key.pem", "node-1/server.properties"):
+    for name in (
+        "client.properties",
+        "client-scram.properties",
+        "admin.properties",
+        "client-mtls.properties",
+        "credentials.json",
+        "tls/ca-key.pem",
+        "tls/broker-key.pem",
+        "tls/svc-key.pem",
+        "node-1/server.properties",
+    ):
         assert stat.S_IMODE((state / name).stat().st_mode) == 0o600, name
     client = read_properties(state / "client.properties")
     assert client["bootstrap.servers"] == secure.bootstrap
@@ -165,8 +174,9 @@ def test_admin_creates_topics_and_svc_sees_them_only_through_an_acl(secure: loca
         assert topic not in metadata.topics
 
     # One ACL for User:svc: the SASL user and the certificate CN=svc are that same principal.
-    acl = AclBinding(ResourceType.TOPIC, topic, ResourcePatternType.LITERAL, "User:svc", "*",
-                     AclOperation.DESCRIBE, AclPermissionType.ALLOW)
+    acl = AclBinding(
+        ResourceType.TOPIC, topic, ResourcePatternType.LITERAL, "User:svc", "*", AclOperation.DESCRIBE, AclPermissionType.ALLOW
+    )
     su.create_acls([acl])[acl].result(timeout=30)
     for client in (by_password, by_scram, by_certificate):
         assert sees_topic(client, topic)
@@ -207,8 +217,9 @@ def test_svc_holds_exactly_the_demo_workers_acls(secure: local.Cluster) -> None:
     from stream_infer.kafka import acls
 
     su = admin(secure.state_dir / "admin.properties")
-    everything = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, "User:svc", None,
-                                  AclOperation.ANY, AclPermissionType.ANY)
+    everything = AclBindingFilter(
+        ResourceType.ANY, None, ResourcePatternType.ANY, "User:svc", None, AclOperation.ANY, AclPermissionType.ANY
+    )
     held = su.describe_acls(everything, request_timeout=30).result(timeout=30)
     key = lambda b: (b.restype.name, b.name, b.resource_pattern_type.name, b.operation.name, b.permission_type.name)  # noqa: E731
     expected = acls.bindings(acls.worker_grants(load_config(DEMO_CONFIG)), "User:svc")

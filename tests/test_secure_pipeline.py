@@ -62,9 +62,15 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     client, admin = read_properties(state / "client.properties"), read_properties(state / "admin.properties")
     try:
         # scram: svc with SCRAM-SHA-512, what the workers use; client: svc with PLAIN (kcat's file).
-        yield {"state": state, "cluster": cluster, "client": state / "client.properties", "admin": state / "admin.properties",
-               "scram": state / "client-scram.properties",
-               "secrets": {client["sasl.password"], admin["sasl.password"]}, "outputs": outputs}
+        yield {
+            "state": state,
+            "cluster": cluster,
+            "client": state / "client.properties",
+            "admin": state / "admin.properties",
+            "scram": state / "client-scram.properties",
+            "secrets": {client["sasl.password"], admin["sasl.password"]},
+            "outputs": outputs,
+        }
     finally:
         local.down(state, wipe=True)
     leaked = [text for text in outputs.texts for secret in (client["sasl.password"], admin["sasl.password"]) if secret in text]
@@ -74,8 +80,9 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
 def _cli(secure: dict, *args: str, env: dict | None = None, timeout: float = 60) -> tuple[int, str, float]:
     """Run `stream-infer ARGS`; (exit status, stdout+stderr, seconds). Output is kept for the secret check."""
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "stream_infer.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "stream_infer.cli", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
     text = secure["outputs"].add(proc.stdout + proc.stderr)
     return proc.returncode, text, time.monotonic() - started
 
@@ -96,18 +103,25 @@ def _check_worker(secure: dict, config: Path, properties: Path) -> tuple[int, st
 
 
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
-def test_a_principal_with_exactly_the_printed_acls_runs_the_pipelines(secure: dict, guarantee: str, unique, tmp_path: Path) -> None:
+def test_a_principal_with_exactly_the_printed_acls_runs_the_pipelines(
+    secure: dict, guarantee: str, unique, tmp_path: Path
+) -> None:
     admin = resolve(properties_file=secure["admin"])
     cfg = write_config(tmp_path, unique(f"sec-{guarantee[:4]}"))
     cfg.path.write_text(cfg.path.read_text().replace("[worker]\n", f'[worker]\nprocessing_guarantee = "{guarantee}"\n', 1))
-    code, out, _ = _cli(secure, "acls", "-c", str(cfg.path), "-p", "User:svc", "--apply", "--kafka-properties", str(secure["admin"]))
+    code, out, _ = _cli(
+        secure, "acls", "-c", str(cfg.path), "-p", "User:svc", "--apply", "--kafka-properties", str(secure["admin"])
+    )
     assert code == 0, out
     create_inputs(admin, cfg)
     engines, machines = cfg.pipeline("engines"), cfg.pipeline("machines")
-    sent = {"engines": feed(admin, engines.input_topic, "cmapss-train", stop=N_ENGINES),
-            "machines": feed(admin, machines.input_topic, "ai4i", stop=N_MACHINES)}
-    worker = WorkerProcess(cfg.path, admin.bootstrap, tmp_path / "w", log_level="info",
-                           env={"STREAM_INFER_KAFKA_PROPERTIES": str(secure["scram"])}).start()
+    sent = {
+        "engines": feed(admin, engines.input_topic, "cmapss-train", stop=N_ENGINES),
+        "machines": feed(admin, machines.input_topic, "ai4i", stop=N_MACHINES),
+    }
+    worker = WorkerProcess(
+        cfg.path, admin.bootstrap, tmp_path / "w", log_level="info", env={"STREAM_INFER_KAFKA_PROPERTIES": str(secure["scram"])}
+    ).start()
     reader = None
     try:
         worker.wait_ready()
@@ -124,8 +138,9 @@ def test_a_principal_with_exactly_the_printed_acls_runs_the_pipelines(secure: di
         # The group's committed offsets, read with the service principal's own settings.
         deadline = time.monotonic() + 30
         while True:
-            code, out, _ = _cli(secure, "lag", "-g", cfg.prefix, "--samples", "1", "--json",
-                                "--kafka-properties", str(secure["client"]))
+            code, out, _ = _cli(
+                secure, "lag", "-g", cfg.prefix, "--samples", "1", "--json", "--kafka-properties", str(secure["client"])
+            )
             if code == 0 and '"lag":0' in out.replace(" ", "") or time.monotonic() > deadline:
                 break
             time.sleep(1)
@@ -137,7 +152,10 @@ def test_a_principal_with_exactly_the_printed_acls_runs_the_pipelines(secure: di
             reader.close()
     for p in (engines, machines):
         sources = {(r.json()["source"]["partition"], r.json()["source"]["offset"]) for r in reader.records[p.topics.predictions]}
-        dead = {(int(r.headers["x-source-partition"]), int(r.headers["x-source-offset"])) for r in reader.records[p.topics.dead_letters]}
+        dead = {
+            (int(r.headers["x-source-partition"]), int(r.headers["x-source-offset"]))
+            for r in reader.records[p.topics.dead_letters]
+        }
         assert len(sources | dead) == sent[p.name]
         if guarantee == "exactly_once":
             assert len(reader.records[p.topics.predictions]) + len(reader.records[p.topics.dead_letters]) == sent[p.name]
@@ -155,7 +173,9 @@ def granted_config(secure: dict, tmp_path_factory: pytest.TempPathFactory) -> Pa
     """A demo-shaped config whose ACLs svc holds (inputs exist), for the refusal cases."""
     tmp = tmp_path_factory.mktemp("refusals")
     cfg = write_config(tmp, "refusals")
-    code, out, _ = _cli(secure, "acls", "-c", str(cfg.path), "-p", "User:svc", "--apply", "--kafka-properties", str(secure["admin"]))
+    code, out, _ = _cli(
+        secure, "acls", "-c", str(cfg.path), "-p", "User:svc", "--apply", "--kafka-properties", str(secure["admin"])
+    )
     assert code == 0, out
     create_inputs(resolve(properties_file=secure["admin"]), cfg)
     code, out, _ = _check_worker(secure, cfg.path, secure["scram"])
@@ -167,23 +187,37 @@ def _other_ca(tmp_path: Path) -> Path:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "some other CA")])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now)
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
     path = tmp_path / "other-ca.pem"
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return path
 
 
 def test_a_wrong_password_is_named_with_user_broker_and_mechanism(secure: dict, granted_config: Path, tmp_path: Path) -> None:
-    line = _one_error_line(*_check_worker(secure, granted_config, _variant(secure, tmp_path, "wrong.properties", **{"sasl.password": "not-it"})))
+    line = _one_error_line(
+        *_check_worker(secure, granted_config, _variant(secure, tmp_path, "wrong.properties", **{"sasl.password": "not-it"}))
+    )
     bootstrap = secure["cluster"].bootstrap
-    assert re.match(rf"error: SASL authentication failed for user 'svc' at {re.escape(bootstrap)} \(SCRAM-SHA-512\): invalid credentials", line), line
+    assert re.match(
+        rf"error: SASL authentication failed for user 'svc' at {re.escape(bootstrap)} \(SCRAM-SHA-512\): invalid credentials",
+        line,
+    ), line
 
 
 def test_an_unknown_user_is_refused_the_same_way(secure: dict, granted_config: Path, tmp_path: Path) -> None:
-    line = _one_error_line(*_check_worker(secure, granted_config, _variant(secure, tmp_path, "nobody.properties", **{"sasl.username": "nobody"})))
+    line = _one_error_line(
+        *_check_worker(secure, granted_config, _variant(secure, tmp_path, "nobody.properties", **{"sasl.username": "nobody"}))
+    )
     assert "SASL authentication failed for user 'nobody'" in line and "invalid credentials" in line, line
 
 
@@ -224,7 +258,9 @@ def test_a_missing_acl_names_the_topic_or_group(secure: dict, granted_config: Pa
 
 def _acl(secure: dict, action: str, resource: tuple[str, str], operation: str, admin_properties: Path) -> None:
     """Add or remove one ALLOW ACL for User:svc with the admin's credentials."""
-    restype = {"--topic": ResourceType.TOPIC, "--group": ResourceType.GROUP, "--transactional-id": ResourceType.TRANSACTIONAL_ID}[resource[0]]
+    restype = {"--topic": ResourceType.TOPIC, "--group": ResourceType.GROUP, "--transactional-id": ResourceType.TRANSACTIONAL_ID}[
+        resource[0]
+    ]
     pattern = ResourcePatternType.PREFIXED if restype == ResourceType.TRANSACTIONAL_ID else ResourcePatternType.LITERAL
     args = (restype, resource[1], pattern, "User:svc", "*", AclOperation[operation.upper()], AclPermissionType.ALLOW)
     client = AdminClient(resolve(properties_file=admin_properties).client_config())

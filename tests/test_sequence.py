@@ -34,7 +34,11 @@ def _predict(config, batches: list[list[tuple[bytes, bytes]]]) -> tuple[list[tup
         for batch in batches:
             records = []
             for key, value in batch:
-                records.append(InputRecord(key=key, value=value, topic="in", partition=0, offset=offset, timestamp_ms=1_700_000_000_000 + offset))
+                records.append(
+                    InputRecord(
+                        key=key, value=value, topic="in", partition=0, offset=offset, timestamp_ms=1_700_000_000_000 + offset
+                    )
+                )
                 offset += 1
             asyncio.run(pipeline.process(records, time.monotonic()))
     finally:
@@ -43,7 +47,11 @@ def _predict(config, batches: list[list[tuple[bytes, bytes]]]) -> tuple[list[tup
 
 
 def _rul_by_cycle(messages: list[tuple]) -> dict[int, float]:
-    return {orjson.loads(m[2])["source"]["offset"]: orjson.loads(m[2])["outputs"]["rul"] for m in messages if m[0] == ENGINES.topics.predictions}
+    return {
+        orjson.loads(m[2])["source"]["offset"]: orjson.loads(m[2])["outputs"]["rul"]
+        for m in messages
+        if m[0] == ENGINES.topics.predictions
+    }
 
 
 def test_replayed_and_repeated_cycles_go_to_the_dlq_and_leave_the_window_intact() -> None:
@@ -60,7 +68,9 @@ def test_replayed_and_repeated_cycles_go_to_the_dlq_and_leave_the_window_intact(
     dead = [m for m in messages if m[0] == ENGINES.topics.dead_letters]
     assert [orjson.loads(m[2])["outputs"]["rul"] for m in predictions] == reference
     assert [dict(m[3])["x-dlq-reason"] for m in dead] == [b"out_of_order"] * 4
-    assert sorted(orjson.loads(m[2])["cycle"] for m in dead) == sorted(orjson.loads(e[1])["cycle"] for e in (events[19], events[5], events[10], events[18]))
+    assert sorted(orjson.loads(m[2])["cycle"] for m in dead) == sorted(
+        orjson.loads(e[1])["cycle"] for e in (events[19], events[5], events[10], events[18])
+    )
     state = pipeline.store.get(0, "1")
     assert state.last_sequence == orjson.loads(events[-1][1])["cycle"]
     assert KeyState.from_bytes(state.to_bytes()).last_sequence == state.last_sequence

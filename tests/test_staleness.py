@@ -60,8 +60,10 @@ def test_stale_events_are_skipped_counted_and_summarised(kafka_bootstrap: str, u
         reader = TopicReader(kafka_bootstrap, [machines.topics.predictions, machines.skipped_topic])
         try:
             done = reader.until(
-                lambda: len(reader.records[machines.topics.predictions]) >= expected_predictions
-                and sum(s["count"] for s in _summaries(reader, machines)) >= OLD - kept_stale,
+                lambda: (
+                    len(reader.records[machines.topics.predictions]) >= expected_predictions
+                    and sum(s["count"] for s in _summaries(reader, machines)) >= OLD - kept_stale
+                ),
                 60,
             )
             time.sleep(1.0)  # anything beyond the expected would show up now

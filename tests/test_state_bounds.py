@@ -440,9 +440,7 @@ def test_200k_distinct_keys_stay_under_the_max_keys_bound() -> None:
     rounding, and 8 MiB for allocator fragmentation from the churn of evicted keys. The unbounded
     growth must be over twice that, so the test fails if eviction stops working."""
     procs = {
-        name: subprocess.Popen(
-            [sys.executable, __file__, str(max_keys), str(KEYS)], cwd=ROOT, stdout=subprocess.PIPE, text=True
-        )
+        name: subprocess.Popen([sys.executable, __file__, str(max_keys), str(KEYS)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
         for name, max_keys in (("bounded", MAX_KEYS), ("unbounded", 0))
     }
     results = {}
@@ -455,8 +453,10 @@ def test_200k_distinct_keys_stay_under_the_max_keys_bound() -> None:
     bytes_per_key = unbounded["bytes_per_key"]
     assert 200 < bytes_per_key < 3_000, f"implausible bytes per key: {results}"
     bound = max(0, unbounded["fixed_bytes"]) + (MAX_KEYS + 2 * BATCH) * (bytes_per_key + 256) + 8 * 2**20
-    print(f"bytes per key {bytes_per_key}; bounded growth {bounded['growth'] / 2**20:.1f} MiB, "
-          f"bound {bound / 2**20:.1f} MiB, unbounded growth {unbounded['growth'] / 2**20:.1f} MiB; {results}")
+    print(
+        f"bytes per key {bytes_per_key}; bounded growth {bounded['growth'] / 2**20:.1f} MiB, "
+        f"bound {bound / 2**20:.1f} MiB, unbounded growth {unbounded['growth'] / 2**20:.1f} MiB; {results}"
+    )
     assert MAX_KEYS <= bounded["held"] <= MAX_KEYS + 2 * BATCH
     assert bounded["evicted"] == KEYS + BATCH - bounded["held"]
     assert bounded["growth"] < bound

@@ -18,8 +18,12 @@ from stream_infer.kafka.admin import admin_client, create_topics
 from stream_infer.workerproc import WorkerProcess
 
 
-@pytest.mark.parametrize(("replication", "explicit", "expected"), [(1, None, 1), (2, None, 2), (3, None, 2), (3, 3, 3), (3, 1, 1)])
-def test_created_topics_need_two_in_sync_copies_where_there_can_be_two(replication: int, explicit: int | None, expected: int) -> None:
+@pytest.mark.parametrize(
+    ("replication", "explicit", "expected"), [(1, None, 1), (2, None, 2), (3, None, 2), (3, 3, 3), (3, 1, 1)]
+)
+def test_created_topics_need_two_in_sync_copies_where_there_can_be_two(
+    replication: int, explicit: int | None, expected: int
+) -> None:
     kafka = KafkaConfig(replication_factor=replication, min_insync_replicas=explicit)
     assert kafka.min_insync_replicas_for_created_topics == expected
 
@@ -36,8 +40,13 @@ def _config(tmp_path: Path, group: str, topic: str, replication: int = 1) -> Pat
 
 
 def _check(path: Path, bootstrap: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "stream_infer.cli", "worker", "-c", str(path), "--check"],
-                          capture_output=True, text=True, timeout=120, env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap})
+    return subprocess.run(
+        [sys.executable, "-m", "stream_infer.cli", "worker", "-c", str(path), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap},
+    )
 
 
 def test_a_replication_factor_larger_than_the_cluster_stops_start_up(kafka_bootstrap: str, unique, tmp_path: Path) -> None:
@@ -47,14 +56,17 @@ def test_a_replication_factor_larger_than_the_cluster_stops_start_up(kafka_boots
     proc = _check(_config(tmp_path, group, f"{group}.in", replication=brokers + 2), kafka_bootstrap)
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert lines[-1].startswith(f"error: replication factor {brokers + 2} but the cluster at {kafka_bootstrap} has "
-                                f"{brokers} live broker(s), so {group}.predictions"), proc.stderr
+    assert lines[-1].startswith(
+        f"error: replication factor {brokers + 2} but the cluster at {kafka_bootstrap} has "
+        f"{brokers} live broker(s), so {group}.predictions"
+    ), proc.stderr
     assert lines[-1].endswith(f"set kafka.replication_factor to at most {brokers}, or start the missing brokers"), proc.stderr
     assert "Traceback" not in proc.stderr
 
 
-def test_a_worker_whose_topics_exist_starts_with_fewer_live_brokers_than_replicas(kafka_bootstrap: str, unique,
-                                                                                  tmp_path: Path) -> None:
+def test_a_worker_whose_topics_exist_starts_with_fewer_live_brokers_than_replicas(
+    kafka_bootstrap: str, unique, tmp_path: Path
+) -> None:
     """A restart while a broker is down (routine): nothing needs creating, so nothing is refused."""
     group = unique("rf-restart")
     create_topics(kafka_bootstrap, [f"{group}.in"], partitions=1)

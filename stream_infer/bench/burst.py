@@ -52,8 +52,13 @@ def scrape(worker: WorkerProcess, pipeline: str) -> dict[str, float]:
                 out["batch_sum"] = value
             elif name == "stream_infer_batch_size_count":
                 out["batch_count"] = value
-            elif name in ("stream_infer_controller_batch_size", "stream_infer_paused_partitions", "stream_infer_in_flight_events",
-                          "stream_infer_pauses_total", "stream_infer_predictions_total"):
+            elif name in (
+                "stream_infer_controller_batch_size",
+                "stream_infer_paused_partitions",
+                "stream_infer_in_flight_events",
+                "stream_infer_pauses_total",
+                "stream_infer_predictions_total",
+            ):
                 out[name.removeprefix("stream_infer_").removesuffix("_total")] = value
     return out
 
@@ -84,12 +89,20 @@ class Sampler:
             if m is not None:
                 d_sum, d_count = m["batch_sum"] - self._last[0], m["batch_count"] - self._last[1]
                 self._last = (m["batch_sum"], m["batch_count"])
-                self.samples.append(BurstSample(
-                    round(time.monotonic() - self.t0, 3), m["mode"], m.get("controller_batch_size", 0.0),
-                    round(d_sum / d_count, 1) if d_count else 0.0, m["lag_messages"], round(m["lag_seconds"], 3),
-                    m.get("paused_partitions", 0.0), m.get("in_flight_events", 0.0), m.get("pauses", 0.0),
-                    m.get("predictions", 0.0),
-                ))
+                self.samples.append(
+                    BurstSample(
+                        round(time.monotonic() - self.t0, 3),
+                        m["mode"],
+                        m.get("controller_batch_size", 0.0),
+                        round(d_sum / d_count, 1) if d_count else 0.0,
+                        m["lag_messages"],
+                        round(m["lag_seconds"], 3),
+                        m.get("paused_partitions", 0.0),
+                        m.get("in_flight_events", 0.0),
+                        m.get("pauses", 0.0),
+                        m.get("predictions", 0.0),
+                    )
+                )
             self._stop.wait(self.every)
 
     def stop(self) -> None:

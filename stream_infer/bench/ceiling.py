@@ -29,10 +29,26 @@ def run(config_path: str, pipeline_name: str, group: str, *, seconds: float, idl
     pc = next(p for p in config.pipelines if p.name == pipeline_name)
     pipeline = Pipeline(pc, producer=None, changelog=None)
     bootstrap = config.kafka.bootstrap_servers
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
-                         "auto.offset.reset": "earliest", "fetch.wait.max.ms": 20, "logger": _client_log})
-    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
-                         "linger.ms": 2, "compression.type": "lz4", "logger": _client_log})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": 20,
+            "logger": _client_log,
+        }
+    )
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": 2,
+            "compression.type": "lz4",
+            "logger": _client_log,
+        }
+    )
     consumer.subscribe([pc.input_topic])
     processed, offsets = 0, {}
     started = last_message = last_commit = time.monotonic()

@@ -139,8 +139,9 @@ def gpu_name() -> str | None:
     if exe is None:
         return None
     try:
-        done = subprocess.run([exe, "--query-gpu=name", "--format=csv,noheader"],
-                              capture_output=True, text=True, timeout=15, check=False)
+        done = subprocess.run(
+            [exe, "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=15, check=False
+        )
     except (OSError, subprocess.SubprocessError) as err:
         return f"nvidia-smi failed: {err}"
     names = [line.strip() for line in done.stdout.splitlines() if line.strip()]
@@ -205,9 +206,11 @@ def loaded_cuda_libraries() -> list[str]:
 def _ld_library_path_hint(dirs: Sequence[str]) -> str:
     """The shell line that puts the nvidia pip packages' libraries on the loader's path."""
     if not dirs:
-        return ("no site-packages/nvidia/*/lib folder was found on sys.path: install PyTorch's CUDA "
-                "build (or the nvidia-*-cu13 pip packages) in this environment, or put the CUDA and "
-                "cuDNN libraries on LD_LIBRARY_PATH")
+        return (
+            "no site-packages/nvidia/*/lib folder was found on sys.path: install PyTorch's CUDA "
+            "build (or the nvidia-*-cu13 pip packages) in this environment, or put the CUDA and "
+            "cuDNN libraries on LD_LIBRARY_PATH"
+        )
     return "try: export LD_LIBRARY_PATH=" + ":".join(dirs) + "${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
 
@@ -215,8 +218,10 @@ def preload_cuda_dlls() -> str:
     """Call ``onnxruntime.preload_dlls()`` when it exists; returns what happened, in words."""
     preload = getattr(ort, "preload_dlls", None)
     if preload is None:
-        return (f"onnxruntime {ort.__version__} has no preload_dlls() (added in 1.21): the CUDA "
-                "and cuDNN libraries must be found through LD_LIBRARY_PATH or the system paths")
+        return (
+            f"onnxruntime {ort.__version__} has no preload_dlls() (added in 1.21): the CUDA "
+            "and cuDNN libraries must be found through LD_LIBRARY_PATH or the system paths"
+        )
     try:
         preload()
     except Exception as err:  # it raises OSError/RuntimeError variants; none may stop the bench
@@ -241,10 +246,14 @@ def prepare_cuda(probe_model: Path, device_id: int = 0) -> CudaStatus:
     if CUDA_PROVIDER not in available:
         return CudaStatus(
             available=False,
-            reason=(f"onnxruntime {ort.__version__} ({getattr(ort, 'package_name', 'onnxruntime')}) has no "
-                    f"{CUDA_PROVIDER}; providers: {', '.join(available)}"),
-            hint=("install the GPU build in place of the CPU one: pip uninstall -y onnxruntime && "
-                  "pip install onnxruntime-gpu (both provide the `onnxruntime` module; the CPU one can shadow it)"),
+            reason=(
+                f"onnxruntime {ort.__version__} ({getattr(ort, 'package_name', 'onnxruntime')}) has no "
+                f"{CUDA_PROVIDER}; providers: {', '.join(available)}"
+            ),
+            hint=(
+                "install the GPU build in place of the CPU one: pip uninstall -y onnxruntime && "
+                "pip install onnxruntime-gpu (both provide the `onnxruntime` module; the CPU one can shadow it)"
+            ),
             nvidia_library_dirs=dirs,
         )
     status = CudaStatus(available=False, preload=preload_cuda_dlls(), nvidia_library_dirs=dirs)
@@ -257,9 +266,11 @@ def prepare_cuda(probe_model: Path, device_id: int = 0) -> CudaStatus:
         return status
     status.loaded_libraries = loaded_cuda_libraries()
     if session.get_providers()[0] != CUDA_PROVIDER:
-        status.reason = (f"the {CUDA_PROVIDER} failed to load (ONNX Runtime logged why above; usually "
-                         "libcudart/libcublas/libcudnn not found) and the session fell back to "
-                         f"{session.get_providers()}")
+        status.reason = (
+            f"the {CUDA_PROVIDER} failed to load (ONNX Runtime logged why above; usually "
+            "libcudart/libcublas/libcudnn not found) and the session fell back to "
+            f"{session.get_providers()}"
+        )
         status.hint = _ld_library_path_hint(dirs)
         return status
     status.available = True
@@ -429,15 +440,23 @@ def measure(step: Callable[[], np.ndarray], seconds: float) -> tuple[np.ndarray,
     return np.asarray(latencies, dtype=np.float64) / 1e6, (t1 - start) / 1e9, out
 
 
-def _timed_result(model: str, batch: int, mode: str, step: Callable[[], np.ndarray], seconds: float,
-                  note: str = "") -> tuple[Result, np.ndarray]:
+def _timed_result(
+    model: str, batch: int, mode: str, step: Callable[[], np.ndarray], seconds: float, note: str = ""
+) -> tuple[Result, np.ndarray]:
     """Measure ``step`` and fill a Result (no comparison yet); returns it with the last output."""
     lat, wall, out = measure(step, seconds)
     result = Result(
-        model=model, batch=batch, mode=mode, status="ok",
-        rows_per_s=len(lat) * batch / wall, p50_ms=float(np.percentile(lat, 50)),
-        p99_ms=float(np.percentile(lat, 99)), mean_ms=float(lat.mean()), batches=len(lat),
-        seconds=wall, note=note,
+        model=model,
+        batch=batch,
+        mode=mode,
+        status="ok",
+        rows_per_s=len(lat) * batch / wall,
+        p50_ms=float(np.percentile(lat, 50)),
+        p99_ms=float(np.percentile(lat, 99)),
+        mean_ms=float(lat.mean()),
+        batches=len(lat),
+        seconds=wall,
+        note=note,
     )
     return result, np.asarray(out)
 
@@ -481,8 +500,9 @@ def _close_enough(got: np.ndarray, expected: np.ndarray) -> bool:
     return bool(np.max(np.abs(got.reshape(expected.shape) - expected), initial=0.0) <= _SELF_CHECK_TOLERANCE * scale)
 
 
-def _bind_time_content(session: ort.InferenceSession, batch: np.ndarray, expected: np.ndarray,
-                       others: np.ndarray) -> np.ndarray | None:
+def _bind_time_content(
+    session: ort.InferenceSession, batch: np.ndarray, expected: np.ndarray, others: np.ndarray
+) -> np.ndarray | None:
     """Input contents whose output differs from ``expected`` (the output for ``batch``).
 
     They are what the device input holds at bind time, so that a binding which snapshots its input
@@ -498,8 +518,9 @@ def _bind_time_content(session: ort.InferenceSession, batch: np.ndarray, expecte
     return None
 
 
-def _iobinding_step(session: ort.InferenceSession, batch: np.ndarray, device_id: int,
-                    others: np.ndarray | None = None) -> tuple[Callable[[], np.ndarray], HostStaging, str]:
+def _iobinding_step(
+    session: ort.InferenceSession, batch: np.ndarray, device_id: int, others: np.ndarray | None = None
+) -> tuple[Callable[[], np.ndarray], HostStaging, str]:
     """Build the cuda_iobinding step: pinned host -> bound device input -> run -> device output -> host.
 
     Returns (step, staging buffer to close, note). The input is bound once. That is only valid when
@@ -547,12 +568,15 @@ def _iobinding_step(session: ort.InferenceSession, batch: np.ndarray, device_id:
     if not _close_enough(np.asarray(device_step()), expected):
         io.bind_ortvalue_input(input_name, staging.host_value)
         step = host_step
-        note += ("; input bound as the pinned host buffer: the input is consumed on CPU, where ORT "
-                 "copies a device-bound input once at bind time")
+        note += (
+            "; input bound as the pinned host buffer: the input is consumed on CPU, where ORT "
+            "copies a device-bound input once at bind time"
+        )
         if not _close_enough(np.asarray(host_step()), expected):
             staging.close()
-            raise RuntimeError("IOBinding output differs from session.run on the same batch, "
-                               "with the input bound on the device and on the host")
+            raise RuntimeError(
+                "IOBinding output differs from session.run on the same batch, with the input bound on the device and on the host"
+            )
     # The binding holds raw pointers: keep the bound buffers alive as long as the step.
     step.keepalive = (io, device_in)  # type: ignore[attr-defined]
     return step, staging, note
@@ -588,9 +612,14 @@ def run_bench(
     cuda = prepare_cuda(paths[models[0]], device_id) if want_cuda and models else CudaStatus(False, "not requested")
     if want_cuda:
         if cuda.available:
-            log(f"CUDA: available ({cuda.preload}); provider options: "
-                + ", ".join(f"{k}={v}" for k, v in sorted(cuda.provider_options.items())
-                            if k in ("device_id", "use_tf32", "cudnn_conv_algo_search", "arena_extend_strategy")))
+            log(
+                f"CUDA: available ({cuda.preload}); provider options: "
+                + ", ".join(
+                    f"{k}={v}"
+                    for k, v in sorted(cuda.provider_options.items())
+                    if k in ("device_id", "use_tf32", "cudnn_conv_algo_search", "arena_extend_strategy")
+                )
+            )
         else:
             log(f"CUDA: skipped: {cuda.reason}")
             if cuda.hint:
@@ -618,23 +647,28 @@ def run_bench(
             for mode in modes:
                 if mode in CUDA_MODES and cuda_session is None:
                     # The full reason is printed once (and kept in report["cuda"]); rows stay short.
-                    note = cuda_error or ("no CUDA provider" if CUDA_PROVIDER not in ort.get_available_providers()
-                                          else "CUDA provider failed to load")
+                    note = cuda_error or (
+                        "no CUDA provider"
+                        if CUDA_PROVIDER not in ort.get_available_providers()
+                        else "CUDA provider failed to load"
+                    )
                     results.append(Result(model, batch_size, mode, "skipped", note=note))
                     continue
                 try:
                     if mode == "cpu":
                         name = cpu_session.get_inputs()[0].name
                         out_name = cpu_session.get_outputs()[0].name
-                        result, out = _timed_result(model, batch_size, mode,
-                                                    _plain_run(cpu_session, out_name, name, batch), seconds)
+                        result, out = _timed_result(
+                            model, batch_size, mode, _plain_run(cpu_session, out_name, name, batch), seconds
+                        )
                         reference, cpu_rate = out.astype(np.float64), result.rows_per_s
                         result.speedup_vs_cpu = 1.0
                     elif mode == "cuda":
                         name = cuda_session.get_inputs()[0].name
                         out_name = cuda_session.get_outputs()[0].name
-                        result, out = _timed_result(model, batch_size, mode,
-                                                    _plain_run(cuda_session, out_name, name, batch), seconds)
+                        result, out = _timed_result(
+                            model, batch_size, mode, _plain_run(cuda_session, out_name, name, batch), seconds
+                        )
                         _compare(result, out, reference, cpu_rate)
                     else:
                         others = np.ascontiguousarray(inputs[::-1][:batch_size])  # other rows, for the self-check
@@ -655,10 +689,17 @@ def run_bench(
     cuda_dict["host_buffer"] = host_buffers
     return {
         "started": started,
-        "config": {"models": models, "batch_sizes": batch_sizes, "seconds": seconds, "modes": list(modes),
-                   "device_id": device_id, "warmup": f">= {MIN_WARMUP_RUNS} runs and >= {WARMUP_FRACTION} x seconds",
-                   "min_timed_batches": MIN_TIMED_BATCHES, "rel_tolerance": REL_TOLERANCE,
-                   "inputs": "C-MAPSS FD001 test windows, tiled to the batch size"},
+        "config": {
+            "models": models,
+            "batch_sizes": batch_sizes,
+            "seconds": seconds,
+            "modes": list(modes),
+            "device_id": device_id,
+            "warmup": f">= {MIN_WARMUP_RUNS} runs and >= {WARMUP_FRACTION} x seconds",
+            "min_timed_batches": MIN_TIMED_BATCHES,
+            "rel_tolerance": REL_TOLERANCE,
+            "inputs": "C-MAPSS FD001 test windows, tiled to the batch size",
+        },
         "machine": machine_info(),
         "cuda": cuda_dict,
         "results": [asdict(r) for r in results],
@@ -674,14 +715,18 @@ def _progress_line(r: Result) -> str:
     """One line per finished measurement, so a long run shows it is alive."""
     if r.status != "ok":
         return f"  {r.model:<18} batch {r.batch:>5} {r.mode:<15} {r.status}: {r.note}"
-    return (f"  {r.model:<18} batch {r.batch:>5} {r.mode:<15} {r.rows_per_s:>12,.0f} rows/s  "
-            f"p50 {r.p50_ms:8.3f} ms  p99 {r.p99_ms:8.3f} ms  ({r.batches} batches)")
+    return (
+        f"  {r.model:<18} batch {r.batch:>5} {r.mode:<15} {r.rows_per_s:>12,.0f} rows/s  "
+        f"p50 {r.p50_ms:8.3f} ms  p99 {r.p99_ms:8.3f} ms  ({r.batches} batches)"
+    )
 
 
 def format_table(results: Sequence[dict[str, Any]]) -> str:
     """A fixed-width table of the report's results (skipped/error rows show their reason)."""
-    header = (f"{'model':<18} {'batch':>5} {'mode':<15} {'rows/s':>12} {'p50 ms':>9} {'p99 ms':>9} "
-              f"{'speedup':>8} {'max|d| vs cpu':>13}  note")
+    header = (
+        f"{'model':<18} {'batch':>5} {'mode':<15} {'rows/s':>12} {'p50 ms':>9} {'p99 ms':>9} "
+        f"{'speedup':>8} {'max|d| vs cpu':>13}  note"
+    )
     lines = [header, "-" * len(header)]
     for r in results:
         if r["status"] != "ok":
@@ -692,8 +737,10 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
         note = r["note"]
         if r["outputs_agree"] is False:
             note = (note + "; " if note else "") + f"OUTPUTS DIFFER (rel {r['max_rel_diff_vs_cpu']:.1e})"
-        lines.append(f"{r['model']:<18} {r['batch']:>5} {r['mode']:<15} {r['rows_per_s']:>12,.0f} "
-                     f"{r['p50_ms']:>9.3f} {r['p99_ms']:>9.3f} {speedup:>8} {diff:>13}  {note}")
+        lines.append(
+            f"{r['model']:<18} {r['batch']:>5} {r['mode']:<15} {r['rows_per_s']:>12,.0f} "
+            f"{r['p50_ms']:>9.3f} {r['p99_ms']:>9.3f} {speedup:>8} {diff:>13}  {note}"
+        )
     return "\n".join(lines)
 
 
@@ -716,17 +763,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m stream_infer.bench.gpu",
         description="Time the bundled ONNX models on ONNX Runtime's CPU and CUDA providers "
-                    "(plain run and IOBinding with pinned host memory); CUDA rows are skipped "
-                    "with a reason where no CUDA provider works.",
+        "(plain run and IOBinding with pinned host memory); CUDA rows are skipped "
+        "with a reason where no CUDA provider works.",
     )
-    parser.add_argument("--models", type=_name_list, default=list(DEFAULT_MODELS),
-                        help=f"comma-separated model names in {MODELS_DIR} (default: {','.join(DEFAULT_MODELS)})")
-    parser.add_argument("--batch-sizes", type=_int_list, default=list(DEFAULT_BATCH_SIZES),
-                        help=f"comma-separated rows per batch (default: {','.join(map(str, DEFAULT_BATCH_SIZES))})")
-    parser.add_argument("--seconds", type=float, default=DEFAULT_SECONDS,
-                        help=f"timed seconds per model/batch/mode, after warm-up (default: {DEFAULT_SECONDS:g})")
-    parser.add_argument("--modes", type=_name_list, default=list(MODES),
-                        help=f"comma-separated subset of {','.join(MODES)} (default: all)")
+    parser.add_argument(
+        "--models",
+        type=_name_list,
+        default=list(DEFAULT_MODELS),
+        help=f"comma-separated model names in {MODELS_DIR} (default: {','.join(DEFAULT_MODELS)})",
+    )
+    parser.add_argument(
+        "--batch-sizes",
+        type=_int_list,
+        default=list(DEFAULT_BATCH_SIZES),
+        help=f"comma-separated rows per batch (default: {','.join(map(str, DEFAULT_BATCH_SIZES))})",
+    )
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=DEFAULT_SECONDS,
+        help=f"timed seconds per model/batch/mode, after warm-up (default: {DEFAULT_SECONDS:g})",
+    )
+    parser.add_argument(
+        "--modes", type=_name_list, default=list(MODES), help=f"comma-separated subset of {','.join(MODES)} (default: all)"
+    )
     parser.add_argument("--device-id", type=int, default=0, help="CUDA device ordinal (default: 0)")
     parser.add_argument("--models-dir", type=Path, default=MODELS_DIR, help="folder holding <model>.onnx")
     parser.add_argument("--json", type=Path, default=None, help="also write the full report to this JSON file")
@@ -743,13 +803,21 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark from the command line; returns the exit status (0 unless misused)."""
     args = parse_args(argv)
     configs = len(args.models) * len(args.batch_sizes) * len(args.modes)
-    print(f"onnxruntime {ort.__version__} ({getattr(ort, 'package_name', '?')}), device {ort.get_device()}, "
-          f"providers {ort.get_available_providers()}, {os.cpu_count()} CPUs, GPU: {gpu_name() or 'none found'}")
+    print(
+        f"onnxruntime {ort.__version__} ({getattr(ort, 'package_name', '?')}), device {ort.get_device()}, "
+        f"providers {ort.get_available_providers()}, {os.cpu_count()} CPUs, GPU: {gpu_name() or 'none found'}"
+    )
     print(f"{configs} configs x ~{args.seconds * (1 + WARMUP_FRACTION):g} s (plus session set-up)", flush=True)
     try:
-        report = run_bench(args.models, args.batch_sizes, args.seconds, modes=args.modes,
-                           models_dir=args.models_dir, device_id=args.device_id,
-                           log=lambda line: print(line, flush=True))
+        report = run_bench(
+            args.models,
+            args.batch_sizes,
+            args.seconds,
+            modes=args.modes,
+            models_dir=args.models_dir,
+            device_id=args.device_id,
+            log=lambda line: print(line, flush=True),
+        )
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -67,22 +67,46 @@ class Plan:
     @classmethod
     def smoke(cls) -> Plan:
         """A seconds-long run that exercises every phase (the test suite's check of the harness)."""
-        return cls(backlog=4_000, ceiling_backlog=4_000, per_event_seconds=2, latency_seconds=2, rss_backlog=4_000, low_rate_seconds=2,
-                   burst_events=20_000, warmup_seconds=0.5, warmup_max_seconds=1.0)
+        return cls(
+            backlog=4_000,
+            ceiling_backlog=4_000,
+            per_event_seconds=2,
+            latency_seconds=2,
+            rss_backlog=4_000,
+            low_rate_seconds=2,
+            burst_events=20_000,
+            warmup_seconds=0.5,
+            warmup_max_seconds=1.0,
+        )
 
     @classmethod
     def make(cls, quick: bool) -> Plan:
         if quick:
             # 300k: at 25-45k events/s the middle 60% of a smaller drain lasts only a few commit
             # intervals (0.5 s), and the ratio between two such windows swung by +-15%.
-            return cls(backlog=300_000, ceiling_backlog=300_000, per_event_seconds=5, latency_seconds=6, rss_backlog=300_000,
-                       burst_events=60_000, warmup_max_seconds=25)
-        return cls(backlog=1_000_000, ceiling_backlog=1_000_000, per_event_seconds=20, latency_seconds=20, rss_backlog=5_000_000,
-                   burst_events=500_000, warmup_max_seconds=90)
+            return cls(
+                backlog=300_000,
+                ceiling_backlog=300_000,
+                per_event_seconds=5,
+                latency_seconds=6,
+                rss_backlog=300_000,
+                burst_events=60_000,
+                warmup_max_seconds=25,
+            )
+        return cls(
+            backlog=1_000_000,
+            ceiling_backlog=1_000_000,
+            per_event_seconds=20,
+            latency_seconds=20,
+            rss_backlog=5_000_000,
+            burst_events=500_000,
+            warmup_max_seconds=90,
+        )
 
 
-def engines_config(path: Path, *, group: str, input_topic: str, output_prefix: str, batching: dict | None = None,
-                   guarantee: str | None = None) -> Path:
+def engines_config(
+    path: Path, *, group: str, input_topic: str, output_prefix: str, batching: dict | None = None, guarantee: str | None = None
+) -> Path:
     """Write the demo config's engines pipeline alone, on the given topics and group, with
     [pipelines.batching] keys overridden and the processing guarantee set (None: the default);
     paths made absolute. Returns `path`."""
@@ -96,7 +120,7 @@ def engines_config(path: Path, *, group: str, input_topic: str, output_prefix: s
     settings = dict(line.split(" = ", 1) for line in block.group(1).splitlines())  # the demo's own, as written
     settings.update({k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in (batching or {}).items()})
     lines = "".join(f"{k} = {v}\n" for k, v in settings.items())
-    text = text[: block.start(1)] + lines + text[block.end(1):]
+    text = text[: block.start(1)] + lines + text[block.end(1) :]
     if guarantee is not None:
         text = text.replace("[worker]\n", f'[worker]\nprocessing_guarantee = "{guarantee}"\n', 1)
     path.write_text(text)
@@ -121,8 +145,16 @@ def engine_events(count: int) -> list[tuple[bytes, bytes]]:
 
 def preload(bootstrap: str, topic: str, count: int, chunk: int = 200_000) -> float:
     """Produce `count` events as fast as possible (generated in chunks: memory stays small)."""
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50, "batch.size": 1_000_000,
-                         "compression.type": "lz4", "queue.buffering.max.messages": 500_000, "log_level": 3})
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 50,
+            "batch.size": 1_000_000,
+            "compression.type": "lz4",
+            "queue.buffering.max.messages": 500_000,
+            "log_level": 3,
+        }
+    )
     started = time.monotonic()
     sent = 0
     template = engine_events(min(count, chunk))
@@ -166,8 +198,9 @@ class Progress:
         # A consumer that never subscribes only reads the group's commits. (The admin API's
         # ListConsumerGroupOffsets crashed librdkafka 2.16 here while the fresh broker was still
         # creating __consumer_offsets.)
-        self._reader = Consumer({"bootstrap.servers": self.bootstrap, "group.id": self.group, "enable.auto.commit": False,
-                                 "log_level": 3})
+        self._reader = Consumer(
+            {"bootstrap.servers": self.bootstrap, "group.id": self.group, "enable.auto.commit": False, "log_level": 3}
+        )
         self._partitions = [TopicPartition(tp.topic, tp.partition) for tp in topic_partitions(self.bootstrap, [self.topic])]
 
     def committed(self) -> int:
@@ -227,7 +260,9 @@ class Progress:
 
 
 class Bench:
-    def __init__(self, bootstrap: str, workdir: Path, plan: Plan, echo: Callable[[str], None], broker_pid: int | None = None) -> None:
+    def __init__(
+        self, bootstrap: str, workdir: Path, plan: Plan, echo: Callable[[str], None], broker_pid: int | None = None
+    ) -> None:
         self.bootstrap = bootstrap
         self.broker_pid = broker_pid  # the local broker this run started; None for one given by KAFKA_BOOTSTRAP_SERVERS
         self.workdir = workdir
@@ -237,15 +272,22 @@ class Bench:
         self.input = f"{self.run_id}.engines"
         self.results: dict = {"plan": plan.__dict__, "throughput_eps": {}, "process": {}, "latency_ms": {}}
 
-    def config(self, mode: str, *, input_topic: str | None = None, batch: int | None = None, batching: dict | None = None) -> Path:
+    def config(
+        self, mode: str, *, input_topic: str | None = None, batch: int | None = None, batching: dict | None = None
+    ) -> Path:
         """A config with only the engines pipeline, on this run's topics, with its own group;
         mode `service_eos` is the service with processing_guarantee = exactly_once."""
         overrides = dict(batching or {})
         if batch is not None:
             overrides["max_batch_size"] = batch
-        return engines_config(self.workdir / f"{mode}.toml", group=f"{self.run_id}-{mode}", input_topic=input_topic or self.input,
-                              output_prefix=f"{self.run_id}-{mode}", batching=overrides,
-                              guarantee="exactly_once" if mode == "service_eos" else None)
+        return engines_config(
+            self.workdir / f"{mode}.toml",
+            group=f"{self.run_id}-{mode}",
+            input_topic=input_topic or self.input,
+            output_prefix=f"{self.run_id}-{mode}",
+            batching=overrides,
+            guarantee="exactly_once" if mode == "service_eos" else None,
+        )
 
     def run(self) -> dict:
         plan = self.plan
@@ -267,8 +309,12 @@ class Bench:
         if mode == "ceiling":
             env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=self.bootstrap)
             log_file = open(self.workdir / "ceiling.log", "wb")
-            proc = subprocess.Popen([sys.executable, "-m", "stream_infer.bench.ceiling", "-c", str(config), "--group", group,
-                                     "--idle", "3"], env=env, stdout=log_file, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "stream_infer.bench.ceiling", "-c", str(config), "--group", group, "--idle", "3"],
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
             pid, alive, stop = proc.pid, lambda: proc.poll() is None, proc.terminate
         else:
             worker = WorkerProcess(config, self.bootstrap, self.workdir / mode).start()
@@ -284,8 +330,10 @@ class Bench:
         self.results["process"][mode] = {**stats, "events": progress.samples[-1][1]}
         if mode == "service":
             self.results["service_rss_mb"] = [(round(t - progress.samples[0][0], 2), c, r) for t, c, r in progress.samples]
-        self.echo(f"{mode:<9} {eps:>9,.0f} events/s   cpu {stats.get('cpu_s', 0):.1f} s   peak RSS {stats.get('peak_rss_mb', 0):.0f} MB"
-                  + (f" (drained {total:,})" if total != measure else ""))
+        self.echo(
+            f"{mode:<9} {eps:>9,.0f} events/s   cpu {stats.get('cpu_s', 0):.1f} s   peak RSS {stats.get('peak_rss_mb', 0):.0f} MB"
+            + (f" (drained {total:,})" if total != measure else "")
+        )
 
     def _per_event(self) -> None:
         group = f"{self.run_id}-per_event"
@@ -293,22 +341,29 @@ class Bench:
         worker.wait_ready()
         progress = Progress(self.bootstrap, group, worker.proc.pid, topic=self.input)
         started = time.monotonic()
-        progress.run_until(lambda c: time.monotonic() - started > self.plan.per_event_seconds, timeout=600,
-                           alive=lambda: worker.proc.poll() is None)
+        progress.run_until(
+            lambda c: time.monotonic() - started > self.plan.per_event_seconds,
+            timeout=600,
+            alive=lambda: worker.proc.poll() is None,
+        )
         stats = progress.final_stats()
         worker.stop()
         progress.close()
         eps = progress.rate_window(skip=min(2.0, self.plan.per_event_seconds / 3))
         self.results["throughput_eps"]["per_event"] = round(eps)
         self.results["process"]["per_event"] = stats
-        self.echo(f"per_event {eps:>9,.0f} events/s   cpu {stats.get('cpu_s', 0):.1f} s   peak RSS {stats.get('peak_rss_mb', 0):.0f} MB")
+        self.echo(
+            f"per_event {eps:>9,.0f} events/s   cpu {stats.get('cpu_s', 0):.1f} s   peak RSS {stats.get('peak_rss_mb', 0):.0f} MB"
+        )
 
     def _latency(self) -> None:
         topic = f"{self.run_id}.latency"
         predictions = f"{self.run_id}-latency.predictions"
         # Broker append times on both sides: the input's is when it became consumable, the
         # prediction's when it was acknowledged. The load generator's own queueing is not counted.
-        create_topics(self.bootstrap, [topic, predictions], partitions=PARTITIONS, config={"message.timestamp.type": "LogAppendTime"})
+        create_topics(
+            self.bootstrap, [topic, predictions], partitions=PARTITIONS, config={"message.timestamp.type": "LogAppendTime"}
+        )
         worker = WorkerProcess(self.config("latency", input_topic=topic), self.bootstrap, self.workdir / "latency").start()
         worker.wait_ready()
         service = self.results["throughput_eps"]["service"]
@@ -335,18 +390,29 @@ class Bench:
                 lat, inside = _latencies(reader.records[predictions][before:])
                 pct = {f"p{q}": round(float(np.percentile(lat, q)), 1) for q in (50, 95, 99)}
                 self.results["latency_ms"][name] = {
-                    "offered_eps": round(rate, 1), "events": int(len(lat)), **pct,
-                    "in_worker_p50": round(float(np.percentile(inside, 50)), 1), "in_worker_p99": round(float(np.percentile(inside, 99)), 1),
+                    "offered_eps": round(rate, 1),
+                    "events": int(len(lat)),
+                    **pct,
+                    "in_worker_p50": round(float(np.percentile(inside, 50)), 1),
+                    "in_worker_p99": round(float(np.percentile(inside, 99)), 1),
                 }
-                self.echo(f"latency at {name:<6} ({rate:>8,.0f} ev/s): p50 {pct['p50']:.1f} ms  p95 {pct['p95']:.1f} ms  p99 {pct['p99']:.1f} ms"
-                          f"  (in worker p50 {np.percentile(inside, 50):.1f}, p99 {np.percentile(inside, 99):.1f})")
+                self.echo(
+                    f"latency at {name:<6} ({rate:>8,.0f} ev/s): p50 {pct['p50']:.1f} ms  p95 {pct['p95']:.1f} ms  p99 {pct['p99']:.1f} ms"
+                    f"  (in worker p50 {np.percentile(inside, 50):.1f}, p99 {np.percentile(inside, 99):.1f})"
+                )
         finally:
             reader.close()
             worker.stop()
 
-
-    def _warm_up(self, worker: WorkerProcess, topic: str, predictions: str, reader: TopicReader,
-                 events: list[tuple[bytes, bytes]], rate: float) -> dict:
+    def _warm_up(
+        self,
+        worker: WorkerProcess,
+        topic: str,
+        predictions: str,
+        reader: TopicReader,
+        events: list[tuple[bytes, bytes]],
+        rate: float,
+    ) -> dict:
         """The latency worker's unmeasured warm-up at `rate`: at least plan.warmup_seconds, then
         until the broker's JIT compilers have gone quiet (see bench/jvm.py), at most
         plan.warmup_max_seconds. With a broker this run did not start (no PID to watch): the
@@ -372,16 +438,23 @@ class Bench:
         lat, _ = _latencies(reader.records[predictions][before:])
         edge = max(1, int(rate * 5))
         summary = {
-            "events": sent, "rate_eps": round(rate, 1), "seconds": round(seconds, 1),
+            "events": sent,
+            "rate_eps": round(rate, 1),
+            "seconds": round(seconds, 1),
             "broker_jit_settled": bool(watch and watch.settled()),
             "broker_jit_cores": None if watch is None or watch.cores() is None else round(watch.cores(), 3),
             "p99_first_5s": round(float(np.percentile(lat[:edge], 99)), 1),
             "p99_last_5s": round(float(np.percentile(lat[-edge:], 99)), 1),
         }
-        jit = ("broker PID unknown: minimum only" if watch is None else
-               f"broker JIT {'settled' if summary['broker_jit_settled'] else 'still compiling'}, {summary['broker_jit_cores']} cores")
-        self.echo(f"warm-up   {sent:,} events at {rate:,.0f} ev/s for {seconds:.0f} s ({jit}); p99 first 5 s "
-                  f"{summary['p99_first_5s']:.0f} ms, last 5 s {summary['p99_last_5s']:.0f} ms (not measured)")
+        jit = (
+            "broker PID unknown: minimum only"
+            if watch is None
+            else f"broker JIT {'settled' if summary['broker_jit_settled'] else 'still compiling'}, {summary['broker_jit_cores']} cores"
+        )
+        self.echo(
+            f"warm-up   {sent:,} events at {rate:,.0f} ev/s for {seconds:.0f} s ({jit}); p99 first 5 s "
+            f"{summary['p99_first_5s']:.0f} ms, last 5 s {summary['p99_last_5s']:.0f} ms (not measured)"
+        )
         return summary
 
     def _burst(self) -> None:
@@ -393,23 +466,28 @@ class Bench:
         create_topics(self.bootstrap, [topic], partitions=PARTITIONS)
         config = self.config("burst", input_topic=topic)
         batching = load_config(config).pipelines[0].batching.model_dump()  # reported with the result
-        worker = WorkerProcess(config, self.bootstrap,
-                               self.workdir / "burst", log_level="info").start()
+        worker = WorkerProcess(config, self.bootstrap, self.workdir / "burst", log_level="info").start()
         trickle = engine_events(30)
         count = self.plan.burst_events
         try:
             worker.wait_ready()
-            result = run_burst(worker, "engines", trickle=lambda: _paced(self.bootstrap, topic, trickle, rate=20),
-                               produce_burst=lambda: preload(self.bootstrap, topic, count),
-                               expected_predictions=len(trickle) + count)
+            result = run_burst(
+                worker,
+                "engines",
+                trickle=lambda: _paced(self.bootstrap, topic, trickle, rate=20),
+                produce_burst=lambda: preload(self.bootstrap, topic, count),
+                expected_predictions=len(trickle) + count,
+            )
         finally:
             worker.stop()
         result.update(burst_events=count, batching=batching)
         self.results["burst"] = result
-        self.echo(f"burst     {count:,} events produced in {result['produce_seconds']:.1f} s, drained in "
-                  f"{result['drain_seconds']:.1f} s; peak lag {result['peak_lag_messages']:,.0f} messages / "
-                  f"{result['peak_lag_seconds']:.1f} s; controller batch size up to {result['peak_controller_batch_size']:.0f} "
-                  f"(throughput mode {result['throughput_mode_seconds']:.1f} s); paused {result['pauses']:.0f} times")
+        self.echo(
+            f"burst     {count:,} events produced in {result['produce_seconds']:.1f} s, drained in "
+            f"{result['drain_seconds']:.1f} s; peak lag {result['peak_lag_messages']:,.0f} messages / "
+            f"{result['peak_lag_seconds']:.1f} s; controller batch size up to {result['peak_controller_batch_size']:.0f} "
+            f"(throughput mode {result['throughput_mode_seconds']:.1f} s); paused {result['pauses']:.0f} times"
+        )
 
 
 def _wait_for_latency_mode(worker: WorkerProcess, timeout: float) -> None:
@@ -430,8 +508,9 @@ def _latencies(records: list) -> tuple[np.ndarray, np.ndarray]:
     return lat, inside
 
 
-def _paced(bootstrap: str, topic: str, events: list[tuple[bytes, bytes]], rate: float,
-           stop: Callable[[float], bool] | None = None) -> int:
+def _paced(
+    bootstrap: str, topic: str, events: list[tuple[bytes, bytes]], rate: float, stop: Callable[[float], bool] | None = None
+) -> int:
     """Produce at `rate` events/s against a schedule, in 5 ms steps (a sleep per event would cost
     the generator more CPU than the worker it measures); the topic stamps append times. Sends
     `events` once; with `stop`, cycles through them until stop(seconds elapsed) is true (asked
@@ -513,4 +592,3 @@ def run_bench(*, quick: bool, out_dir: Path, echo: Callable[[str], None] = print
     except ImportError:
         echo("matplotlib not installed: no PNG (pip install -e '.[bench]')")
     return results
-

@@ -15,8 +15,14 @@ from stream_infer.kafka.preflight import ConnectionFailure, connect
 
 
 @click.command()
-@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="The worker's TOML config: its topics, pipelines and group.")
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="The worker's TOML config: its topics, pipelines and group.",
+)
 @click.option("-p", "--principal", required=True, help="The worker's principal, e.g. User:svc.")
 @click.option("-g", "--group", default=None, help="Consumer group (default: the config's kafka.group_id).")
 @click.option("--host", default="*", show_default=True, help="Host the principal connects from.")
@@ -24,8 +30,16 @@ from stream_infer.kafka.preflight import ConnectionFailure, connect
 @click.option("--delete", "action", flag_value="delete", help="Delete exactly these ACLs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the grants as JSON instead of a table.")
 @kafka_options
-def acls_cmd(config_path: Path, principal: str, group: str | None, host: str, action: str | None, as_json: bool,
-             bootstrap_servers: str | None, kafka_properties: Path | None) -> None:
+def acls_cmd(
+    config_path: Path,
+    principal: str,
+    group: str | None,
+    host: str,
+    action: str | None,
+    as_json: bool,
+    bootstrap_servers: str | None,
+    kafka_properties: Path | None,
+) -> None:
     """The ACLs a worker running CONFIG needs on a cluster with an authorizer.
 
     Without --apply or --delete: prints them as a table and as `kafka-acls.sh` command lines

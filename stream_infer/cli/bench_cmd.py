@@ -12,8 +12,14 @@ import orjson
 @click.command()
 @click.option("--quick", is_flag=True, help="A short run (about 3 minutes): smaller backlog, shorter windows.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON object on stdout (progress on stderr).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-results"),
-              show_default=True, help="Where bench.json, bench.png and burst.png are written.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("bench-results"),
+    show_default=True,
+    help="Where bench.json, bench.png and burst.png are written.",
+)
 def bench(quick: bool, as_json: bool, out_dir: Path) -> None:
     """Measure the worker (service), the same with processing_guarantee = exactly_once
     (service_eos), the worker at max_batch_size=1 (per_event) and a no-framework loop (ceiling)
@@ -42,13 +48,19 @@ def bench(quick: bool, as_json: bool, out_dir: Path) -> None:
     for mode in ("service", "service_eos", "per_event", "ceiling"):
         p = results["process"].get(mode, {})
         click.echo(f"{mode:<12}{tp[mode]:>10,}{p.get('cpu_s', 0):>8.1f}{p.get('peak_rss_mb', 0):>13.0f}")
-    click.echo(f"service/ceiling {t['service_vs_ceiling']}, service/per_event {t['service_vs_per_event']}, "
-               f"exactly-once/at-least-once {t['exactly_once_vs_service']}")
+    click.echo(
+        f"service/ceiling {t['service_vs_ceiling']}, service/per_event {t['service_vs_per_event']}, "
+        f"exactly-once/at-least-once {t['exactly_once_vs_service']}"
+    )
     for name, v in results["latency_ms"].items():
-        click.echo(f"latency {name:<6} offered {v['offered_eps']:>8,.0f} ev/s: p50 {v['p50']} ms, p95 {v['p95']} ms, p99 {v['p99']} ms")
+        click.echo(
+            f"latency {name:<6} offered {v['offered_eps']:>8,.0f} ev/s: p50 {v['p50']} ms, p95 {v['p95']} ms, p99 {v['p99']} ms"
+        )
     click.echo("targets: " + ", ".join(f"{k[3:]}={'yes' if v else 'NO'}" for k, v in t.items() if k.startswith("ok_")))
     if burst := results.get("burst"):
-        click.echo(f"burst of {burst['burst_events']:,}: drained in {burst['drain_seconds']} s, peak lag "
-                   f"{burst['peak_lag_messages']:,.0f} messages, batch size up to {burst['peak_controller_batch_size']:.0f}, "
-                   f"paused {burst['pauses']:.0f} times")
+        click.echo(
+            f"burst of {burst['burst_events']:,}: drained in {burst['drain_seconds']} s, peak lag "
+            f"{burst['peak_lag_messages']:,.0f} messages, batch size up to {burst['peak_controller_batch_size']:.0f}, "
+            f"paused {burst['pauses']:.0f} times"
+        )
     click.echo(f"wrote {out_dir / 'bench.json'}, {out_dir / 'bench.png'} and {out_dir / 'burst.png'} in {results['seconds']} s")

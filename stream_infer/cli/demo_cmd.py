@@ -10,11 +10,19 @@ import orjson
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print only the summary, as one JSON object on stdout.")
-@click.option("--rate", type=click.FloatRange(min=0), default=1000.0, show_default=True,
-              help="Events/s replayed into each input topic; 0 = as fast as possible (a burst: latency then measures the backlog).")
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0),
+    default=1000.0,
+    show_default=True,
+    help="Events/s replayed into each input topic; 0 = as fast as possible (a burst: latency then measures the backlog).",
+)
 @click.option("--timeout", type=float, default=150.0, show_default=True, help="Seconds to wait for every input to be processed.")
-@click.option("--secure", is_flag=True, help="On a secured cluster (kafka up --secure): the worker as User:svc over "
-              "SASL_SSL (SCRAM-SHA-512) with only its ACLs.")
+@click.option(
+    "--secure",
+    is_flag=True,
+    help="On a secured cluster (kafka up --secure): the worker as User:svc over SASL_SSL (SCRAM-SHA-512) with only its ACLs.",
+)
 def demo(as_json: bool, rate: float, timeout: float, secure: bool) -> None:
     """Start Kafka and a worker, replay C-MAPSS and AI4I plus bad events, show alerts, summarise.
 
@@ -43,5 +51,7 @@ def demo(as_json: bool, rate: float, timeout: float, secure: bool) -> None:
     click.echo(f"  latency        p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms (input timestamp -> prediction)")
     click.echo(f"  RUL RMSE       {summary['rul_rmse']:.4f} served, {summary['rul_rmse_offline']:.4f} offline (test_FD001)")
     for name, p in summary["pipelines"].items():
-        click.echo(f"  {name:<14} in {p['events_in']}, predictions {p['predictions']}, alerts {p['alerts']}, dlq {p['dlq']} {p['dlq_reasons']}")
+        click.echo(
+            f"  {name:<14} in {p['events_in']}, predictions {p['predictions']}, alerts {p['alerts']}, dlq {p['dlq']} {p['dlq_reasons']}"
+        )
     click.echo(f"  took           {summary['seconds']} s")

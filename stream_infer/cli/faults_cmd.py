@@ -16,20 +16,52 @@ SCENARIO_ORDER = ("worker_kill", "rolling_restart", "broker_kill", "coordinator_
 @click.command()
 @click.option("--trials", type=click.IntRange(min=1), default=10, show_default=True, help="Trials per scenario and guarantee.")
 @click.option("--scenario", type=click.Choice(["all", *SCENARIO_ORDER]), default="all", show_default=True)
-@click.option("--guarantee", type=click.Choice(["at_least_once", "exactly_once", "both"]), default="at_least_once",
-              show_default=True, help="The workers' [worker] processing_guarantee.")
+@click.option(
+    "--guarantee",
+    type=click.Choice(["at_least_once", "exactly_once", "both"]),
+    default="at_least_once",
+    show_default=True,
+    help="The workers' [worker] processing_guarantee.",
+)
 @click.option("--rate", type=click.FloatRange(min=1), default=1500.0, show_default=True, help="Input events per second.")
-@click.option("--duration", type=click.FloatRange(min=30), default=60.0, show_default=True,
-              help="Seconds of stream per trial (the data set is looped with new engine ids).")
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=30),
+    default=60.0,
+    show_default=True,
+    help="Seconds of stream per trial (the data set is looped with new engine ids).",
+)
 @click.option("--seed", type=int, default=None, help="Seed of the first trial (trial i uses SEED + i). Default: random, printed.")
-@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".stream-infer/faults"),
-              show_default=True, help="Worker logs and configs per trial, and the cached reference predictions.")
-@click.option("--stable-ids", is_flag=True, help="Give each worker a stable STREAM_INFER_INSTANCE_ID (as the Kubernetes "
-              "Deployment does) instead of the default transactional ids unique per process.")
-@click.option("--json", "as_json", is_flag=True, help="Print every trial and the summary as one JSON object on stdout "
-              "(the per-trial lines go to stderr).")
-def faults(trials: int, scenario: str, guarantee: str, rate: float, duration: float, seed: int | None, work_dir: Path,
-           stable_ids: bool, as_json: bool) -> None:
+@click.option(
+    "--work-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".stream-infer/faults"),
+    show_default=True,
+    help="Worker logs and configs per trial, and the cached reference predictions.",
+)
+@click.option(
+    "--stable-ids",
+    is_flag=True,
+    help="Give each worker a stable STREAM_INFER_INSTANCE_ID (as the Kubernetes "
+    "Deployment does) instead of the default transactional ids unique per process.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print every trial and the summary as one JSON object on stdout (the per-trial lines go to stderr).",
+)
+def faults(
+    trials: int,
+    scenario: str,
+    guarantee: str,
+    rate: float,
+    duration: float,
+    seed: int | None,
+    work_dir: Path,
+    stable_ids: bool,
+    as_json: bool,
+) -> None:
     """Run fault scenarios against real workers and check every prediction.
 
     \b
@@ -65,11 +97,19 @@ def faults(trials: int, scenario: str, guarantee: str, rate: float, duration: fl
     guarantees = ("at_least_once", "exactly_once") if guarantee == "both" else (guarantee,)
     plan = [(s, g) for s in scenarios for g in guarantees]
     echo = (lambda line: click.echo(line, err=True)) if as_json else click.echo
-    echo(f"faults: seed {seed}, {trials} trial(s) each of {', '.join(f'{s}/{g}' for s, g in plan)}, "
-         f"{rate:g} events/s for {duration:g} s")
+    echo(
+        f"faults: seed {seed}, {trials} trial(s) each of {', '.join(f'{s}/{g}' for s, g in plan)}, "
+        f"{rate:g} events/s for {duration:g} s"
+    )
     try:
         results = run_faults(
-            plan, trials=trials, seed=seed, rate=rate, duration=duration, work_dir=work_dir, stable_ids=stable_ids,
+            plan,
+            trials=trials,
+            seed=seed,
+            rate=rate,
+            duration=duration,
+            work_dir=work_dir,
+            stable_ids=stable_ids,
             bootstrap=os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or None,
             on_result=lambda result: echo(trial_line(result)),
             on_skip=lambda message: click.echo(message, err=True),

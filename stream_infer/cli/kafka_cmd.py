@@ -16,8 +16,7 @@ state_dir_option = click.option(
     "--state-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Where config, data, logs and PIDs live. Default: $STREAM_INFER_STATE_DIR or "
-    "$XDG_STATE_HOME/stream-infer/kafka.",
+    help="Where config, data, logs and PIDs live. Default: $STREAM_INFER_STATE_DIR or $XDG_STATE_HOME/stream-infer/kafka.",
 )
 
 
@@ -36,17 +35,35 @@ def kafka() -> None:
 
 
 @kafka.command()
-@click.option("--port", type=int, default=local.DEFAULT_PORT, show_default=True,
-              help="Client port of node 1 (node i gets port+i-1). 0 picks free ports.")
-@click.option("--nodes", type=click.IntRange(1, 9), default=1, show_default=True,
-              help="Number of combined broker+controller nodes; 3 allows replication factor 3.")
-@click.option("--timeout", type=float, default=local.READY_TIMEOUT_S, show_default=True,
-              help="Seconds to wait for the cluster to answer before giving up.")
-@click.option("--secure", is_flag=True,
-              help="TLS (a CA made in the state dir), SASL users admin and svc (SCRAM-SHA-512/256, PLAIN), a "
-              "mutual-TLS listener and an authorizer, svc holding the demo worker's ACLs; client settings are "
-              "written to <state-dir>/client.properties, client-scram.properties, admin.properties and "
-              "client-mtls.properties. A state dir stays secure or plain.")
+@click.option(
+    "--port",
+    type=int,
+    default=local.DEFAULT_PORT,
+    show_default=True,
+    help="Client port of node 1 (node i gets port+i-1). 0 picks free ports.",
+)
+@click.option(
+    "--nodes",
+    type=click.IntRange(1, 9),
+    default=1,
+    show_default=True,
+    help="Number of combined broker+controller nodes; 3 allows replication factor 3.",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=local.READY_TIMEOUT_S,
+    show_default=True,
+    help="Seconds to wait for the cluster to answer before giving up.",
+)
+@click.option(
+    "--secure",
+    is_flag=True,
+    help="TLS (a CA made in the state dir), SASL users admin and svc (SCRAM-SHA-512/256, PLAIN), a "
+    "mutual-TLS listener and an authorizer, svc holding the demo worker's ACLs; client settings are "
+    "written to <state-dir>/client.properties, client-scram.properties, admin.properties and "
+    "client-mtls.properties. A state dir stays secure or plain.",
+)
 @state_dir_option
 def up(port: int, nodes: int, timeout: float, secure: bool, state_dir: Path | None) -> None:
     """Start the cluster and wait until it answers a metadata request.
@@ -69,18 +86,21 @@ def up(port: int, nodes: int, timeout: float, secure: bool, state_dir: Path | No
         click.echo(f"Apache Kafka is already running from {directory.resolve()}")
     if cluster.secure:
         root = directory.resolve()
-        click.echo(f"secure: SASL_SSL (SCRAM-SHA-512, SCRAM-SHA-256, PLAIN) at the address below; mutual TLS at {cluster.mtls_bootstrap}")
-        click.echo(f"  service User:svc: {root / 'client.properties'} (PLAIN, any kcat -F), "
-                   f"{root / 'client-scram.properties'} (SCRAM-SHA-512, librdkafka >= 2.6.1), "
-                   f"by certificate: {root / 'client-mtls.properties'}")
+        click.echo(
+            f"secure: SASL_SSL (SCRAM-SHA-512, SCRAM-SHA-256, PLAIN) at the address below; mutual TLS at {cluster.mtls_bootstrap}"
+        )
+        click.echo(
+            f"  service User:svc: {root / 'client.properties'} (PLAIN, any kcat -F), "
+            f"{root / 'client-scram.properties'} (SCRAM-SHA-512, librdkafka >= 2.6.1), "
+            f"by certificate: {root / 'client-mtls.properties'}"
+        )
         click.echo(f"  super user User:admin: {root / 'admin.properties'}")
     click.echo(cluster.bootstrap)
 
 
 @kafka.command()
 @click.option("--wipe", is_flag=True, help="Also delete the state directory (topics, offsets, logs).")
-@click.option("--timeout", type=float, default=30.0, show_default=True,
-              help="Seconds to wait after SIGTERM before SIGKILL.")
+@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait after SIGTERM before SIGKILL.")
 @state_dir_option
 def down(wipe: bool, timeout: float, state_dir: Path | None) -> None:
     """Stop the cluster cleanly (SIGTERM, then SIGKILL after --timeout). Data is kept unless --wipe."""

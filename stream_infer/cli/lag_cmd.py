@@ -53,16 +53,17 @@ class Sampler:
         except ConnectionFailure as err:
             hint = ""
             if err.unreachable:
-                hint = (". Start a local one with `stream-infer kafka up`, or point --bootstrap-servers "
-                        "(or KAFKA_BOOTSTRAP_SERVERS) at a running cluster")
+                hint = (
+                    ". Start a local one with `stream-infer kafka up`, or point --bootstrap-servers "
+                    "(or KAFKA_BOOTSTRAP_SERVERS) at a running cluster"
+                )
             raise LagError(f"{err}{hint}") from err
 
     def round(self) -> tuple[float, Round]:
         """(wall-clock time, offsets of every partition) at one instant."""
         now = time.time()
         try:
-            lags = admin.group_lag(self.connection, self.group, self.topics or None, REQUEST_TIMEOUT_S,
-                                   admin=self.client)
+            lags = admin.group_lag(self.connection, self.group, self.topics or None, REQUEST_TIMEOUT_S, admin=self.client)
         except KafkaException as err:
             raise LagError(
                 f"reading the offsets of group {self.group!r} on {self.bootstrap} failed: {err.args[0].str()}"
@@ -174,18 +175,32 @@ or no broker answers within 5 seconds (or it refuses the credentials or the TLS 
 @click.command(help=HELP)
 @click.option("-g", "--group", required=True, help="Consumer group id.")
 @kafka_options
-@click.option("-t", "--topic", "topics", multiple=True,
-              help="Report every partition of this topic, committed or not (repeatable). "
-              "Default: the partitions the group has committed offsets for.")
+@click.option(
+    "-t",
+    "--topic",
+    "topics",
+    multiple=True,
+    help="Report every partition of this topic, committed or not (repeatable). "
+    "Default: the partitions the group has committed offsets for.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per report instead of a table.")
 @click.option("--watch", is_flag=True, help="Keep sampling and printing until Ctrl-C.")
 @click.option("--check", is_flag=True, help="Exit 1 unless the group's status is OK (needs --samples >= 2).")
-@click.option("--interval", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
-              help="Seconds between samples.")
-@click.option("--samples", type=click.IntRange(min=1), default=5, show_default=True,
-              help="Samples per evaluation window.")
-def lag(group: str, bootstrap_servers: str | None, kafka_properties: Path | None, topics: tuple[str, ...], as_json: bool,
-        watch: bool, check: bool, interval: float, samples: int) -> None:
+@click.option(
+    "--interval", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="Seconds between samples."
+)
+@click.option("--samples", type=click.IntRange(min=1), default=5, show_default=True, help="Samples per evaluation window.")
+def lag(
+    group: str,
+    bootstrap_servers: str | None,
+    kafka_properties: Path | None,
+    topics: tuple[str, ...],
+    as_json: bool,
+    watch: bool,
+    check: bool,
+    interval: float,
+    samples: int,
+) -> None:
     if check and samples < 2:
         raise click.UsageError("--check needs --samples 2 or more: a single sample shows no trend, so it is always OK")
     printer = Printer(as_json)

@@ -18,12 +18,16 @@ F = TypeVar("F", bound=Callable[..., object])
 def kafka_options(command: F) -> F:
     """`--bootstrap-servers` and `--kafka-properties` (see :func:`connection_from`)."""
     command = click.option(
-        "--kafka-properties", type=click.Path(dir_okay=False, path_type=Path), default=None, envvar=PROPERTIES_ENV,
+        "--kafka-properties",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        envvar=PROPERTIES_ENV,
         help="librdkafka properties file for TLS/SASL (the format `kcat -F` reads; env STREAM_INFER_KAFKA_PROPERTIES). "
         "Its bootstrap.servers is used when no broker list is given.",
     )(command)
     command = click.option(
-        "--bootstrap-servers", default=None,
+        "--bootstrap-servers",
+        default=None,
         help=f"Broker list (default: env {BOOTSTRAP_ENV}, else the properties file's bootstrap.servers, else 127.0.0.1:9092).",
     )(command)
     return command

@@ -14,13 +14,21 @@ from stream_infer.cli.options import connection_from, kafka_options
 @click.command()
 @click.argument("dataset", type=click.Choice(["cmapss-test", "cmapss-train", "ai4i"]))
 @click.option("-t", "--topic", required=True, help="Topic to write to (must exist unless the broker auto-creates).")
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Events per second. Default: as fast as possible.")
+@click.option(
+    "--rate", type=click.FloatRange(min=0, min_open=True), default=None, help="Events per second. Default: as fast as possible."
+)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Stop after this many events.")
 @kafka_options
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
-def replay(dataset: str, topic: str, rate: float | None, limit: int | None, bootstrap_servers: str | None,
-           kafka_properties: Path | None, progress: bool | None) -> None:
+def replay(
+    dataset: str,
+    topic: str,
+    rate: float | None,
+    limit: int | None,
+    bootstrap_servers: str | None,
+    kafka_properties: Path | None,
+    progress: bool | None,
+) -> None:
     """Replay DATASET into a topic as JSON events keyed by device (cmapss-*: unit, ai4i: product_id)."""
     from tqdm import tqdm
 

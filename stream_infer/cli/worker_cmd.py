@@ -12,17 +12,28 @@ from stream_infer.engine import ModelError
 
 
 @click.command()
-@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="TOML config file (see docs/configuration.md).")
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="TOML config file (see docs/configuration.md).",
+)
 @click.option("--check", is_flag=True, help="Validate config, models and topics, then exit without consuming.")
 @click.option("--web-port", type=click.IntRange(0, 65535), default=None, help="Override worker.web_port (0: any free port).")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Override worker.data_dir.")
-@click.option("--kafka-properties", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="librdkafka properties file with the connection's TLS/SASL settings (the format `kcat -F` reads); "
-              "replaces kafka.properties_file and env STREAM_INFER_KAFKA_PROPERTIES.")
+@click.option(
+    "--kafka-properties",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="librdkafka properties file with the connection's TLS/SASL settings (the format `kcat -F` reads); "
+    "replaces kafka.properties_file and env STREAM_INFER_KAFKA_PROPERTIES.",
+)
 @click.pass_context
-def worker(ctx: click.Context, config_path: Path, check: bool, web_port: int | None, data_dir: str | None,
-           kafka_properties: Path | None) -> None:
+def worker(
+    ctx: click.Context, config_path: Path, check: bool, web_port: int | None, data_dir: str | None, kafka_properties: Path | None
+) -> None:
     """Consume the input topics, predict in micro-batches, publish predictions, alerts, dead letters.
 
     KAFKA_BOOTSTRAP_SERVERS overrides kafka.bootstrap_servers. Stops cleanly on SIGTERM/SIGINT.

@@ -80,9 +80,22 @@ class Trial:
     pool: WorkerPool  # set by setup()
     session_timeout_s: float  # the group's: how long a killed worker keeps its partitions; set by setup()
 
-    def __init__(self, scenario: str, guarantee: str | None, seed: int, *, bootstrap: str, work_dir: Path,
-                 stream: EventStream, reference: Reference, rate: float, duration: float, replication: int = 1,
-                 cluster_dir: Path | None = None, stable_ids: bool = False) -> None:
+    def __init__(
+        self,
+        scenario: str,
+        guarantee: str | None,
+        seed: int,
+        *,
+        bootstrap: str,
+        work_dir: Path,
+        stream: EventStream,
+        reference: Reference,
+        rate: float,
+        duration: float,
+        replication: int = 1,
+        cluster_dir: Path | None = None,
+        stable_ids: bool = False,
+    ) -> None:
         self.bootstrap = bootstrap
         self.stable_ids = stable_ids
         self.stream = stream
@@ -107,22 +120,30 @@ class Trial:
         """Config and topics: the input and outputs with the input's partition count; with
         replication 3 every one of them gets min.insync.replicas 2, so acks=all means two copies."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        path, notes = write_config(self.dir / "config.toml", self.prefix, guarantee=self.result.guarantee,
-                                   replication=self.replication)
+        path, notes = write_config(
+            self.dir / "config.toml", self.prefix, guarantee=self.result.guarantee, replication=self.replication
+        )
         self.result.notes += notes
         self.config_path = path
         config = load_config(path)
         self.pipeline = config.pipelines[0]
         self.session_timeout_s = config.kafka.session_timeout_ms / 1000
-        self.pool = WorkerPool(path, self.bootstrap, self.dir, self.prefix if self.stable_ids else None,
-                               on_event=self.mark, stop_timeout=STOP_TIMEOUT_S)
+        self.pool = WorkerPool(
+            path,
+            self.bootstrap,
+            self.dir,
+            self.prefix if self.stable_ids else None,
+            on_event=self.mark,
+            stop_timeout=STOP_TIMEOUT_S,
+        )
         topics = self.pipeline.topics
         extra = {"min.insync.replicas": "2"} if self.replication >= 3 else {}
         names = [self.pipeline.input_topic, topics.predictions, topics.alerts, topics.dead_letters]
         create_topics(self.bootstrap, names, partitions=PARTITIONS, replication=self.replication, config=extra)
         self._wait_for_topics(names)
-        self.watcher = PredictionWatcher(self.bootstrap, topics.predictions, self.pipeline.outputs.score_name,
-                                         alerts_topic=topics.alerts)
+        self.watcher = PredictionWatcher(
+            self.bootstrap, topics.predictions, self.pipeline.outputs.score_name, alerts_topic=topics.alerts
+        )
 
     def _wait_for_topics(self, names: list[str], timeout: float = 15.0) -> None:
         """Until metadata lists every topic with all its partitions: a created topic reaches the
@@ -158,8 +179,9 @@ class Trial:
         """Input partition -> id of the broker leading it now (retried while a loaded cluster is
         slow to answer: the trial's own read must not fail the trial)."""
         topic = self.pipeline.input_topic
-        meta = retry_kafka(lambda: self._admin.list_topics(topic, timeout=10), timeout=60,
-                           what="reading the input topic's leaders").topics[topic]
+        meta = retry_kafka(
+            lambda: self._admin.list_topics(topic, timeout=10), timeout=60, what="reading the input topic's leaders"
+        ).topics[topic]
         return {p: info.leader for p, info in meta.partitions.items()}
 
     def kill_broker(self, node_id: int) -> float:
@@ -216,8 +238,11 @@ class Trial:
 
     def group_coordinator(self) -> int:
         """Id of the broker coordinating the consumer group (retried as input_leaders is)."""
-        description = retry_kafka(lambda: self._admin.describe_consumer_groups([self.group], request_timeout=10)[self.group].result(10),
-                                  timeout=60, what="describing the consumer group")
+        description = retry_kafka(
+            lambda: self._admin.describe_consumer_groups([self.group], request_timeout=10)[self.group].result(10),
+            timeout=60,
+            what="describing the consumer group",
+        )
         return description.coordinator.id
 
     def wait_group(self, members: int, timeout: float) -> dict[str, set[int]]:
@@ -264,8 +289,13 @@ class Trial:
         self.result.exits, self.result.restarts = self.pool.exits, self.pool.restarts
         self.watcher.stop()
         observations = self.watcher.snapshot()
-        self.result.accounting = account(inputs, observations, self.reference.predictions,
-                                         alerts=self.watcher.alerts_snapshot(), reference_alerts=self.reference.alerts)
+        self.result.accounting = account(
+            inputs,
+            observations,
+            self.reference.predictions,
+            alerts=self.watcher.alerts_snapshot(),
+            reference_alerts=self.reference.alerts,
+        )
         self.result.latency_max_s = latency_max(observations)
         seen = predictions_seen(observations)
         for label, fault_at, partitions in self._probes:

@@ -184,16 +184,26 @@ def load_reference(config: PipelineConfig, stream: EventStream, cache_dir: Path)
         )
     started = time.monotonic()
     reference = compute_reference(config, stream)
-    log.info("reference computed", extra={"events": len(reference.predictions), "alerts": len(reference.alerts),
-                                          "seconds": round(time.monotonic() - started, 2)})
+    log.info(
+        "reference computed",
+        extra={
+            "events": len(reference.predictions),
+            "alerts": len(reference.alerts),
+            "seconds": round(time.monotonic() - started, 2),
+        },
+    )
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({
-        "format": REFERENCE_FORMAT,
-        "key": key,
-        "dataset": DATASET,
-        "predictions": [[unit, cycle, value] for (unit, cycle), value in sorted(reference.predictions.items())],
-        "alerts": [[unit, cycle, value] for (unit, cycle), value in sorted(reference.alerts.items())],
-    }))
+    tmp.write_text(
+        json.dumps(
+            {
+                "format": REFERENCE_FORMAT,
+                "key": key,
+                "dataset": DATASET,
+                "predictions": [[unit, cycle, value] for (unit, cycle), value in sorted(reference.predictions.items())],
+                "alerts": [[unit, cycle, value] for (unit, cycle), value in sorted(reference.alerts.items())],
+            }
+        )
+    )
     tmp.replace(path)  # atomic: a trial started meanwhile never reads half a file
     return reference

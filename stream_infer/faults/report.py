@@ -136,8 +136,14 @@ def account(
             result.max_abs_error = max(result.max_abs_error, error)
             if len(result.mismatch_examples) < examples:
                 result.mismatch_examples.append(
-                    {"partition": obs.partition, "offset": obs.offset, "unit": identity[0], "cycle": identity[1],
-                     "got": obs.score, "expected": expected}
+                    {
+                        "partition": obs.partition,
+                        "offset": obs.offset,
+                        "unit": identity[0],
+                        "cycle": identity[1],
+                        "got": obs.score,
+                        "expected": expected,
+                    }
                 )
     result.predicted = sum(1 for source in inputs if source in seen)
     result.lost = result.inputs - result.predicted
@@ -182,12 +188,20 @@ def _account_alerts(
 
     def where(source: Source) -> dict:
         identity = inputs.get(source)
-        return {"partition": source[0], "offset": source[1],
-                "unit": None if identity is None else identity[0], "cycle": None if identity is None else identity[1]}
+        return {
+            "partition": source[0],
+            "offset": source[1],
+            "unit": None if identity is None else identity[0],
+            "cycle": None if identity is None else identity[1],
+        }
 
     result.alerts_missing_examples = [{**where(s), "expected": expected[s]} for s in missing[:examples]]
-    result.alerts_unexpected_examples = [{**where(s), "got": got, "expected": expected.get(s)} for s, got in unexpected[:examples]]
-    result.alerts_duplicate_examples = [{**where(s), "score": score, "count": counts[(s, score)]} for s, score in repeated[:examples]]
+    result.alerts_unexpected_examples = [
+        {**where(s), "got": got, "expected": expected.get(s)} for s, got in unexpected[:examples]
+    ]
+    result.alerts_duplicate_examples = [
+        {**where(s), "score": score, "count": counts[(s, score)]} for s, score in repeated[:examples]
+    ]
 
 
 # (partition, producer timestamp of an input in ms, wall-clock seconds when it was seen somewhere)
@@ -338,9 +352,7 @@ def trial_line(result: TrialResult) -> str:
     `alerts=<seen>/<expected>`, then only where non-zero alerts_missing, alerts_unexpected and
     alerts_duplicates, then only where there are any lost_by_partition and error."""
     a = result.accounting
-    exits = ",".join(
-        f"{e.name}:{e.how}:{'-' if e.code is None else e.code}@{_seconds(e.seconds)}s" for e in result.exits
-    ) or "-"
+    exits = ",".join(f"{e.name}:{e.how}:{'-' if e.code is None else e.code}@{_seconds(e.seconds)}s" for e in result.exits) or "-"
     failures = result.failures()
     fields = [
         f"scenario={result.scenario}",
@@ -393,32 +405,52 @@ def summarize(results: Iterable[TrialResult]) -> list[SummaryRow]:
     rows = []
     for (scenario, guarantee), trials in groups.items():
         recoveries = [r.recovery_max_s for r in trials if r.recovery_max_s is not None]
-        rows.append(SummaryRow(
-            scenario=scenario,
-            guarantee=guarantee,
-            trials=len(trials),
-            failed=sum(1 for r in trials if r.failures()),
-            lost=sum(r.accounting.lost for r in trials),
-            duplicates=sum(r.accounting.duplicates for r in trials),
-            all_equal=all(r.accounting.equal_to_reference and not r.error for r in trials),
-            recovery_median_s=statistics.median(recoveries) if recoveries else None,
-            recovery_max_s=max(recoveries) if recoveries else None,
-            cluster_recovery_max_s=max(feeds) if (feeds := [r.feed_recovery_max_s for r in trials
-                                                            if r.feed_recovery_max_s is not None]) else None,
-        ))
+        rows.append(
+            SummaryRow(
+                scenario=scenario,
+                guarantee=guarantee,
+                trials=len(trials),
+                failed=sum(1 for r in trials if r.failures()),
+                lost=sum(r.accounting.lost for r in trials),
+                duplicates=sum(r.accounting.duplicates for r in trials),
+                all_equal=all(r.accounting.equal_to_reference and not r.error for r in trials),
+                recovery_median_s=statistics.median(recoveries) if recoveries else None,
+                recovery_max_s=max(recoveries) if recoveries else None,
+                cluster_recovery_max_s=max(feeds)
+                if (feeds := [r.feed_recovery_max_s for r in trials if r.feed_recovery_max_s is not None])
+                else None,
+            )
+        )
     return rows
 
 
-_COLUMNS = ("scenario", "guarantee", "trials", "failed", "lost", "duplicates", "all_equal", "recovery_s median/max",
-            "cluster_s max")
+_COLUMNS = (
+    "scenario",
+    "guarantee",
+    "trials",
+    "failed",
+    "lost",
+    "duplicates",
+    "all_equal",
+    "recovery_s median/max",
+    "cluster_s max",
+)
 
 
 def table(rows: list[SummaryRow]) -> str:
     """The final table, aligned in plain text."""
     body = [
-        (r.scenario, r.guarantee, str(r.trials), str(r.failed), str(r.lost), str(r.duplicates),
-         "yes" if r.all_equal else "no", f"{_seconds(r.recovery_median_s)} / {_seconds(r.recovery_max_s)}",
-         "-" if r.cluster_recovery_max_s is None else _seconds(r.cluster_recovery_max_s))
+        (
+            r.scenario,
+            r.guarantee,
+            str(r.trials),
+            str(r.failed),
+            str(r.lost),
+            str(r.duplicates),
+            "yes" if r.all_equal else "no",
+            f"{_seconds(r.recovery_median_s)} / {_seconds(r.recovery_max_s)}",
+            "-" if r.cluster_recovery_max_s is None else _seconds(r.cluster_recovery_max_s),
+        )
         for r in rows
     ]
     widths = [max(len(c), *(len(line[i]) for line in body)) if body else len(c) for i, c in enumerate(_COLUMNS)]
@@ -432,8 +464,12 @@ def summary_json(results: list[TrialResult]) -> dict:
     return {
         "trials": [r.to_json() for r in results],
         "summary": [
-            {**asdict(row), "recovery_median_s": _json_number(row.recovery_median_s), "recovery_max_s": _json_number(row.recovery_max_s),
-             "cluster_recovery_max_s": _json_number(row.cluster_recovery_max_s)}
+            {
+                **asdict(row),
+                "recovery_median_s": _json_number(row.recovery_median_s),
+                "recovery_max_s": _json_number(row.recovery_max_s),
+                "cluster_recovery_max_s": _json_number(row.cluster_recovery_max_s),
+            }
             for row in rows
         ],
         "failed": any(r.failures() for r in results),

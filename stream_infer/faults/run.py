@@ -52,8 +52,10 @@ def run_faults(
     try:
         for scenario, guarantee in plan:
             if scenario in BROKER_SCENARIOS and bootstrap is not None:
-                on_skip(f"{scenario} skipped: it kills a broker, which only a local cluster started here allows "
-                        "(unset KAFKA_BOOTSTRAP_SERVERS to run it)")
+                on_skip(
+                    f"{scenario} skipped: it kills a broker, which only a local cluster started here allows "
+                    "(unset KAFKA_BOOTSTRAP_SERVERS to run it)"
+                )
                 continue
             for i in range(trials):
                 if scenario in BROKER_SCENARIOS:
@@ -61,8 +63,15 @@ def run_faults(
                     result = _broker_trial(scenario, tmp / f"kafka-3-{scenario}-{guarantee}-{i}", guarantee, seed + i, common)
                 else:
                     target = bootstrap or local.up(single_dir, port=0, nodes=1)[0].bootstrap
-                    result = run_trial(scenario, SCENARIOS[scenario], guarantee, seed + i, bootstrap=target,
-                                       delete_topics=bootstrap is not None, **common)
+                    result = run_trial(
+                        scenario,
+                        SCENARIOS[scenario],
+                        guarantee,
+                        seed + i,
+                        bootstrap=target,
+                        delete_topics=bootstrap is not None,
+                        **common,
+                    )
                 results.append(result)
                 on_result(result)
     finally:
@@ -78,7 +87,15 @@ def _broker_trial(scenario: str, cluster_dir: Path, guarantee: str | None, seed:
     except KafkaSetupError as err:
         return TrialResult(scenario, guarantee, seed, error=f"3-node cluster did not start: {str(err).splitlines()[0]}")
     try:
-        return run_trial(scenario, SCENARIOS[scenario], guarantee, seed, bootstrap=cluster.bootstrap,
-                         replication=BROKER_KILL_NODES, cluster_dir=cluster_dir, **common)
+        return run_trial(
+            scenario,
+            SCENARIOS[scenario],
+            guarantee,
+            seed,
+            bootstrap=cluster.bootstrap,
+            replication=BROKER_KILL_NODES,
+            cluster_dir=cluster_dir,
+            **common,
+        )
     finally:
         local.down(cluster_dir, wipe=True, timeout=15)

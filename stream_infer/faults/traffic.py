@@ -83,14 +83,16 @@ class Feeder:
             self.error = err
 
     def _feed(self) -> None:
-        producer = Producer({
-            "bootstrap.servers": self.bootstrap,
-            "acks": "all",
-            "enable.idempotence": True,
-            "linger.ms": 5,
-            "delivery.timeout.ms": DELIVERY_TIMEOUT_MS,
-            "logger": _client_log,
-        })
+        producer = Producer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "acks": "all",
+                "enable.idempotence": True,
+                "linger.ms": 5,
+                "delivery.timeout.ms": DELIVERY_TIMEOUT_MS,
+                "logger": _client_log,
+            }
+        )
         total = int(self.rate * self.duration)
         started = time.monotonic()
         self.started_at = time.time()
@@ -148,8 +150,9 @@ class PredictionWatcher:
             self._record_alert(body)
             return
         source = body["source"]
-        obs = Observation(source["partition"], source["offset"], body["outputs"][self.score_name], time.time(),
-                          source["timestamp_ms"])
+        obs = Observation(
+            source["partition"], source["offset"], body["outputs"][self.score_name], time.time(), source["timestamp_ms"]
+        )
         with self._lock:
             self.observations.append(obs)
             self._seen.add((obs.partition, obs.offset))

@@ -27,8 +27,16 @@ SUPERVISE_EVERY_S = 0.5
 
 
 class WorkerPool:
-    def __init__(self, config: Path, bootstrap: str, directory: Path, instance_prefix: str | None, *,
-                 on_event: Callable[[str], object], stop_timeout: float) -> None:
+    def __init__(
+        self,
+        config: Path,
+        bootstrap: str,
+        directory: Path,
+        instance_prefix: str | None,
+        *,
+        on_event: Callable[[str], object],
+        stop_timeout: float,
+    ) -> None:
         self.config = config
         self.bootstrap = bootstrap
         self.directory = directory
@@ -104,8 +112,7 @@ class WorkerPool:
                     code = worker.proc.poll()
                     if code is None:
                         continue
-                    log.warning("worker %s exited with status %s: restarting it; log tail:\n%s", name, code,
-                                worker.log_tail(15))
+                    log.warning("worker %s exited with status %s: restarting it; log tail:\n%s", name, code, worker.log_tail(15))
                     self.exits.append(WorkerExit(name, code, None, "exited"))
                     self.on_event(f"worker {name} exited with status {code}: restarted")
                     self._workers[name] = self._spawn(name)

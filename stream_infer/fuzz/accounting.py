@@ -60,8 +60,9 @@ def expect_dead_letter(kind: str, reason: str, hostile: Hostile, *, max_message_
     return Expectation(kind, reason, _digest(key), key_bytes, _digest(value), value_bytes, renamed, len(hostile.headers))
 
 
-def dead_letter_problems(expected: Expectation, key: bytes | None, value: bytes | None, headers: HeaderList,
-                         source: tuple[str, int, int] | None = None) -> list[str]:
+def dead_letter_problems(
+    expected: Expectation, key: bytes | None, value: bytes | None, headers: HeaderList, source: tuple[str, int, int] | None = None
+) -> list[str]:
     """What is wrong with a dead letter (key, value, headers in order) for `expected`; empty if
     nothing. `source`: the input's (topic, partition, offset), checked when given."""
     problems: list[str] = []

@@ -202,16 +202,20 @@ class FuzzResult:
         """Lines after the summary: dead letters per reason, keys-mode detail, violations."""
         lines = ["dead letters by reason: " + ", ".join(f"{r}={n}" for r, n in sorted(self.by_reason.items()))]
         if b := self.burst:
-            lines.append(f"burst mode: {b.records} poison values of {POISON_VALUE_BYTES:,} bytes (lz4 on the wire), "
-                         f"{b.dead_letters} dead letters, {b.predicted} predictions in {b.seconds:.0f} s, peak RSS "
-                         f"{b.peak_rss_mb:.0f} MB, stop status {b.stop_status}" + (f", error: {b.error}" if b.error else ""))
+            lines.append(
+                f"burst mode: {b.records} poison values of {POISON_VALUE_BYTES:,} bytes (lz4 on the wire), "
+                f"{b.dead_letters} dead letters, {b.predicted} predictions in {b.seconds:.0f} s, peak RSS "
+                f"{b.peak_rss_mb:.0f} MB, stop status {b.stop_status}" + (f", error: {b.error}" if b.error else "")
+            )
         for k in self.keys:
             bound = f"max_keys={k.max_keys}" if k.max_keys else "unbounded"
             held = "?" if k.state_keys is None else f"{k.state_keys:.0f}"
             evicted = "?" if k.evictions is None else f"{k.evictions:.0f}"
-            lines.append(f"keys mode ({bound}): {k.keys} engine ids, {k.predicted} predicted, {k.dead_letters} dead letters "
-                         f"in {k.seconds:.0f} s, peak RSS {k.peak_rss_mb:.0f} MB, keys held at the end {held}, "
-                         f"evicted {evicted}, stop status {k.stop_status}" + (f", error: {k.error}" if k.error else ""))
+            lines.append(
+                f"keys mode ({bound}): {k.keys} engine ids, {k.predicted} predicted, {k.dead_letters} dead letters "
+                f"in {k.seconds:.0f} s, peak RSS {k.peak_rss_mb:.0f} MB, keys held at the end {held}, "
+                f"evicted {evicted}, stop status {k.stop_status}" + (f", error: {k.error}" if k.error else "")
+            )
         if self.error:
             lines.append(f"error: {self.error}")
         for check, examples in self.violations.items():
@@ -410,11 +414,17 @@ class _Feeder:
     def __init__(self, bootstrap: str, config: Config, partitions: int) -> None:
         self.pipelines = {p.name: p for p in config.pipelines}
         self.partitions = partitions
-        self.producer = Producer({
-            "bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5,
-            "message.max.bytes": FEEDER_MESSAGE_MAX_BYTES, "compression.type": "none",
-            "logger": _client_log,
-        })
+        self.producer = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "acks": "all",
+                "enable.idempotence": True,
+                "linger.ms": 5,
+                "message.max.bytes": FEEDER_MESSAGE_MAX_BYTES,
+                "compression.type": "none",
+                "logger": _client_log,
+            }
+        )
         self.streams = {name: _Peekable(valid_events(name)) for name in self.pipelines}
         self.last: dict[str, tuple[bytes, bytes]] = {name: s.peek() for name, s in self.streams.items()}
         self.previous_key: dict[str, bytes] = {}
@@ -436,13 +446,13 @@ class _Feeder:
             return first if first != key else second
         return other
 
-    def _produce(self, sent: Sent, topic: str, key: bytes | None, value: bytes | None, partition: int,
-                 headers: Headers) -> None:
+    def _produce(self, sent: Sent, topic: str, key: bytes | None, value: bytes | None, partition: int, headers: Headers) -> None:
         self.sent.append(sent)
         while True:
             try:
-                self.producer.produce(topic, value, key, partition=partition, headers=list(headers) or None,
-                                      on_delivery=partial(_delivered, sent))
+                self.producer.produce(
+                    topic, value, key, partition=partition, headers=list(headers) or None, on_delivery=partial(_delivered, sent)
+                )
                 return
             except BufferError:
                 self.producer.poll(0.05)
@@ -455,8 +465,14 @@ class _Feeder:
         self.previous_key[name] = self.last[name][0]
         self.last[name] = (key, value)
         config = self.pipelines[name]
-        self._produce(Sent(name, None, canary_of), config.input_topic, key, value,
-                      self.partition_of(key) if partition is None else partition, ())
+        self._produce(
+            Sent(name, None, canary_of),
+            config.input_topic,
+            key,
+            value,
+            self.partition_of(key) if partition is None else partition,
+            (),
+        )
 
     def hostile(self, name: str, kind: Kind) -> None:
         config = self.pipelines[name]
@@ -465,16 +481,18 @@ class _Feeder:
         key, value = self.last[name]
         base = Base(name, key, value, self._other_key(name, key), config.max_message_bytes, config.max_key_bytes)
         record = build(kind, base)
-        expected = expect_dead_letter(kind.name, kind.reasons[name], record,
-                                      max_message_bytes=config.max_message_bytes, max_key_bytes=config.max_key_bytes)
+        expected = expect_dead_letter(
+            kind.name, kind.reasons[name], record, max_message_bytes=config.max_message_bytes, max_key_bytes=config.max_key_bytes
+        )
         if kind.poison:
             # The canary is the next valid event; the poison goes to its partition, just before it.
             partition = self.partition_of(self.streams[name].peek()[0])
             self._produce(Sent(name, expected), config.input_topic, record.key, record.value, partition, record.headers)
             self.valid(name, canary_of=kind.name, partition=partition)
         else:
-            self._produce(Sent(name, expected), config.input_topic, record.key, record.value,
-                          self.partition_of(record.key), record.headers)
+            self._produce(
+                Sent(name, expected), config.input_topic, record.key, record.value, self.partition_of(record.key), record.headers
+            )
 
     def header_name_probe(self, name: str, bootstrap: str) -> None:
         """The next valid event, with a header whose name is not UTF-8, through kcat; its offset
@@ -486,8 +504,13 @@ class _Feeder:
             raise RuntimeError("the feeder could not flush before the header-name probe")
         key, value = self.streams[name].take()  # not a base for hostile records: it may get no output
         topic, partition = self.pipelines[name].input_topic, self.partition_of(key)
-        subprocess.run([kcat, "-b", bootstrap, "-P", "-t", topic, "-p", str(partition), "-k", key, "-H", HEADER_NAME_PROBE],
-                       input=value, check=True, timeout=30, capture_output=True)
+        subprocess.run(
+            [kcat, "-b", bootstrap, "-P", "-t", topic, "-p", str(partition), "-k", key, "-H", HEADER_NAME_PROBE],
+            input=value,
+            check=True,
+            timeout=30,
+            capture_output=True,
+        )
         watcher = Consumer({"bootstrap.servers": bootstrap, "group.id": "stream-infer-fuzz-watch", "logger": _client_log})
         try:
             offset = watcher.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[1] - 1
@@ -578,12 +601,14 @@ class _Outputs:
             self.dead.setdefault(ident, []).append(reason)
             sent = self.inputs.get(ident)
             if sent is not None and sent.expected is not None:
-                problems = dead_letter_problems(sent.expected, record.key, record.value, headers,
-                                                (self.input_topic[pipeline], ident[1], ident[2]))
+                problems = dead_letter_problems(
+                    sent.expected, record.key, record.value, headers, (self.input_topic[pipeline], ident[1], ident[2])
+                )
                 if problems and reason == sent.expected.reason:
                     self.result.dlq_problems += 1
-                    self.result.violation("dlq_problems", f"{sent.expected.kind} on {pipeline} "
-                                          f"p{ident[1]}@{ident[2]}: {'; '.join(problems)}")
+                    self.result.violation(
+                        "dlq_problems", f"{sent.expected.kind} on {pipeline} p{ident[1]}@{ident[2]}: {'; '.join(problems)}"
+                    )
         self.waiting.discard(ident)
 
 
@@ -635,9 +660,11 @@ def _hostile_phase(settings: FuzzSettings, bootstrap: str, result: FuzzResult, e
     try:
         worker.wait_ready()
         plan = _plan(settings, rng)
-        echo(f"fuzz: {settings.hostile:,} hostile and {settings.valid_count:,} valid records on "
-             f"{', '.join(PIPELINES)} ({len(kinds_for('engines'))} and {len(kinds_for('machines'))} kinds), "
-             f"worker log {worker.log_path}")
+        echo(
+            f"fuzz: {settings.hostile:,} hostile and {settings.valid_count:,} valid records on "
+            f"{', '.join(PIPELINES)} ({len(kinds_for('engines'))} and {len(kinds_for('machines'))} kinds), "
+            f"worker log {worker.log_path}"
+        )
         feeder = _Feeder(bootstrap, config, settings.partitions)
         if settings.header_names:
             for name in PIPELINES:
@@ -669,8 +696,9 @@ def _hostile_phase(settings: FuzzSettings, bootstrap: str, result: FuzzResult, e
         status = worker.stop()
     if not running:
         result.exits += 1
-        result.violation("worker_exited", f"the worker exited with status {status} during the run; log tail:\n"
-                         + worker.log_tail(20))
+        result.violation(
+            "worker_exited", f"the worker exited with status {status} during the run; log tail:\n" + worker.log_tail(20)
+        )
     else:
         result.stop_status = status
         if status != 0:
@@ -738,7 +766,7 @@ def _engine_events(n: int) -> Iterator[tuple[bytes, bytes]]:
     head = b'{"schema_version":1,"unit":' + key + b","
     if not value.startswith(head):
         raise RuntimeError(f"unexpected layout of the first engines event: {value[:60]!r}")
-    tail = value[len(head) - 1:]
+    tail = value[len(head) - 1 :]
     for unit in range(1, n + 1):
         text = str(unit).encode()
         yield text, b'{"schema_version":1,"unit":' + text + tail
@@ -760,8 +788,17 @@ def burst_phase(settings: FuzzSettings, bootstrap: str) -> BurstResult:
     _create_topics(bootstrap, config, settings.partitions)
     kind = next(k for k in all_kinds() if k.name == "poison_value_1mb")
     record = build(kind, first_base("engines", max_message_bytes=engines.max_message_bytes, max_key_bytes=engines.max_key_bytes))
-    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 20,
-                         "compression.type": "lz4", "message.max.bytes": FEEDER_MESSAGE_MAX_BYTES, "logger": _client_log})
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": 20,
+            "compression.type": "lz4",
+            "message.max.bytes": FEEDER_MESSAGE_MAX_BYTES,
+            "logger": _client_log,
+        }
+    )
     for i in range(settings.poison_burst):
         while True:
             try:
@@ -777,8 +814,17 @@ def burst_phase(settings: FuzzSettings, bootstrap: str) -> BurstResult:
     try:
         worker.wait_ready()
         started = time.monotonic()
-        _drain(out, worker, watcher, engines, settings.partitions, settings.poison_burst,
-               started, started + settings.drain_timeout_s, every=0.2)
+        _drain(
+            out,
+            worker,
+            watcher,
+            engines,
+            settings.partitions,
+            settings.poison_burst,
+            started,
+            started + settings.drain_timeout_s,
+            every=0.2,
+        )
     except Exception as err:
         out.error = _first_line(err)
     finally:
@@ -796,8 +842,9 @@ def _check_burst(burst: BurstResult, result: FuzzResult) -> None:
     elif burst.stop_status != 0:
         result.violation("stop_status", f"burst mode: the worker stopped with status {burst.stop_status}")
     if burst.dead_letters != burst.records or burst.predicted:
-        result.violation("burst_mode", f"{burst.records} poison values, {burst.dead_letters} dead letters, "
-                         f"{burst.predicted} predictions")
+        result.violation(
+            "burst_mode", f"{burst.records} poison values, {burst.dead_letters} dead letters, {burst.predicted} predictions"
+        )
 
 
 def keys_phase(settings: FuzzSettings, bootstrap: str, max_keys: int) -> KeysResult:
@@ -818,12 +865,20 @@ def keys_phase(settings: FuzzSettings, bootstrap: str, max_keys: int) -> KeysRes
     try:
         worker.wait_ready()
         started = time.monotonic()
-        producer = Producer({
-            "bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 50,
-            "batch.size": 1_000_000, "compression.type": "lz4", "queue.buffering.max.messages": 200_000,
-            "delivery.report.only.error": True, "logger": _client_log,
-            "on_delivery": lambda err, msg: failures.append(err.str()) if err is not None else None,
-        })
+        producer = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "acks": "all",
+                "enable.idempotence": True,
+                "linger.ms": 50,
+                "batch.size": 1_000_000,
+                "compression.type": "lz4",
+                "queue.buffering.max.messages": 200_000,
+                "delivery.report.only.error": True,
+                "logger": _client_log,
+                "on_delivery": lambda err, msg: failures.append(err.str()) if err is not None else None,
+            }
+        )
         produce = producer.produce
         for key, value in _engine_events(settings.keys):
             while True:
@@ -836,8 +891,17 @@ def keys_phase(settings: FuzzSettings, bootstrap: str, max_keys: int) -> KeysRes
             raise RuntimeError("keys mode: the broker did not acknowledge every input within 120 s")
         if failures:
             raise RuntimeError(f"keys mode: {len(failures)} input(s) not delivered, first: {failures[0]}")
-        _drain(out, worker, watcher, engines, settings.partitions, settings.keys,
-               started, time.monotonic() + settings.drain_timeout_s + settings.keys / 2000, every=0.5)
+        _drain(
+            out,
+            worker,
+            watcher,
+            engines,
+            settings.partitions,
+            settings.keys,
+            started,
+            time.monotonic() + settings.drain_timeout_s + settings.keys / 2000,
+            every=0.5,
+        )
         if not out.exited:
             text = worker.metrics_text()
             out.state_keys = _metric(text, 'stream_infer_state_keys{pipeline="engines"}')
@@ -870,12 +934,23 @@ def _check_keys(keys: KeysResult, result: FuzzResult) -> None:
     if keys.max_keys and keys.state_keys is not None and keys.state_keys > keys.max_keys + keys.batch_slack:
         result.violation("state_over_max_keys", f"{bound}: the worker holds {keys.state_keys:.0f} keys at the end")
     if keys.predicted != keys.keys or keys.dead_letters:
-        result.violation("keys_mode", f"{bound}: {keys.keys} valid events, {keys.predicted} predictions, "
-                         f"{keys.dead_letters} dead letters")
+        result.violation(
+            "keys_mode", f"{bound}: {keys.keys} valid events, {keys.predicted} predictions, {keys.dead_letters} dead letters"
+        )
 
 
-def _drain(out: BurstResult | KeysResult, worker: WorkerProcess, watcher: Consumer, engines: PipelineConfig,
-           partitions: int, expected: int, started: float, deadline: float, *, every: float) -> None:
+def _drain(
+    out: BurstResult | KeysResult,
+    worker: WorkerProcess,
+    watcher: Consumer,
+    engines: PipelineConfig,
+    partitions: int,
+    expected: int,
+    started: float,
+    deadline: float,
+    *,
+    every: float,
+) -> None:
     """Wait until the engines pipeline has `expected` outputs (predictions and dead letters), the
     deadline passes or the worker exits; then fill in `out`'s counts, seconds since `started`,
     whether the worker exited, and its peak RSS."""

@@ -49,37 +49,87 @@ def worker_grants(config: Config) -> list[Grant]:
     group = config.kafka.group_id
     grants: list[Grant] = []
     for pc in config.pipelines:
-        grants.append(Grant("topic", pc.input_topic, "literal", ("READ", "DESCRIBE"),
-                            f"pipeline {pc.name}: consume the input, read its partition count and end offsets (lag)"))
-    grants.append(Grant("group", group, "literal", ("READ", "DESCRIBE"),
-                        "join the consumer group, commit offsets (inside checkpoint transactions), read them back for lag"))
+        grants.append(
+            Grant(
+                "topic",
+                pc.input_topic,
+                "literal",
+                ("READ", "DESCRIBE"),
+                f"pipeline {pc.name}: consume the input, read its partition count and end offsets (lag)",
+            )
+        )
+    grants.append(
+        Grant(
+            "group",
+            group,
+            "literal",
+            ("READ", "DESCRIBE"),
+            "join the consumer group, commit offsets (inside checkpoint transactions), read them back for lag",
+        )
+    )
     # The state restore (`<group>-<pipeline>-state-restore`) and lag probe (`<group>-lag-probe`)
     # consumers read assigned partitions and never join, but the client looks up their group's
     # coordinator, which needs DESCRIBE.
-    grants.append(Grant("group", f"{group}-", "prefixed", ("DESCRIBE",),
-                        "the state-restore and lag-probe consumers (assigned partitions, no membership) find their coordinator"))
+    grants.append(
+        Grant(
+            "group",
+            f"{group}-",
+            "prefixed",
+            ("DESCRIBE",),
+            "the state-restore and lag-probe consumers (assigned partitions, no membership) find their coordinator",
+        )
+    )
     for pc in config.pipelines:
         outputs = [t for t in (pc.topics.predictions, pc.topics.alerts, pc.topics.dead_letters, pc.topics.review) if t]
         if pc.staleness.max_event_age_ms:
             outputs.append(pc.skipped_topic)
         for topic in outputs:
-            grants.append(Grant("topic", topic, "literal", ("WRITE", "DESCRIBE", "CREATE"),
-                                f"pipeline {pc.name}: write outputs; the worker creates the topic when it is missing"))
+            grants.append(
+                Grant(
+                    "topic",
+                    topic,
+                    "literal",
+                    ("WRITE", "DESCRIBE", "CREATE"),
+                    f"pipeline {pc.name}: write outputs; the worker creates the topic when it is missing",
+                )
+            )
         # Every pipeline has a checkpoint transaction; a stateful one also a state changelog.
         if pc.stateful:
-            grants.append(Grant("topic", changelog_topic(group, pc.name), "literal", ("READ", "WRITE", "DESCRIBE", "CREATE"),
-                                f"pipeline {pc.name}: write state snapshots, restore them after a rebalance, create the changelog"))
-        grants.append(Grant("transactional_id", f"{group}-{pc.name}-", "prefixed", ("WRITE", "DESCRIBE"),
-                            f"pipeline {pc.name}: checkpoint transactions (outputs, state and offsets commit together)"))
+            grants.append(
+                Grant(
+                    "topic",
+                    changelog_topic(group, pc.name),
+                    "literal",
+                    ("READ", "WRITE", "DESCRIBE", "CREATE"),
+                    f"pipeline {pc.name}: write state snapshots, restore them after a rebalance, create the changelog",
+                )
+            )
+        grants.append(
+            Grant(
+                "transactional_id",
+                f"{group}-{pc.name}-",
+                "prefixed",
+                ("WRITE", "DESCRIBE"),
+                f"pipeline {pc.name}: checkpoint transactions (outputs, state and offsets commit together)",
+            )
+        )
     return grants
 
 
 def bindings(grants: list[Grant], principal: str, host: str = "*") -> list[AclBinding]:
     """The grants as ALLOW bindings for `principal` (e.g. ``User:svc``) from `host`."""
     return [
-        AclBinding(_RESOURCE_TYPES[g.resource_type], g.name, _PATTERNS[g.pattern], principal, host,
-                   AclOperation[op], AclPermissionType.ALLOW)
-        for g in grants for op in g.operations
+        AclBinding(
+            _RESOURCE_TYPES[g.resource_type],
+            g.name,
+            _PATTERNS[g.pattern],
+            principal,
+            host,
+            AclOperation[op],
+            AclPermissionType.ALLOW,
+        )
+        for g in grants
+        for op in g.operations
     ]
 
 
@@ -97,8 +147,10 @@ def apply(admin: AdminClient, acl_bindings: list[AclBinding], timeout: float = 3
 
 def delete(admin: AdminClient, acl_bindings: list[AclBinding], timeout: float = 30.0) -> int:
     """Delete exactly these bindings; returns how many existed."""
-    filters = [AclBindingFilter(b.restype, b.name, b.resource_pattern_type, b.principal, b.host, b.operation, b.permission_type)
-               for b in acl_bindings]
+    filters = [
+        AclBindingFilter(b.restype, b.name, b.resource_pattern_type, b.principal, b.host, b.operation, b.permission_type)
+        for b in acl_bindings
+    ]
     if not filters:
         return 0
     deleted = 0
@@ -112,8 +164,10 @@ def delete(admin: AdminClient, acl_bindings: list[AclBinding], timeout: float = 
 
 def describe(binding: AclBinding | AclBindingFilter) -> str:
     pattern = "prefix " if binding.resource_pattern_type == ResourcePatternType.PREFIXED else ""
-    return (f"{binding.permission_type.name} {binding.principal} {binding.operation.name} on "
-            f"{binding.restype.name.lower()} {pattern}{binding.name!r}")
+    return (
+        f"{binding.permission_type.name} {binding.principal} {binding.operation.name} on "
+        f"{binding.restype.name.lower()} {pattern}{binding.name!r}"
+    )
 
 
 def table(grants: list[Grant]) -> str:
@@ -123,7 +177,9 @@ def table(grants: list[Grant]) -> str:
     return "\n".join(rows)
 
 
-def kafka_acls_commands(grants: list[Grant], principal: str, bootstrap: str, command_config: str = "admin.properties") -> list[str]:
+def kafka_acls_commands(
+    grants: list[Grant], principal: str, bootstrap: str, command_config: str = "admin.properties"
+) -> list[str]:
     """The same grants as Apache Kafka's own `kafka-acls.sh` command lines, for operators who apply
     ACLs with the Kafka tools."""
     flag = {"topic": "--topic", "group": "--group", "transactional_id": "--transactional-id"}
@@ -131,6 +187,8 @@ def kafka_acls_commands(grants: list[Grant], principal: str, bootstrap: str, com
     for g in grants:
         ops = " ".join(f"--operation {op.title()}" for op in g.operations)
         pattern = " --resource-pattern-type prefixed" if g.pattern == "prefixed" else ""
-        lines.append(f"kafka-acls.sh --bootstrap-server {bootstrap} --command-config {command_config} --add "
-                     f"--allow-principal {principal} {ops} {flag[g.resource_type]} {g.name}{pattern}")
+        lines.append(
+            f"kafka-acls.sh --bootstrap-server {bootstrap} --command-config {command_config} --add "
+            f"--allow-principal {principal} {ops} {flag[g.resource_type]} {g.name}{pattern}"
+        )
     return lines

@@ -131,16 +131,16 @@ def group_lag(
     wanted = topic_partitions(bootstrap, topics, timeout, admin=admin) if topics else None
     request = ConsumerGroupTopicPartitions(group, wanted) if wanted else ConsumerGroupTopicPartitions(group)
     committed_result = admin.list_consumer_group_offsets([request], request_timeout=timeout)[group].result(timeout)
-    committed = {
-        (tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else None) for tp in committed_result.topic_partitions
-    }
+    committed = {(tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else None) for tp in committed_result.topic_partitions}
     partitions = wanted or [TopicPartition(t, p) for t, p in committed]
     if not partitions:
         return []
     ends = admin.list_offsets({tp: OffsetSpec.latest() for tp in partitions}, request_timeout=timeout)
     result = []
     for tp, future in ends.items():
-        result.append(PartitionLag(tp.topic, tp.partition, committed.get((tp.topic, tp.partition)), future.result(timeout).offset))
+        result.append(
+            PartitionLag(tp.topic, tp.partition, committed.get((tp.topic, tp.partition)), future.result(timeout).offset)
+        )
     return sorted(result, key=lambda p: (p.topic, p.partition))
 
 
@@ -158,8 +158,11 @@ def probe_group(group: str) -> str:
 
 
 def record_timestamps(
-    bootstrap: KafkaConnection | str, offsets: Mapping[tuple[str, int], int], timeout: float = 3.0,
-    *, group: str = "stream-infer",
+    bootstrap: KafkaConnection | str,
+    offsets: Mapping[tuple[str, int], int],
+    timeout: float = 3.0,
+    *,
+    group: str = "stream-infer",
 ) -> dict[tuple[str, int], float]:
     """Timestamp (epoch seconds) of the record at each (topic, partition) -> offset.
 
@@ -172,14 +175,18 @@ def record_timestamps(
     """
     if not offsets:
         return {}
-    consumer = Consumer(as_connection(bootstrap).client_config(**{
-        "group.id": probe_group(group),
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "auto.offset.reset": "earliest",
-        "fetch.wait.max.ms": 50,
-        "logger": _client_log,
-    }))
+    consumer = Consumer(
+        as_connection(bootstrap).client_config(
+            **{
+                "group.id": probe_group(group),
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "fetch.wait.max.ms": 50,
+                "logger": _client_log,
+            }
+        )
+    )
     found: dict[tuple[str, int], float] = {}
     pending = set(offsets)
     try:

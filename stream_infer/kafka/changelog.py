@@ -39,7 +39,9 @@ def changelog_topic(group_id: str, pipeline: str) -> str:
     return f"{group_id}-{pipeline}-state"
 
 
-def ensure_changelog_topic(bootstrap: KafkaConnection | str, topic: str, partitions: int, replication: int, config: dict[str, str] | None = None) -> None:
+def ensure_changelog_topic(
+    bootstrap: KafkaConnection | str, topic: str, partitions: int, replication: int, config: dict[str, str] | None = None
+) -> None:
     """Create the compacted changelog with the input's partition count; refuse a mismatched one."""
     create_topics(
         bootstrap,
@@ -100,8 +102,12 @@ class Changelog:
                 admin.append(admin_client(self.connection))
             try:
                 return {
-                    level: {tp.partition: f.result().offset for tp, f in admin[0].list_offsets(
-                        {tp: OffsetSpec.latest() for tp in tps}, isolation_level=level, request_timeout=10).items()}
+                    level: {
+                        tp.partition: f.result().offset
+                        for tp, f in admin[0]
+                        .list_offsets({tp: OffsetSpec.latest() for tp in tps}, isolation_level=level, request_timeout=10)
+                        .items()
+                    }
                     for level in (IsolationLevel.READ_UNCOMMITTED, IsolationLevel.READ_COMMITTED)
                 }
             except KafkaException:
@@ -110,7 +116,9 @@ class Changelog:
 
         waited = False
         while True:
-            ends = retry_kafka(end_offsets, timeout=max(1.0, deadline - time.monotonic()), what=f"reading the end offsets of {self.topic}")
+            ends = retry_kafka(
+                end_offsets, timeout=max(1.0, deadline - time.monotonic()), what=f"reading the end offsets of {self.topic}"
+            )
             open_ = [p for p in partitions if ends[IsolationLevel.READ_COMMITTED][p] < ends[IsolationLevel.READ_UNCOMMITTED][p]]
             if not open_:
                 if waited:
@@ -122,8 +130,10 @@ class Changelog:
                     "a producer other than this worker's is writing there (is a second deployment using the same kafka.group_id?)"
                 )
             if not waited:
-                log.info("waiting for a previous owner's open checkpoint transaction to end",
-                         extra={"topic": self.topic, "partitions": open_})
+                log.info(
+                    "waiting for a previous owner's open checkpoint transaction to end",
+                    extra={"topic": self.topic, "partitions": open_},
+                )
                 waited = True
             time.sleep(0.2)
 
@@ -176,4 +186,3 @@ class Changelog:
         finally:
             consumer.close()
         return {p: (result[p][0], checkpoints[p]) for p in partitions}
-

@@ -164,8 +164,12 @@ class KafkaConnection:
     def describe(self) -> dict[str, object]:
         """The connection for humans and `--check` output: secrets replaced by ``***``."""
         settings = {k: (REDACTED if is_secret(k) else v) for k, v in sorted(self.settings.items())}
-        return {"bootstrap_servers": self.bootstrap, "security_protocol": self.security_protocol,
-                "settings": settings, "source": self.source or "defaults"}
+        return {
+            "bootstrap_servers": self.bootstrap,
+            "security_protocol": self.security_protocol,
+            "settings": settings,
+            "source": self.source or "defaults",
+        }
 
     def __str__(self) -> str:
         return self.bootstrap

@@ -107,43 +107,43 @@ class BatchConsumer:
     ) -> None:
         self.topic = topic
         config = {
-                **as_connection(bootstrap).client_config(),
-                "group.id": group_id,
-                # Offsets are committed by the pipeline, only after outputs (and state) are safe.
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "auto.offset.reset": "earliest",
-                "session.timeout.ms": session_timeout_ms,
-                # librdkafka ends the session on its own side once no heartbeat has succeeded for
-                # session.timeout.ms, even while the coordinator is merely failing over; it then
-                # rejoins under a new member id and the group waits for the old id to expire
-                # (another session timeout). Heartbeating every second keeps the last success
-                # at most 1 s old, so a failover shorter than session timeout - 1 s costs no
-                # rebalance.
-                "heartbeat.interval.ms": min(1000, session_timeout_ms // 3),
-                # Bounded memory: librdkafka stops fetching once this much waits unconsumed.
-                "queued.max.messages.kbytes": max_prefetch_kbytes,
-                "fetch.wait.max.ms": 20,
-                # Once the prefetch queue is full, librdkafka re-checks it only after this long
-                # (default 1 s): at ~30k events/s the worker empties 16 MB in less, and after a
-                # backpressure pause (which drops the prefetch) fetching must restart at once.
-                "fetch.queue.backoff.ms": 20,
-                # One fetch response may overshoot the queue bound by up to this much (default
-                # 50 MB, lz4-compressed on the wire): keep the overshoot small.
-                "fetch.max.bytes": 4 * 1024 * 1024,
-                # Incremental rebalancing: a worker joining or leaving moves only the partitions
-                # that change owner; every other partition keeps being processed, and its state
-                # stays in memory (no stop-the-world revoke of everything, as with the eager
-                # assignors). Sticky: a restarted worker tends to get its partitions back.
-                # KIP-848's `group.protocol=consumer` would also drop the group-wide sync barrier,
-                # but transactional offset commits are fenced here by the classic generation,
-                # which cooperative-sticky keeps; see docs (guarantees).
-                "partition.assignment.strategy": "cooperative-sticky",
-                # Offsets are committed inside checkpoint transactions (KIP-447); reading them
-                # back must wait for a commit still in flight, which read_committed does
-                # (OffsetFetch with require_stable).
-                "isolation.level": "read_committed",
-                "logger": _client_log,
+            **as_connection(bootstrap).client_config(),
+            "group.id": group_id,
+            # Offsets are committed by the pipeline, only after outputs (and state) are safe.
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": session_timeout_ms,
+            # librdkafka ends the session on its own side once no heartbeat has succeeded for
+            # session.timeout.ms, even while the coordinator is merely failing over; it then
+            # rejoins under a new member id and the group waits for the old id to expire
+            # (another session timeout). Heartbeating every second keeps the last success
+            # at most 1 s old, so a failover shorter than session timeout - 1 s costs no
+            # rebalance.
+            "heartbeat.interval.ms": min(1000, session_timeout_ms // 3),
+            # Bounded memory: librdkafka stops fetching once this much waits unconsumed.
+            "queued.max.messages.kbytes": max_prefetch_kbytes,
+            "fetch.wait.max.ms": 20,
+            # Once the prefetch queue is full, librdkafka re-checks it only after this long
+            # (default 1 s): at ~30k events/s the worker empties 16 MB in less, and after a
+            # backpressure pause (which drops the prefetch) fetching must restart at once.
+            "fetch.queue.backoff.ms": 20,
+            # One fetch response may overshoot the queue bound by up to this much (default
+            # 50 MB, lz4-compressed on the wire): keep the overshoot small.
+            "fetch.max.bytes": 4 * 1024 * 1024,
+            # Incremental rebalancing: a worker joining or leaving moves only the partitions
+            # that change owner; every other partition keeps being processed, and its state
+            # stays in memory (no stop-the-world revoke of everything, as with the eager
+            # assignors). Sticky: a restarted worker tends to get its partitions back.
+            # KIP-848's `group.protocol=consumer` would also drop the group-wide sync barrier,
+            # but transactional offset commits are fenced here by the classic generation,
+            # which cooperative-sticky keeps; see docs (guarantees).
+            "partition.assignment.strategy": "cooperative-sticky",
+            # Offsets are committed inside checkpoint transactions (KIP-447); reading them
+            # back must wait for a commit still in flight, which read_committed does
+            # (OffsetFetch with require_stable).
+            "isolation.level": "read_committed",
+            "logger": _client_log,
         }
         config.update(extra or {})
         self._consumer = Consumer(config)
@@ -208,8 +208,16 @@ class BatchConsumer:
             if current.get(partition) == epochs.get(partition):
                 self._committed[partition] = offset
 
-    def next_batch(self, max_size: int, *, linger: float = 0.0, max_wait: float = 0.0, coalesce: float = 0.0,
-                   coalesce_events: int = 2, poll_timeout: float = 0.1) -> list[Message]:
+    def next_batch(
+        self,
+        max_size: int,
+        *,
+        linger: float = 0.0,
+        max_wait: float = 0.0,
+        coalesce: float = 0.0,
+        coalesce_events: int = 2,
+        poll_timeout: float = 0.1,
+    ) -> list[Message]:
         consume = self._consumer.consume
         batch = consume(max_size, timeout=0)
         if not batch:
@@ -235,14 +243,24 @@ class BatchConsumer:
         none) under a new epoch, so whatever was fetched under the old one is discarded.
         Exactly-once uses it after an aborted transaction. Returns the new epochs."""
         assigned = self._consumer.assignment()
-        committed = retry_kafka(lambda: self._consumer.committed(assigned, timeout=10), timeout=30,
-                                what="reading the committed offsets") if assigned else []
+        committed = (
+            retry_kafka(lambda: self._consumer.committed(assigned, timeout=10), timeout=30, what="reading the committed offsets")
+            if assigned
+            else []
+        )
         epochs = {}
         for tp in committed:
             epochs[tp.partition] = next(_epochs)
             self._committed.pop(tp.partition, None)
-            target = tp.offset if tp.offset >= 0 else retry_kafka(
-                lambda tp=tp: self._consumer.get_watermark_offsets(tp, timeout=10)[0], timeout=30, what="reading the log start")
+            target = (
+                tp.offset
+                if tp.offset >= 0
+                else retry_kafka(
+                    lambda tp=tp: self._consumer.get_watermark_offsets(tp, timeout=10)[0],
+                    timeout=30,
+                    what="reading the log start",
+                )
+            )
             self._consumer.seek(TopicPartition(tp.topic, tp.partition, target))
         self._set_ownership({**self._ownership.epochs, **epochs})
         return epochs
@@ -293,8 +311,13 @@ class BatchConsumer:
                 low, high = self._consumer.get_watermark_offsets(tp, timeout=timeout)
             position = positions.get(tp.partition, -1)
             out.append(
-                PartitionOffsets(tp.partition, high, commit if commit >= 0 else None,
-                                 position if position >= 0 else None, low if low >= 0 else None)
+                PartitionOffsets(
+                    tp.partition,
+                    high,
+                    commit if commit >= 0 else None,
+                    position if position >= 0 else None,
+                    low if low >= 0 else None,
+                )
             )
         return out
 
@@ -306,8 +329,7 @@ def records_from_messages(messages: list[Message]) -> list[InputRecord]:
     """The pipeline's client-free view of consumed messages (timestamps in ms). Headers that
     cannot be read (see :func:`_headers`) come as None; the message itself is kept."""
     return [
-        InputRecord(m.key(), m.value(), m.topic(), m.partition(), m.offset(), m.timestamp()[1], _headers(m))
-        for m in messages
+        InputRecord(m.key(), m.value(), m.topic(), m.partition(), m.offset(), m.timestamp()[1], _headers(m)) for m in messages
     ]
 
 

@@ -77,7 +77,11 @@ def ensure_jars(*, quiet: bool = False) -> Path:
         (tmp_path / "pom.xml").write_text(pom_text())
         out_dir = tmp_path / "jars"
         cmd = [
-            mvn, "-B", "-q", "-f", str(tmp_path / "pom.xml"),
+            mvn,
+            "-B",
+            "-q",
+            "-f",
+            str(tmp_path / "pom.xml"),
             "dependency:copy-dependencies",
             f"-DoutputDirectory={out_dir}",
             "-DincludeScope=runtime",

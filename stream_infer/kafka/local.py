@@ -281,9 +281,11 @@ def _format_storage(java: str, jars: Path, cluster: Cluster, extra_args: list[st
         if _is_formatted(node, cluster.state_dir):
             continue
         cmd = _java_base(java, jars, node_dir) + [
-            "kafka.tools.StorageTool", "format",
+            "kafka.tools.StorageTool",
+            "format",
             f"--cluster-id={cluster.cluster_id}",
-            "-c", str(node_dir / "server.properties"),
+            "-c",
+            str(node_dir / "server.properties"),
             "--ignore-formatted",
             *(extra_args or []),
         ]
@@ -418,8 +420,10 @@ def up(
     if previous and previous.secure != secure:
         raise _secure_mismatch(state_dir, previous.secure, running=False)
     # A restart keeps the cluster id (the data is formatted with it) and, when free, the ports.
-    reuse = previous and port in (0, previous.nodes[0].port) and all(
-        port_is_free(p) for n in previous.nodes for p in (n.port, n.controller_port, n.mtls_port) if p is not None
+    reuse = (
+        previous
+        and port in (0, previous.nodes[0].port)
+        and all(port_is_free(p) for n in previous.nodes for p in (n.port, n.controller_port, n.mtls_port) if p is not None)
     )
     if reuse:
         cluster = previous
@@ -443,12 +447,8 @@ def up(
     if secure:
         from stream_infer.kafka import local_security
 
-        security = local_security.ensure_material(
-            state_dir, formatted=any(_is_formatted(n, state_dir) for n in cluster.nodes)
-        )
-        local_security.write_client_properties(
-            security, bootstrap=cluster.bootstrap, mtls_bootstrap=cluster.mtls_bootstrap
-        )
+        security = local_security.ensure_material(state_dir, formatted=any(_is_formatted(n, state_dir) for n in cluster.nodes))
+        local_security.write_client_properties(security, bootstrap=cluster.bootstrap, mtls_bootstrap=cluster.mtls_bootstrap)
         format_args = local_security.scram_format_args(security)
     for node in cluster.nodes:
         node_dir = node.directory(state_dir)

@@ -160,9 +160,15 @@ def _leaf(
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=True, key_cert_sign=False, crl_sign=False,
-                encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=True,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -198,9 +204,15 @@ def _make_tls(material: Material) -> None:
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -215,9 +227,7 @@ def _make_tls(material: Material) -> None:
     svc_key, svc_cert = _leaf(SERVICE_USER, ca_key, ca_cert, [ExtendedKeyUsageOID.CLIENT_AUTH], now)
 
     def pkcs8(key: ec.EllipticCurvePrivateKey) -> bytes:
-        return key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
     final = material.tls_dir
     staging = final.with_name(TLS_DIR + ".new")
@@ -250,9 +260,7 @@ def _property_value(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n")
 
 
-def listener_properties(
-    material: Material, *, host: str, client_port: int, mtls_port: int, controller_port: int
-) -> list[str]:
+def listener_properties(material: Material, *, host: str, client_port: int, mtls_port: int, controller_port: int) -> list[str]:
     """server.properties lines for one secure node: listeners, TLS, SASL and the authorizer.
 
     CLIENT (SASL_SSL: SCRAM-SHA-512, SCRAM-SHA-256, PLAIN) on client_port; MTLS (SSL, client certificate required) on mtls_port,
@@ -266,8 +274,10 @@ def listener_properties(
     """
     jaas = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
     # PLAIN checks passwords against this list (the passwords are URL-safe base64: no quoting needed).
-    plain_jaas = (f'org.apache.kafka.common.security.plain.PlainLoginModule required user_{ADMIN_USER}="{material.admin_password}" '
-                  f'user_{SERVICE_USER}="{material.service_password}";')
+    plain_jaas = (
+        f'org.apache.kafka.common.security.plain.PlainLoginModule required user_{ADMIN_USER}="{material.admin_password}" '
+        f'user_{SERVICE_USER}="{material.service_password}";'
+    )
     return [
         f"listeners=CLIENT://{host}:{client_port},MTLS://{host}:{mtls_port},CONTROLLER://{host}:{controller_port}",
         f"advertised.listeners=CLIENT://{host}:{client_port},MTLS://{host}:{mtls_port}",
@@ -317,14 +327,24 @@ def write_client_properties(material: Material, *, bootstrap: str, mtls_bootstra
         }
 
     state_dir = material.state_dir
-    write_private(state_dir / CLIENT_PROPERTIES, _properties_text(
-        f"Service principal User:{SERVICE_USER} (PLAIN over TLS; {SCRAM_PROPERTIES} has it with {SCRAM_MECHANISM}).",
-        sasl("PLAIN", SERVICE_USER, material.service_password)))
-    write_private(state_dir / SCRAM_PROPERTIES, _properties_text(
-        f"Service principal User:{SERVICE_USER} ({SCRAM_MECHANISM} over TLS; needs librdkafka 2.6.1 or newer).",
-        sasl(SCRAM_MECHANISM, SERVICE_USER, material.service_password)))
-    write_private(state_dir / ADMIN_PROPERTIES, _properties_text(
-        f"Super user User:{ADMIN_USER} (PLAIN over TLS).", sasl("PLAIN", ADMIN_USER, material.admin_password)))
+    write_private(
+        state_dir / CLIENT_PROPERTIES,
+        _properties_text(
+            f"Service principal User:{SERVICE_USER} (PLAIN over TLS; {SCRAM_PROPERTIES} has it with {SCRAM_MECHANISM}).",
+            sasl("PLAIN", SERVICE_USER, material.service_password),
+        ),
+    )
+    write_private(
+        state_dir / SCRAM_PROPERTIES,
+        _properties_text(
+            f"Service principal User:{SERVICE_USER} ({SCRAM_MECHANISM} over TLS; needs librdkafka 2.6.1 or newer).",
+            sasl(SCRAM_MECHANISM, SERVICE_USER, material.service_password),
+        ),
+    )
+    write_private(
+        state_dir / ADMIN_PROPERTIES,
+        _properties_text(f"Super user User:{ADMIN_USER} (PLAIN over TLS).", sasl("PLAIN", ADMIN_USER, material.admin_password)),
+    )
     write_private(
         state_dir / MTLS_PROPERTIES,
         _properties_text(

@@ -56,8 +56,10 @@ def explain(error: KafkaError, connection: KafkaConnection) -> str:
     if code in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED):
         mechanism = connection.sasl_mechanism
         if mechanism is None:  # mTLS: the broker closed the connection after the handshake
-            return (f"TLS client authentication failed at {broker}: the broker did not accept the client certificate "
-                    "(check ssl.certificate.location, ssl.key.location and that the broker trusts its CA)")
+            return (
+                f"TLS client authentication failed at {broker}: the broker did not accept the client certificate "
+                "(check ssl.certificate.location, ssl.key.location and that the broker trusts its CA)"
+            )
         user = connection.sasl_username
         who = f" for user {user!r}" if user else ""
         if "invalid credentials" in text or "Authentication failed" in text:
@@ -70,19 +72,22 @@ def explain(error: KafkaError, connection: KafkaConnection) -> str:
     if code == KafkaError._SSL:
         lowered = text.lower()
         host = broker.rsplit(":", 1)[0]
-        mismatch = (f"TLS handshake with {broker} failed: the broker's certificate does not name {host!r}; "
-                    "connect by a name in its certificate (its subject alternative names)")
+        mismatch = (
+            f"TLS handshake with {broker} failed: the broker's certificate does not name {host!r}; "
+            "connect by a name in its certificate (its subject alternative names)"
+        )
         if "hostname mismatch" in lowered or "does not match" in lowered or "ip address mismatch" in lowered:
             return mismatch
         if "certificate verify failed" in lowered or "unable to get local issuer" in lowered or "self-signed" in lowered:
             # librdkafka says the same for an unknown CA and for a name the certificate lacks.
             if _certificate_names_other_host(broker, connection.settings.get("ssl.ca.location")):
                 return mismatch
-            return (f"TLS handshake with {broker} failed: the broker's certificate is not trusted; set ssl.ca.location "
-                    "to the CA that signed it")
+            return (
+                f"TLS handshake with {broker} failed: the broker's certificate is not trusted; set ssl.ca.location "
+                "to the CA that signed it"
+            )
         if "wrong version number" in lowered or "packet length too long" in lowered or "record layer failure" in lowered:
-            return (f"TLS handshake with {broker} failed: the listener does not speak TLS; check the port and "
-                    "security.protocol")
+            return f"TLS handshake with {broker} failed: the listener does not speak TLS; check the port and security.protocol"
         return f"TLS handshake with {broker} failed: {_tail(text)}"
     return f"{text}"
 
@@ -129,9 +134,15 @@ def connect(connection: KafkaConnection | str, timeout: float = 10.0) -> AdminCl
     try:
         admin = AdminClient(connection.client_config(error_cb=on_error, logger=_client_log, log_level=0))
     except KafkaException as err:  # a setting librdkafka refuses: unknown name, unreadable file
-        hint = "; check that each file named by an ssl.*.location setting exists and is PEM" if "location" in err.args[0].str() else ""
-        raise ConnectionFailure(f"the Kafka client settings{f' from {connection.source}' if connection.source else ''} "
-                                f"are not usable: {err.args[0].str()}{hint}") from None
+        hint = (
+            "; check that each file named by an ssl.*.location setting exists and is PEM"
+            if "location" in err.args[0].str()
+            else ""
+        )
+        raise ConnectionFailure(
+            f"the Kafka client settings{f' from {connection.source}' if connection.source else ''} "
+            f"are not usable: {err.args[0].str()}{hint}"
+        ) from None
     deadline = time.monotonic() + timeout
     last = ""
     while True:
@@ -183,8 +194,9 @@ def _check_access(admin: AdminClient, grants: Iterable[Grant], principal_hint: s
     grants = list(grants)
     topics = [g for g in grants if g.resource_type == "topic"]
     if topics:
-        futures = admin.describe_topics(TopicCollection([g.name for g in topics]), request_timeout=timeout,
-                                        include_authorized_operations=True)
+        futures = admin.describe_topics(
+            TopicCollection([g.name for g in topics]), request_timeout=timeout, include_authorized_operations=True
+        )
         for grant in topics:
             try:
                 description = futures[grant.name].result(timeout=timeout)
@@ -215,8 +227,12 @@ def _check_access(admin: AdminClient, grants: Iterable[Grant], principal_hint: s
 
 # Answers that mean "ask again": the group's coordinator is being found or loaded (the first
 # group on a new cluster also creates the offsets topic).
-_COORDINATOR_MOVING = (KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAILABLE,
-                       KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError._TIMED_OUT)
+_COORDINATOR_MOVING = (
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError._TIMED_OUT,
+)
 
 
 def _describe_group(admin: AdminClient, group: str, timeout: float) -> ConsumerGroupDescription:
@@ -247,4 +263,3 @@ def _require(grant: Grant, authorized: list[AclOperation] | None, who: str) -> N
             f"not authorized to {'/'.join(op.lower() for op in missing)} {kind} {grant.name!r}: grant "
             f"{', '.join(missing)}{who} on it (`stream-infer acls` lists every ACL the worker needs)"
         )
-

@@ -40,8 +40,9 @@ OnRejected = Callable[[int, OutMessage, str], "OutMessage | None"]
 
 # Errors produce() raises for one message (its size, its contents), never for the client's state:
 # a restart cannot fix them, so they must not stop the batch.
-_MESSAGE_ERRORS = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError._INVALID_ARG,
-                             KafkaError.INVALID_RECORD, KafkaError._BAD_MSG})
+_MESSAGE_ERRORS = frozenset(
+    {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError._INVALID_ARG, KafkaError.INVALID_RECORD, KafkaError._BAD_MSG}
+)
 
 
 def produce_all(producer: Producer, messages: Sequence[OutMessage], on_rejected: OnRejected | None = None) -> int:

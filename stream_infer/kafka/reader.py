@@ -42,10 +42,16 @@ class TopicReader:
     fetch_min_bytes: int = 1
 
     def __post_init__(self) -> None:
-        self._consumer = Consumer({**as_connection(self.bootstrap).client_config(), "group.id": "stream-infer-reader",
-                                   "enable.auto.commit": False, "isolation.level": "read_committed",
-                                   "fetch.min.bytes": self.fetch_min_bytes,
-                                   "logger": logging.getLogger("stream_infer.kafka.client")})
+        self._consumer = Consumer(
+            {
+                **as_connection(self.bootstrap).client_config(),
+                "group.id": "stream-infer-reader",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "fetch.min.bytes": self.fetch_min_bytes,
+                "logger": logging.getLogger("stream_infer.kafka.client"),
+            }
+        )
         parts = topic_partitions(self.bootstrap, self.topics)
         self._consumer.assign([TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING) for tp in parts])
         self.records = {t: [] for t in self.topics}
@@ -55,8 +61,15 @@ class TopicReader:
         for msg in self._consumer.consume(5000, timeout=seconds):
             if msg.error() is not None:
                 continue
-            record = ReadRecord(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
-                                msg.timestamp()[1], {k: v for k, v in (msg.headers() or [])})
+            record = ReadRecord(
+                msg.topic(),
+                msg.partition(),
+                msg.offset(),
+                msg.key(),
+                msg.value(),
+                msg.timestamp()[1],
+                {k: v for k, v in (msg.headers() or [])},
+            )
             self.records[record.topic].append(record)
             got += 1
             if on_record is not None:

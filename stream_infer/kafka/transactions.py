@@ -101,12 +101,18 @@ def instance_id() -> str:
 
 
 # Refusals that no retry can change: the principal lacks the grant.
-_NOT_AUTHORIZED = (KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED,
-                   KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED)
+_NOT_AUTHORIZED = (
+    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+    KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+    KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    KafkaError.GROUP_AUTHORIZATION_FAILED,
+)
 
 
 class TransactionalProducer:
-    def __init__(self, bootstrap: KafkaConnection | str, transactional_id: str, *, transaction_timeout_ms: int, extra: dict | None = None) -> None:
+    def __init__(
+        self, bootstrap: KafkaConnection | str, transactional_id: str, *, transaction_timeout_ms: int, extra: dict | None = None
+    ) -> None:
         self._config = {
             **as_connection(bootstrap).client_config(),
             "transactional.id": transactional_id,
@@ -150,7 +156,9 @@ class TransactionalProducer:
                 error = exc.args[0].str()
             if time.monotonic() > deadline:
                 raise TransactionFatal(f"initialising transactions for {self.transactional_id} failed: {error}")
-            log.info("initialising transactions failed, retrying", extra={"transactional_id": self.transactional_id, "error": error})
+            log.info(
+                "initialising transactions failed, retrying", extra={"transactional_id": self.transactional_id, "error": error}
+            )
             time.sleep(0.5)
 
     def _bounded(self, call: Callable[[], T]) -> T:
@@ -173,8 +181,11 @@ class TransactionalProducer:
 
     def _replace(self, why: str) -> None:
         """Give up the current client (hung in a call, or failed) for a new one with the same id."""
-        log.warning("transactional producer replaced (%s); the new one fences the old and ends its transaction", why,
-                    extra={"transactional_id": self.transactional_id})
+        log.warning(
+            "transactional producer replaced (%s); the new one fences the old and ends its transaction",
+            why,
+            extra={"transactional_id": self.transactional_id},
+        )
         self._open = False
         self.replacements += 1
         self._producer = self._new_client()
@@ -199,8 +210,10 @@ class TransactionalProducer:
             err = exc.args[0]
             if _fenced(err):
                 raise TransactionFatal(f"transaction {self.transactional_id}: {err.str()}") from None
-            log.warning("transaction failed while producing; it is aborted at the next checkpoint",
-                        extra={"transactional_id": self.transactional_id, "error": err.str()})
+            log.warning(
+                "transaction failed while producing; it is aborted at the next checkpoint",
+                extra={"transactional_id": self.transactional_id, "error": err.str()},
+            )
             self._failed = err
             return 0
 
@@ -253,7 +266,9 @@ class TransactionalProducer:
                 err = exc.args[0]
                 if attempt == attempts - 1 or not err.retriable() or err.txn_requires_abort() or err.fatal():
                     raise
-                log.info("transaction call failed, retrying", extra={"transactional_id": self.transactional_id, "error": err.str()})
+                log.info(
+                    "transaction call failed, retrying", extra={"transactional_id": self.transactional_id, "error": err.str()}
+                )
 
     def abort(self) -> None:
         """Abort the open transaction, if any (its outputs are discarded). Retried while the
@@ -280,7 +295,9 @@ class TransactionalProducer:
                 if err.fatal() or not err.retriable() or time.monotonic() > deadline:
                     self._replace(f"abort failed: {err.str()}")
                     return
-                log.info("aborting transaction failed, retrying", extra={"transactional_id": self.transactional_id, "error": err.str()})
+                log.info(
+                    "aborting transaction failed, retrying", extra={"transactional_id": self.transactional_id, "error": err.str()}
+                )
                 time.sleep(0.5)
 
     def close(self, timeout: float = 5.0) -> None:

@@ -42,8 +42,9 @@ def exit_for_restart(what: str) -> None:
 
 
 class Checkpointing:
-    def __init__(self, pipeline: Pipeline, source: BatchSource, committer: CheckpointCommitter | None,
-                 config: Config, lock: asyncio.Lock) -> None:
+    def __init__(
+        self, pipeline: Pipeline, source: BatchSource, committer: CheckpointCommitter | None, config: Config, lock: asyncio.Lock
+    ) -> None:
         self.pipeline = pipeline
         self.source = source
         self.committer = committer
@@ -142,8 +143,15 @@ class Checkpointing:
             exit_for_restart("checkpoint transaction failed")
         if result.offsets:
             self.last_commit = time.monotonic()
-            log.debug("checkpoint committed", extra={"pipeline": self.name, "offsets": result.offsets,
-                                                     "keys": result.keys, "seconds": round(result.seconds, 4)})
+            log.debug(
+                "checkpoint committed",
+                extra={
+                    "pipeline": self.name,
+                    "offsets": result.offsets,
+                    "keys": result.keys,
+                    "seconds": round(result.seconds, 4),
+                },
+            )
 
     # --- exactly-once rewind -----------------------------------------------------------------
 
@@ -210,8 +218,11 @@ class Checkpointing:
         try:
             await asyncio.wait_for(self._final(), timeout)
         except TimeoutError:
-            log.warning("final checkpoint not committed within %.0f s; the next owner resumes from the previous one",
-                        timeout, extra={"pipeline": self.name})
+            log.warning(
+                "final checkpoint not committed within %.0f s; the next owner resumes from the previous one",
+                timeout,
+                extra={"pipeline": self.name},
+            )
         self.stopping = True
 
     async def _final(self) -> None:

@@ -38,8 +38,12 @@ class LagMonitor:
         self.topic = pipeline.config.input_topic
         batching = pipeline.config.batching
         self.adaptive = batching.adaptive
-        self.controller = BatchController(batching.max_batch_size, batching.max_wait_ms / 1000, batching.latency_budget_s,
-                                          (pipeline.inference_cost, pipeline.batch_cost))
+        self.controller = BatchController(
+            batching.max_batch_size,
+            batching.max_wait_ms / 1000,
+            batching.latency_budget_s,
+            (pipeline.inference_cost, pipeline.batch_cost),
+        )
         if self.adaptive:
             source.batch_size = self.controller.setting.batch_size
             source.coalesce = self.controller.setting.coalesce
@@ -121,9 +125,16 @@ class LagMonitor:
         for mode in (LATENCY, THROUGHPUT):
             metrics.CONTROLLER_MODE.labels(self.name, mode).set(1 if mode == setting.mode else 0)
         if setting.mode != before:
-            log.info("batching controller: %s mode", setting.mode,
-                     extra={"pipeline": self.name, "backlog": backlog, "batch_size": setting.batch_size,
-                            "wait_ms": round(setting.linger * 1000, 1)})
+            log.info(
+                "batching controller: %s mode",
+                setting.mode,
+                extra={
+                    "pipeline": self.name,
+                    "backlog": backlog,
+                    "batch_size": setting.batch_size,
+                    "wait_ms": round(setting.linger * 1000, 1),
+                },
+            )
 
     async def _oldest_unprocessed_timestamp(self, partition: int, offset: int) -> int | None:
         """Timestamp of the record at `offset`: from the batches fetched if one starts there (the
@@ -136,7 +147,8 @@ class LagMonitor:
         if peeked is None or peeked[0] != offset:
             key = (self.topic, partition)
             found = await asyncio.get_running_loop().run_in_executor(
-                self.thread, partial(record_timestamps, self.source.connection, {key: offset}, 2.0, group=self.config.kafka.group_id)
+                self.thread,
+                partial(record_timestamps, self.source.connection, {key: offset}, 2.0, group=self.config.kafka.group_id),
             )
             peeked = self._peeked[partition] = (offset, int(found[key] * 1000) if key in found else None)
         return peeked[1]

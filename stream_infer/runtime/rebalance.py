@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 
 
 class RebalanceHandler:
-    def __init__(self, pipeline: Pipeline, source: BatchSource, checkpointing: Checkpointing, config: Config,
-                 lock: asyncio.Lock) -> None:
+    def __init__(
+        self, pipeline: Pipeline, source: BatchSource, checkpointing: Checkpointing, config: Config, lock: asyncio.Lock
+    ) -> None:
         self.pipeline = pipeline
         self.source = source
         self.checkpointing = checkpointing
@@ -78,12 +79,17 @@ class RebalanceHandler:
         try:
             future.result(timeout=self.revoke_timeout_s)
         except TimeoutError:
-            log.warning("last checkpoint of revoked partitions not committed within %.1f s; their next owner "
-                        "resumes from the previous one", self.revoke_timeout_s,
-                        extra={"pipeline": self.name, "partitions": sorted(partitions)})
+            log.warning(
+                "last checkpoint of revoked partitions not committed within %.1f s; their next owner "
+                "resumes from the previous one",
+                self.revoke_timeout_s,
+                extra={"pipeline": self.name, "partitions": sorted(partitions)},
+            )
         except Exception:
-            log.exception("last checkpoint of revoked partitions failed; their next owner resumes from the previous one",
-                          extra={"pipeline": self.name, "partitions": sorted(partitions)})
+            log.exception(
+                "last checkpoint of revoked partitions failed; their next owner resumes from the previous one",
+                extra={"pipeline": self.name, "partitions": sorted(partitions)},
+            )
 
     async def _revoke(self, epochs: dict[int, int]) -> None:
         await self.checkpointing.hand_over(epochs)
@@ -103,8 +109,10 @@ class RebalanceHandler:
         self.member = False
         for partition in partitions:
             self.pipeline.owned.pop(partition, None)
-        log.warning("partitions lost (session expired or fenced): their state is dropped, the group reassigns them",
-                    extra={"pipeline": self.name, "partitions": sorted(partitions)})
+        log.warning(
+            "partitions lost (session expired or fenced): their state is dropped, the group reassigns them",
+            extra={"pipeline": self.name, "partitions": sorted(partitions)},
+        )
         asyncio.ensure_future(self._drop_unowned(partitions))
 
     async def _drop_unowned(self, partitions: set[int]) -> None:

@@ -94,8 +94,10 @@ class PipelineRunner:
             metrics.BATCH_SIZE.labels(self.name).observe(len(records))
             metrics.BATCH_WAIT_SECONDS.labels(self.name).observe(time.monotonic() - fetched_at)
             batching, pipeline = self.pipeline.config.batching, self.pipeline
-            if (len(pipeline.unacknowledged) >= batching.max_in_flight_events
-                    or pipeline.unacknowledged_bytes >= batching.max_in_flight_bytes):
+            if (
+                len(pipeline.unacknowledged) >= batching.max_in_flight_events
+                or pipeline.unacknowledged_bytes >= batching.max_in_flight_bytes
+            ):
                 await self.checkpointing.settle_locked()  # bounded memory: outputs in the producer's queue
             try:
                 await self.pipeline.submit(records, fetched_at)

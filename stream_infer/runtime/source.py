@@ -66,10 +66,17 @@ class BatchSource:
     async def connect(self, on_assign: AssignCallback, on_revoke: RevokeCallback, on_lost: RevokeCallback) -> BatchConsumer:
         self.loop = asyncio.get_running_loop()
         kafka = self.config.kafka
-        self.consumer = await self.call(lambda: BatchConsumer(
-            self.connection, kafka.group_id, self.pc.input_topic,
-            on_assign=on_assign, on_revoke=on_revoke, on_lost=on_lost, session_timeout_ms=kafka.session_timeout_ms,
-        ))
+        self.consumer = await self.call(
+            lambda: BatchConsumer(
+                self.connection,
+                kafka.group_id,
+                self.pc.input_topic,
+                on_assign=on_assign,
+                on_revoke=on_revoke,
+                on_lost=on_lost,
+                session_timeout_ms=kafka.session_timeout_ms,
+            )
+        )
         return self.consumer
 
     async def run(self, send: Callable[[Any], Awaitable[None]], drain: Callable[[], Awaitable[None]]) -> None:
@@ -89,8 +96,9 @@ class BatchSource:
         def fetch():
             nonlocal value_bytes
             size = self.batch_size if value_bytes <= 0 else max(1, min(self.batch_size, int(batch_bytes / value_bytes)))
-            messages = consumer.next_batch(size, linger=self.linger, max_wait=max_wait,
-                                           coalesce=self.coalesce, coalesce_events=COALESCE_EVENTS)
+            messages = consumer.next_batch(
+                size, linger=self.linger, max_wait=max_wait, coalesce=self.coalesce, coalesce_events=COALESCE_EVENTS
+            )
             if messages:
                 mean = message_bytes(messages) / len(messages)
                 value_bytes = mean if mean > value_bytes else 0.8 * value_bytes + 0.2 * mean
@@ -151,9 +159,16 @@ class BatchSource:
         partitions = await self.call(self.consumer.pause)
         metrics.PAUSES.labels(self.name).inc()
         metrics.PAUSED_PARTITIONS.labels(self.name).set(len(partitions))
-        log.info("partitions paused: in-flight bound reached",
-                 extra={"pipeline": self.name, "in_flight_events": self.in_flight()[0], "bound": bound,
-                        "in_flight_bytes": self.in_flight_bytes(), "byte_bound": byte_bound})
+        log.info(
+            "partitions paused: in-flight bound reached",
+            extra={
+                "pipeline": self.name,
+                "in_flight_events": self.in_flight()[0],
+                "bound": bound,
+                "in_flight_bytes": self.in_flight_bytes(),
+                "byte_bound": byte_bound,
+            },
+        )
         try:
             while not self.stopping and (self.in_flight()[0] > bound // 2 or self.in_flight_bytes() > byte_bound // 2):
                 if self.queued_events == 0:
@@ -171,8 +186,12 @@ class BatchSource:
             try:
                 await asyncio.wait_for(self.call(self.consumer.close), timeout)
             except TimeoutError:
-                log.warning("consumer did not close within %.0f s; exiting anyway (the group moves its partitions "
-                            "after the session timeout)", timeout, extra={"pipeline": self.name})
+                log.warning(
+                    "consumer did not close within %.0f s; exiting anyway (the group moves its partitions "
+                    "after the session timeout)",
+                    timeout,
+                    extra={"pipeline": self.name},
+                )
         self.thread.shutdown(wait=False)
 
 

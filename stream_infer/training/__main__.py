@@ -15,12 +15,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m stream_infer.training",
         description="Train the bundled models on the bundled data sets, export them to ONNX and "
-                    "write their metadata JSON (metrics computed with onnxruntime).",
+        "write their metadata JSON (metrics computed with onnxruntime).",
     )
-    parser.add_argument("target", choices=["engines", "machines", "all"],
-                        help="which model to rebuild: engines (C-MAPSS RUL), machines (AI4I failure) or all")
-    parser.add_argument("--out-dir", type=Path, default=data.MODELS_DIR,
-                        help="folder for <model>.onnx and <model>.json (default: the package's models/ folder)")
+    parser.add_argument(
+        "target",
+        choices=["engines", "machines", "all"],
+        help="which model to rebuild: engines (C-MAPSS RUL), machines (AI4I failure) or all",
+    )
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=data.MODELS_DIR,
+        help="folder for <model>.onnx and <model>.json (default: the package's models/ folder)",
+    )
     return parser.parse_args(argv)
 
 

@@ -154,8 +154,17 @@ def build_model(weights: dict[str, np.ndarray]) -> onnx.ModelProto:
     ]
     for i in range(1, len(CONV_CHANNELS) + 1):
         nodes += [
-            helper.make_node("Conv", [f"x{i - 1}", f"conv{i}_W", f"conv{i}_B"], [f"conv{i}"], name=f"conv{i}",
-                             kernel_shape=[KERNEL], pads=[1, 1], strides=[1], dilations=[1], group=1),
+            helper.make_node(
+                "Conv",
+                [f"x{i - 1}", f"conv{i}_W", f"conv{i}_B"],
+                [f"conv{i}"],
+                name=f"conv{i}",
+                kernel_shape=[KERNEL],
+                pads=[1, 1],
+                strides=[1],
+                dilations=[1],
+                group=1,
+            ),
             helper.make_node("Relu", [f"conv{i}"], [f"x{i}"], name=f"relu{i}"),
         ]
     last = f"x{len(CONV_CHANNELS)}"
@@ -210,13 +219,12 @@ def metadata(model_bytes: bytes) -> dict:
         "feature_order": list(data.ENGINE_FEATURES),
         "window": WINDOW,
         "window_layout": "last `window` cycles of one engine, oldest first, flattened row-major "
-                         "(all 14 sensors of the oldest cycle first), as engines_rul",
+        "(all 14 sensors of the oldest cycle first), as engines_rul",
         "architecture": [
             f"Reshape [N,{WINDOW * SENSORS}] -> [N,{WINDOW},{SENSORS}]",
             "per-sensor (x - mean) * inv_std, constants from every row of train_FD001",
             f"Transpose -> [N,{SENSORS},{WINDOW}]",
-            *[f"Conv1d {a}->{b} k{KERNEL} pad1 + Relu"
-              for a, b in zip((SENSORS, *CONV_CHANNELS[:-1]), CONV_CHANNELS)],
+            *[f"Conv1d {a}->{b} k{KERNEL} pad1 + Relu" for a, b in zip((SENSORS, *CONV_CHANNELS[:-1]), CONV_CHANNELS)],
             f"GlobalAveragePool over time + Flatten -> [N,{CONV_CHANNELS[-1]}]",
             f"Gemm {CONV_CHANNELS[-1]}->{HIDDEN} + Relu",
             f"Gemm {HIDDEN}->1",
@@ -249,8 +257,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog=f"python -m {__name__}",
         description="Build engines_cnn_large.onnx (random weights, timing only) and its metadata JSON.",
     )
-    parser.add_argument("--out-dir", type=Path, default=data.MODELS_DIR,
-                        help="folder for engines_cnn_large.onnx/.json (default: the package's models/ folder)")
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=data.MODELS_DIR,
+        help="folder for engines_cnn_large.onnx/.json (default: the package's models/ folder)",
+    )
     return parser.parse_args(argv)
 
 
@@ -265,8 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     onnx_path.write_bytes(model_bytes)
     payload = metadata(model_bytes)
     (out_dir / f"{MODEL_NAME}.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {onnx_path} ({len(model_bytes):,} bytes, sha256 {payload['sha256'][:16]}...), "
-          f"{payload['parameters']:,} parameters, {payload['flops_per_row'] / 1e6:.1f} MFLOP/row")
+    print(
+        f"wrote {onnx_path} ({len(model_bytes):,} bytes, sha256 {payload['sha256'][:16]}...), "
+        f"{payload['parameters']:,} parameters, {payload['flops_per_row'] / 1e6:.1f} MFLOP/row"
+    )
     return 0
 
 

@@ -32,14 +32,24 @@ SEED: int = 42
 # --------------------------------------------------------------------------------------------
 
 #: The 26 columns of the C-MAPSS text files, which are also the field names of an engine event.
-CMAPSS_COLUMNS: list[str] = (
-    ["unit", "cycle", "op_setting_1", "op_setting_2", "op_setting_3"]
-    + [f"s{i}" for i in range(1, 22)]
-)
+CMAPSS_COLUMNS: list[str] = ["unit", "cycle", "op_setting_1", "op_setting_2", "op_setting_3"] + [f"s{i}" for i in range(1, 22)]
 
 #: The 14 informative sensors, in model input order (the other 7 are constant in FD001).
 ENGINE_FEATURES: list[str] = [
-    "s2", "s3", "s4", "s7", "s8", "s9", "s11", "s12", "s13", "s14", "s15", "s17", "s20", "s21",
+    "s2",
+    "s3",
+    "s4",
+    "s7",
+    "s8",
+    "s9",
+    "s11",
+    "s12",
+    "s13",
+    "s14",
+    "s15",
+    "s17",
+    "s20",
+    "s21",
 ]
 
 #: Number of cycles in one model input window.
@@ -187,7 +197,11 @@ AI4I_LABEL_FIELDS: dict[str, str] = {
 #: Machine model input order: one-hot of ``type`` then the five numeric event fields.
 MACHINE_TYPES: list[str] = ["L", "M", "H"]
 MACHINE_NUMERIC: list[str] = [
-    "air_temperature_k", "process_temperature_k", "rotational_speed_rpm", "torque_nm", "tool_wear_min",
+    "air_temperature_k",
+    "process_temperature_k",
+    "rotational_speed_rpm",
+    "torque_nm",
+    "tool_wear_min",
 ]
 MACHINE_FEATURES: list[str] = [f"type_{t}" for t in MACHINE_TYPES] + MACHINE_NUMERIC
 
@@ -241,9 +255,7 @@ def machine_features(events: Sequence[Mapping]) -> np.ndarray:
     return np.stack([machine_feature_vector(e) for e in events])
 
 
-def stratified_split(
-    labels: np.ndarray, fractions: Sequence[float] = (0.6, 0.2, 0.2), seed: int = SEED
-) -> list[np.ndarray]:
+def stratified_split(labels: np.ndarray, fractions: Sequence[float] = (0.6, 0.2, 0.2), seed: int = SEED) -> list[np.ndarray]:
     """Seeded stratified split of row indices, one sorted index array per fraction.
 
     Written with numpy alone (instead of sklearn's ``train_test_split``) so the offline tests

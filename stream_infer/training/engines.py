@@ -49,8 +49,13 @@ class Candidate:
 def _mlp(hidden: tuple[int, ...], alpha: float) -> Candidate:
     """A scaled MLP with early stopping; larger alpha = stronger L2 penalty (the windows overfit)."""
     params = {
-        "hidden_layer_sizes": list(hidden), "alpha": alpha, "early_stopping": True,
-        "validation_fraction": 0.1, "n_iter_no_change": 10, "max_iter": 300, "random_state": data.SEED,
+        "hidden_layer_sizes": list(hidden),
+        "alpha": alpha,
+        "early_stopping": True,
+        "validation_fraction": 0.1,
+        "n_iter_no_change": 10,
+        "max_iter": 300,
+        "random_state": data.SEED,
     }
 
     def build() -> Pipeline:
@@ -137,8 +142,15 @@ def score_test(onnx_model: Any) -> dict:
     }
 
 
-def metadata(best: Candidate, scores: list[dict], metrics: dict, train_units: np.ndarray,
-             val_units: np.ndarray, n_windows: int, output_shape: list) -> dict:
+def metadata(
+    best: Candidate,
+    scores: list[dict],
+    metrics: dict,
+    train_units: np.ndarray,
+    val_units: np.ndarray,
+    n_windows: int,
+    output_shape: list,
+) -> dict:
     """Everything the server and README need to use and describe the exported model."""
     n_features = len(data.ENGINE_FEATURES) * data.ENGINE_WINDOW
     return {
@@ -161,13 +173,12 @@ def metadata(best: Candidate, scores: list[dict], metrics: dict, train_units: np
         "versions": export.library_versions(),
         "dataset": {
             "name": "NASA C-MAPSS FD001 (Saxena and Goebel 2008, public domain)",
-            "files": ["datasets/cmapss/train_FD001.txt", "datasets/cmapss/test_FD001.txt",
-                      "datasets/cmapss/RUL_FD001.txt"],
+            "files": ["datasets/cmapss/train_FD001.txt", "datasets/cmapss/test_FD001.txt", "datasets/cmapss/RUL_FD001.txt"],
             "target": "min(last cycle of the engine in train - cycle, rul_cap)",
         },
         "split": {
             "rule": "by engine (unit), seeded: numpy default_rng(seed).permutation of the 100 "
-                    "train units, first 20 = validation; see data.split_units",
+            "train units, first 20 = validation; see data.split_units",
             "train_units": [int(u) for u in train_units],
             "val_units": [int(u) for u in val_units],
             "final_fit": "selected configuration refitted on all 100 train engines",
@@ -175,8 +186,7 @@ def metadata(best: Candidate, scores: list[dict], metrics: dict, train_units: np
             "test": "each of the 100 test engines' last window vs RUL_FD001.txt",
         },
         "selection": {
-            "rule": "lowest rmse_val (all windows of the validation engines, capped target, "
-                    "scored through the ONNX export)",
+            "rule": "lowest rmse_val (all windows of the validation engines, capped target, scored through the ONNX export)",
             "selected": best.name,
             "params": best.params,
             "candidates": scores,
@@ -184,7 +194,7 @@ def metadata(best: Candidate, scores: list[dict], metrics: dict, train_units: np
         "metrics": {
             "rmse_val": next(s["rmse_val"] for s in scores if s["name"] == best.name),
             "rmse_val_note": "from the selection fit on the 80 training engines; the exported "
-                             "model was refitted on all 100, so it cannot be recomputed from it",
+            "model was refitted on all 100, so it cannot be recomputed from it",
             **metrics,
         },
         "rebuild": export.REBUILD_COMMAND,
@@ -208,6 +218,8 @@ def train(out_dir: Path = export.DEFAULT_OUT_DIR, log: Callable[[str], None] = p
     shape = export.output_shapes(export.session(model_bytes))[OUTPUT_NAME]
     meta = metadata(best, scores, metrics, train_units, val_units, int(len(X)), shape)
     export.write_json(out_dir / f"{MODEL_NAME}.json", meta)
-    log(f"engines: rmse_test={metrics['rmse_test']:.3f} rmse_test_capped={metrics['rmse_test_capped']:.3f} "
-        f"-> {out_dir / (MODEL_NAME + '.onnx')} ({len(model_bytes) / 1024:.0f} KiB)")
+    log(
+        f"engines: rmse_test={metrics['rmse_test']:.3f} rmse_test_capped={metrics['rmse_test_capped']:.3f} "
+        f"-> {out_dir / (MODEL_NAME + '.onnx')} ({len(model_bytes) / 1024:.0f} KiB)"
+    )
     return meta

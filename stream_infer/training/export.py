@@ -83,10 +83,12 @@ def clip_output(model: onnx.ModelProto, output: str, low: float, high: float) ->
         node.output[:] = [raw if name == output else name for name in node.output]
         node.input[:] = [raw if name == output else name for name in node.input]
     low_name, high_name = f"{output}_clip_low", f"{output}_clip_high"
-    model.graph.initializer.extend([
-        numpy_helper.from_array(np.array(low, dtype=np.float32), low_name),
-        numpy_helper.from_array(np.array(high, dtype=np.float32), high_name),
-    ])
+    model.graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array(low, dtype=np.float32), low_name),
+            numpy_helper.from_array(np.array(high, dtype=np.float32), high_name),
+        ]
+    )
     model.graph.node.append(helper.make_node("Clip", [raw, low_name, high_name], [output], name=f"{output}_clip"))
     # Clip with min/max as inputs needs opset >= 11 in the default domain.
     for opset in model.opset_import:

@@ -64,8 +64,7 @@ def _products() -> PolynomialFeatures:
 
 def _gb(products: bool, subsample: float) -> Candidate:
     """Gradient boosting, optionally on pairwise products; subsample < 1 adds bagging noise."""
-    params = {"n_estimators": 300, "learning_rate": 0.05, "max_depth": 3, "subsample": subsample,
-              "random_state": data.SEED}
+    params = {"n_estimators": 300, "learning_rate": 0.05, "max_depth": 3, "subsample": subsample, "random_state": data.SEED}
 
     def build() -> Any:
         model = GradientBoostingClassifier(**params)
@@ -126,9 +125,17 @@ def binary_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float) -> 
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": round(precision, 6), "recall": round(recall, 6), "f1": round(f1, 6),
-            "tp": tp, "fp": fp, "fn": fn, "tn": int(len(labels) - tp - fp - fn),
-            "n": int(len(labels)), "positives": int(positive.sum())}
+    return {
+        "precision": round(precision, 6),
+        "recall": round(recall, 6),
+        "f1": round(f1, 6),
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": int(len(labels) - tp - fp - fn),
+        "n": int(len(labels)),
+        "positives": int(positive.sum()),
+    }
 
 
 def _cut_between(high: float, low: float) -> float:
@@ -178,12 +185,16 @@ def band_counts(scores: np.ndarray, labels: np.ndarray, low: float, high: float)
 def evaluate(onnx_model: Any, X: np.ndarray, y: np.ndarray, threshold: float, review_low: float) -> dict:
     """Metrics at the alert threshold plus review-band counts, all through onnxruntime."""
     scores = onnx_failure_probability(onnx_model, X)
-    return {**binary_metrics(scores, y, threshold), **band_counts(scores, y, review_low, threshold),
-            "average_precision": round(float(average_precision_score(y, scores)), 6)}
+    return {
+        **binary_metrics(scores, y, threshold),
+        **band_counts(scores, y, review_low, threshold),
+        "average_precision": round(float(average_precision_score(y, scores)), 6),
+    }
 
 
-def select(X: np.ndarray, y: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
-           log: Callable[[str], None]) -> tuple[Any, Candidate, list[dict]]:
+def select(
+    X: np.ndarray, y: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, log: Callable[[str], None]
+) -> tuple[Any, Candidate, list[dict]]:
     """Fit every candidate on train, score validation average precision via ONNX, keep the best."""
     results = []
     for candidate in CANDIDATES:
@@ -198,8 +209,17 @@ def select(X: np.ndarray, y: np.ndarray, train_idx: np.ndarray, val_idx: np.ndar
     return results[best][1], results[best][2], table
 
 
-def metadata(best: Candidate, table: list[dict], threshold: float, review_low: float, val: dict,
-             test: dict, split_sizes: dict, digests: dict, output_shapes: dict) -> dict:
+def metadata(
+    best: Candidate,
+    table: list[dict],
+    threshold: float,
+    review_low: float,
+    val: dict,
+    test: dict,
+    split_sizes: dict,
+    digests: dict,
+    output_shapes: dict,
+) -> dict:
     """Everything the server and README need to use and describe the exported model."""
     return {
         "model_name": MODEL_NAME,
@@ -207,10 +227,13 @@ def metadata(best: Candidate, table: list[dict], threshold: float, review_low: f
         "task": "binary classification: probability that a machine reading is a failure",
         "input": {"name": export.INPUT_NAME, "dtype": "float32", "shape": [None, len(data.MACHINE_FEATURES)]},
         "outputs": [
-            {"name": LABEL_OUTPUT, "dtype": "int64", "shape": output_shapes[LABEL_OUTPUT],
-             "note": "argmax of probabilities (0.5 cut); use probabilities[:, 1] >= threshold"},
-            {"name": PROBA_OUTPUT, "dtype": "float32", "shape": output_shapes[PROBA_OUTPUT],
-             "note": "column 1 = P(failure)"},
+            {
+                "name": LABEL_OUTPUT,
+                "dtype": "int64",
+                "shape": output_shapes[LABEL_OUTPUT],
+                "note": "argmax of probabilities (0.5 cut); use probabilities[:, 1] >= threshold",
+            },
+            {"name": PROBA_OUTPUT, "dtype": "float32", "shape": output_shapes[PROBA_OUTPUT], "note": "column 1 = P(failure)"},
         ],
         "feature_order": data.MACHINE_FEATURES,
         "event_fields": list(data.AI4I_EVENT_FIELDS.values()),
@@ -224,7 +247,7 @@ def metadata(best: Candidate, table: list[dict], threshold: float, review_low: f
         },
         "split": {
             "rule": "stratified on Machine_failure, seeded: data.stratified_split(labels, "
-                    "(0.6, 0.2, 0.2), seed) over the csv rows in file order",
+            "(0.6, 0.2, 0.2), seed) over the csv rows in file order",
             **split_sizes,
             "udi_sha256_16": digests,
             "final_fit": "train part only (no refit), so the validation threshold stays calibrated",
@@ -239,10 +262,10 @@ def metadata(best: Candidate, table: list[dict], threshold: float, review_low: f
             "alert": "probabilities[:, 1] >= threshold",
             "review": "review_low <= probabilities[:, 1] < threshold",
             "threshold_rule": "maximise F1 on validation (ties: higher threshold); cut halfway "
-                              "between adjacent validation scores",
+            "between adjacent validation scores",
             "review_rule": f"reviewer budget: lowest cut with at most {REVIEW_BUDGET:.0%} of "
-                           "validation readings in [review_low, threshold); cut halfway between "
-                           "adjacent validation scores",
+            "validation readings in [review_low, threshold); cut halfway between "
+            "adjacent validation scores",
         },
         "metrics": {"threshold": threshold, "review_low": review_low, "val": val, "test": test},
         "rebuild": export.REBUILD_COMMAND,
@@ -272,8 +295,10 @@ def train(out_dir: Path = export.DEFAULT_OUT_DIR, log: Callable[[str], None] = p
     export.write_json(out_dir / f"{MODEL_NAME}.json", meta)
     log(f"machines: selected {best.name}; threshold={threshold} review_low={review_low}")
     for part, m in (("val", val), ("test", test)):
-        log(f"  {part}: precision={m['precision']:.3f} recall={m['recall']:.3f} f1={m['f1']:.3f} "
+        log(
+            f"  {part}: precision={m['precision']:.3f} recall={m['recall']:.3f} f1={m['f1']:.3f} "
             f"(tp={m['tp']} fp={m['fp']} fn={m['fn']}; review band {m['review_n']} rows, "
-            f"{m['review_failures']} failures)")
+            f"{m['review_failures']} failures)"
+        )
     log(f"machines: -> {out_dir / (MODEL_NAME + '.onnx')} ({len(model_bytes) / 1024:.0f} KiB)")
     return meta
