@@ -5,19 +5,19 @@ PY := $(VENV)/bin/python
 CLI := $(VENV)/bin/stream-infer
 STAMP := $(VENV)/.installed
 
-.PHONY: install kafka-jars system-tools test demo bench faults fuzz clean help
+.PHONY: install kafka-jars system-tools test unit lint demo bench faults fuzz clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-install: $(STAMP)  ## create .venv and install the package with its test and bench extras (quick when done)
+install: $(STAMP)  ## create .venv and install the package with its test, lint and bench extras (quick when done)
 
 # Re-run only when the dependency list changes; `pip install -e` keeps the code itself live.
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "stream-infer needs Python 3.11+; set PYTHON=python3.11")'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,bench]'
+	$(PY) -m pip install --quiet -e '.[test,lint,bench]'
 	@touch $@
 
 kafka-jars: install  ## fetch the Apache Kafka jars with Maven (cached; no network once done)
@@ -39,8 +39,16 @@ system-tools:  ## install the Debian packages the tests use (prometheus, kcat), 
 	  echo "note: prometheus/promtool/kcat not installed and apt-get needs root: the tests that use them are skipped"; \
 	fi
 
-test: install kafka-jars system-tools  ## run the test suite against a real local Kafka
+test: install kafka-jars system-tools  ## run the whole test suite (tests/unit and tests/integration, the latter against a real local Kafka)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+unit: install  ## the tests that need no broker (tests/unit; about 30 s)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: install  ## ruff (lint and format) and mypy over the package and tests; zero findings expected
+	$(VENV)/bin/ruff check stream_infer tests
+	$(VENV)/bin/ruff format --check stream_infer tests
+	$(VENV)/bin/mypy
 
 demo: install kafka-jars  ## run the main job end to end on a local Kafka
 	$(CLI) demo

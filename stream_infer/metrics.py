@@ -98,7 +98,7 @@ def observe_many(histogram, values: Sequence[float] | np.ndarray) -> None:
     prometheus_client has no batch observe; this adds to the child's bucket counters and sum the
     same amounts that `observe` would, one bucket per value (its cumulative view is built on
     exposition). Relies on the child's `_upper_bounds`, `_buckets` and `_sum`, stable across
-    prometheus_client releases; tests/test_metrics.py holds it equal to per-value observe.
+    prometheus_client releases; tests/unit/test_metrics.py holds it equal to per-value observe.
     """
     values = np.asarray(values, dtype=np.float64)
     if values.size <= 4:  # a handful: observe() each, cheaper than the numpy calls below

@@ -12,7 +12,7 @@ Contract:
 * :func:`kinds_for` returns the kinds of a pipeline (`engines` or `machines`), at least 30 each,
   in a fixed order; :func:`build` turns a kind and a base event into the record to produce;
 * every kind is invalid on its own terms: whatever the base event, the record must be
-  dead-lettered with the kind's reason and never predicted. ``tests/test_fuzz.py`` holds each
+  dead-lettered with the kind's reason and never predicted. ``tests/integration/test_fuzz.py`` holds each
   kind to that against the in-process pipeline before any broker sees it;
 * the kinds of :func:`stream_infer.replay.bad_events` (the demo's bad events) are included
   under ``replay.<reason>`` names; they are built from the data set's first event, whatever the

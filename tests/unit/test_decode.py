@@ -21,7 +21,7 @@ from stream_infer.features import Featurizer
 from stream_infer.outputs import EXCERPT_BYTES
 from stream_infer.replay import bad_events, dataset_events
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = ROOT / "stream_infer" / "configs" / "demo.toml"
 PIPELINE_OF = {"cmapss-test": "engines", "ai4i": "machines"}
 SCHEMA_OF = {"cmapss-test": "engines-event.v1.json", "ai4i": "machines-event.v1.json"}

@@ -16,7 +16,7 @@ from stream_infer.pipeline import Pipeline
 from stream_infer.replay import dataset_events
 from stream_infer.state import KeyState
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEMO_ENGINES = next(p for p in load_config(ROOT / "stream_infer" / "configs" / "demo.toml").pipelines if p.name == "engines")
 ENGINES = DEMO_ENGINES.model_copy(update={"sequence_field": "cycle"})
 

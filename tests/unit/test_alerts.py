@@ -19,7 +19,7 @@ from stream_infer.decode import InputRecord
 from stream_infer.postprocess import AlertTracker, score_fields
 from stream_infer.state import StateStore
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MODEL = {"name": "engines_rul", "version": "sha256:0123456789abcdef"}
 BELOW = AlertRule(
     name="rul_below_30", score="rul", direction="below", threshold=30, consecutive=3, rearm_after=5, severity="critical"

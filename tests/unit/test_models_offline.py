@@ -57,7 +57,7 @@ def test_feature_orders_match_code() -> None:
 
 def test_loader_needs_no_training_libraries() -> None:
     code = "import sys, stream_infer.training.data; print(sorted({'sklearn', 'pandas', 'skl2onnx'} & set(sys.modules)))"
-    repo_root = Path(__file__).resolve().parents[1]
+    repo_root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo_root)
     assert out.stdout.strip() == "[]"
 

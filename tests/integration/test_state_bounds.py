@@ -28,7 +28,7 @@ from stream_infer.decode import InputRecord
 from stream_infer.features import Featurizer
 from stream_infer.state import AlertState, KeyState, StateStore
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_700_000_000_000  # event times in the past: the worker's clock never caps them
 
 
@@ -465,5 +465,5 @@ def test_200k_distinct_keys_stay_under_the_max_keys_bound() -> None:
 
 if __name__ == "__main__":
     # The child of the test above, and the measurement docs/state.md quotes:
-    # python tests/test_state_bounds.py MAX_KEYS KEYS [EVENTS_PER_KEY]
+    # python tests/integration/test_state_bounds.py MAX_KEYS KEYS [EVENTS_PER_KEY]
     print(json.dumps(_measure(*map(int, sys.argv[1:]))))

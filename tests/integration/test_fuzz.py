@@ -23,7 +23,7 @@ from stream_infer.fuzz.run import SEQUENCE_FIELDS, keys_phase
 from stream_infer.pipeline import Pipeline
 from stream_infer.replay import dataset_events
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG = load_config(ROOT / "stream_infer" / "configs" / "demo.toml")
 PIPELINES = {p.name: p.model_copy(update={"sequence_field": SEQUENCE_FIELDS.get(p.name)}) for p in CONFIG.pipelines}
 # Valid events around each hostile record: the batch first takes the all-valid fast path

@@ -5,6 +5,7 @@ validate the packaged demo config against a real broker from a folder outside th
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -15,7 +16,7 @@ import pytest
 
 from stream_infer.kafka.admin import create_topics
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RUNTIME_FILES = [
     "stream_infer/configs/demo.toml",
     "stream_infer/schemas/engines-event.v1.json",
@@ -31,6 +32,12 @@ RUNTIME_FILES = [
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel, built from a copy of what the Dockerfile copies (the build leaves build/ and
+    *.egg-info beside its sources; stale files there must not reach a later wheel)."""
+    source = tmp_path_factory.mktemp("source")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "stream_infer", source / "stream_infer", ignore=shutil.ignore_patterns("__pycache__"))
     out = tmp_path_factory.mktemp("wheel")
     build = subprocess.run(
         [
@@ -43,7 +50,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "--quiet",
             "--wheel-dir",
             str(out),
-            str(ROOT),
+            str(source),
         ],
         capture_output=True,
         text=True,

@@ -20,7 +20,7 @@ from stream_infer.batchcheck import compile_batch_check
 from stream_infer.decode import EventDecoder, InputRecord
 from stream_infer.replay import bad_events, dataset_events
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = {"cmapss-test": "engines-event.v1.json", "ai4i": "machines-event.v1.json"}
 KEY_FIELDS = {"cmapss-test": "unit", "ai4i": "product_id"}
 

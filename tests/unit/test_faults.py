@@ -32,7 +32,7 @@ from stream_infer.faults.report import (
 )
 from stream_infer.faults.traffic import alert_observation
 
-DEMO_CONFIG = Path(__file__).resolve().parent.parent / "stream_infer" / "configs" / "demo.toml"
+DEMO_CONFIG = Path(__file__).resolve().parents[2] / "stream_infer" / "configs" / "demo.toml"
 
 
 def _obs(partition: int, offset: int, score: float, arrived: float = 100.0, input_ms: int = 99_000) -> Observation:

@@ -23,7 +23,7 @@ import pytest
 from stream_infer.config import load_config
 from stream_infer.configs import demo_config_text
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "stream_infer" / "configs" / "demo.toml"
 MODELS = ROOT / "stream_infer" / "models"
 SCHEMAS = ROOT / "stream_infer" / "schemas"

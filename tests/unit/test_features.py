@@ -21,7 +21,7 @@ from stream_infer.replay import dataset_events
 from stream_infer.state import AlertState, KeyState, StateStore
 from stream_infer.training import data
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = ROOT / "stream_infer" / "configs" / "demo.toml"
 PARTITIONS = 6  # as the demo's input topics: a key always maps to one partition
 BATCH_SIZES = (1, 7, 256)  # then the rest in one batch

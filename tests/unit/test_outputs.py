@@ -19,7 +19,7 @@ from stream_infer.outputs import EXCERPT_BYTES, HEADER_BUDGET_BYTES, OutputWrite
 from stream_infer.pipeline import Pipeline
 from stream_infer.replay import dataset_events
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG = load_config(ROOT / "stream_infer" / "configs" / "demo.toml")
 ENGINES = next(p for p in CONFIG.pipelines if p.name == "engines")
 
