@@ -97,8 +97,8 @@ class BatchCheck:
             if not _column_ok(spec, tuple(e[spec.name] for e in events)):
                 return False
         for spec in self._optional:  # only the events that have it
-            values = tuple(e[spec.name] for e in events if spec.name in e)
-            if values and not _column_ok(spec, values, self._optional_limits.get(spec.name)):
+            present = tuple(e[spec.name] for e in events if spec.name in e)
+            if present and not _column_ok(spec, present, self._optional_limits.get(spec.name)):
                 return False
         # Every required bounded column within its bounds (their types are already checked).
         return not self._bounded or _within([list(map(get, events)) for get in self._get_bounded], self._limits)

@@ -147,8 +147,9 @@ class BatchController:
         `batches_filled`: whether any fetch since the previous step filled the batch size. In
         throughput mode a step where none did counts as low whatever the backlog: the batcher
         waited for events, so there is no backlog to drain, only the events the waits hold."""
-        first = self._last_backlog is None
-        growing = not first and backlog > self._last_backlog
+        last = self._last_backlog
+        first = last is None
+        growing = last is not None and backlog > last
         self._last_backlog = backlog
         self._high_ticks = self._high_ticks + 1 if backlog > self.high_water else 0
         self._growing_ticks = self._growing_ticks + 1 if growing and backlog > self.low_water else 0

@@ -11,11 +11,12 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeGuard
 
 import fastjsonschema
 import orjson
 
-from stream_infer.batchcheck import compile_batch_check
+from stream_infer.batchcheck import BatchCheck, compile_batch_check
 
 # The reasons a record goes to the dead-letter topic; header `x-dlq-reason` carries one of them.
 REASONS = (
@@ -35,6 +36,12 @@ REASONS = (
     "output_rejected",  # an output of this event could not be produced (see pipeline)
 )
 
+
+def _none_free(items: list[bytes | None]) -> TypeGuard[list[bytes]]:
+    """Whether no item is None (a C-level scan: this is the batch fast path)."""
+    return None not in items
+
+
 _NON_FINITE = re.compile(rb"(?<![\w\"])-?(NaN|Infinity)(?![\w\"])")
 
 
@@ -50,7 +57,8 @@ class InputRecord:
     partition: int
     offset: int
     timestamp_ms: int
-    headers: tuple[tuple[str, bytes], ...] | None = ()  # None: present but unreadable (not UTF-8 names)
+    # None: present but unreadable (not UTF-8 names); a header's value may be null.
+    headers: tuple[tuple[str, bytes | None], ...] | None = ()
 
     @property
     def source(self) -> dict:
@@ -95,30 +103,31 @@ class EventDecoder:
 
     def decode(self, batch: Sequence[InputRecord]) -> DecodedBatch:
         if self._batch_check is not None:
-            decoded = self._decode_valid_batch(batch)
+            decoded = self._decode_valid_batch(batch, self._batch_check)
             if decoded is not None:
                 return decoded
         return self._decode_each(batch)
 
-    def _decode_valid_batch(self, batch: Sequence[InputRecord]) -> DecodedBatch | None:
+    def _decode_valid_batch(self, batch: Sequence[InputRecord], batch_check: BatchCheck) -> DecodedBatch | None:
         """The fast path: the decoded batch if every record is valid, else None (then the
         per-event path decides, and names each bad record's reason)."""
         limit = self.max_message_bytes
         values = [r.value for r in batch]
         raw_keys = [r.key for r in batch]
         if (
-            None in values
+            not _none_free(values)
             or max(map(len, values), default=0) > limit
+            or not _none_free(raw_keys)  # not all(raw_keys) below says so too; this tells mypy
             or not all(raw_keys)
             or max(map(len, raw_keys), default=0) > self.max_key_bytes
-        ):  # type: ignore[arg-type]
+        ):
             return None
         try:
             events = list(map(orjson.loads, values))
-            keys = [k.decode() for k in raw_keys]  # type: ignore[union-attr]
+            keys = [k.decode() for k in raw_keys]
         except (orjson.JSONDecodeError, UnicodeDecodeError):
             return None
-        if set(map(type, events)) - {dict} or not self._batch_check.check(events):  # type: ignore[union-attr]
+        if set(map(type, events)) - {dict} or not batch_check.check(events):
             return None
         field_name = self.key_field
         if not all(map(_key_matches, keys, (e.get(field_name, _ABSENT) for e in events))):

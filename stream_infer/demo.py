@@ -53,8 +53,15 @@ def served_rul_rmse(predictions: list[dict]) -> float:
     units = np.arange(1, len(truth) + 1)
     if set(last) != set(units.tolist()):
         raise RuntimeError(f"predictions for {len(last)} of {len(truth)} test engines")
-    served = np.array([last[u][1] for u in units], dtype=np.float64)
+    served = np.array([last[u][1] for u in units.tolist()], dtype=np.float64)
     return float(np.sqrt(np.mean((served - truth) ** 2)))
+
+
+def _dlq_reason(record: ReadRecord) -> str:
+    reason = record.headers["x-dlq-reason"]
+    if reason is None:
+        raise RuntimeError(f"dead letter {record.partition}@{record.offset} with a null x-dlq-reason")
+    return reason.decode()
 
 
 def _feed(bootstrap: KafkaConnection | str, topics: dict[str, str], rate: float | None, echo) -> dict[str, int]:
@@ -156,7 +163,7 @@ def _summary(reader: TopicReader, topics: dict, events_in: dict, seconds: float)
             "predictions": len(preds),
             "alerts": len(reader.records[t.alerts]) if t.alerts else 0,
             "dlq": len(dlq),
-            "dlq_reasons": sorted({r.headers["x-dlq-reason"].decode() for r in dlq}),
+            "dlq_reasons": sorted({_dlq_reason(r) for r in dlq}),
             "review": len(reader.records[t.review]) if t.review else 0,
         }
         latencies += [r.timestamp_ms - p["source"]["timestamp_ms"] for r, p in preds]

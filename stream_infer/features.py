@@ -27,7 +27,10 @@ class Featurizer:
         fields = spec.fields
         # itemgetter pulls all fields of an event in one C call; for one field it returns a scalar.
         self._numeric = itemgetter(*fields) if len(fields) > 1 else (lambda e, _f=fields[0]: (e[_f],))
-        self._categories = {name: {c: i for i, c in enumerate(cats)} for name, cats in spec.one_hot.items()}
+        # Category -> column, looked up by whatever value an event holds (None when it has none).
+        self._categories: dict[str, dict[object, int]] = {
+            name: {c: i for i, c in enumerate(cats)} for name, cats in spec.one_hot.items()
+        }
 
     def numeric_rows(self, events: Sequence[dict]) -> np.ndarray:
         """(N, len(fields)) float32 of the numeric fields. Values beyond float32's range become inf,
@@ -75,7 +78,8 @@ class Featurizer:
         had = np.fromiter((0 if s.rows is None else len(s.rows) for s in states), dtype=np.int64, count=n_keys)
         # Histories, all left-padded to `hist` rows with the key's first row ever.
         padded = [
-            s.rows if h == hist else _left_pad(s.rows, rows[i], hist) for s, h, i in zip(states, had.tolist(), first.tolist())
+            s.rows if h == hist and s.rows is not None else _left_pad(s.rows, rows[i], hist)
+            for s, h, i in zip(states, had.tolist(), first.tolist())
         ]
         block = hist + counts  # rows per key in the scratch array
         block_start = np.cumsum(block) - block
@@ -108,7 +112,7 @@ class Featurizer:
             history = state.rows
             had = 0 if history is None else len(history)
             row = rows[i : i + 1]
-            if had == hist:
+            if had == hist and history is not None:  # had == hist >= 1: a history
                 block = np.concatenate((history, row))
             else:
                 block = np.concatenate((_left_pad(history, rows[i], hist), row))

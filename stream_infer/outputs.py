@@ -104,7 +104,7 @@ class OutputWriter:
         """One bounded dead-letter message (see the module docstring)."""
         r = letter.record
         key, value = r.key, r.value if r.value is not None else b""
-        ours: list[tuple[str, bytes]] = [
+        ours: list[tuple[str, bytes | None]] = [
             ("x-dlq-reason", letter.reason.encode()),
             ("x-dlq-detail", letter.detail.encode("utf-8", "replace")[:1000]),
             ("x-dlq-pipeline", self.name.encode()),
@@ -183,13 +183,13 @@ class OutputWriter:
         )
 
 
-def _input_headers(headers: Sequence[tuple[str, bytes]] | None) -> tuple[list[tuple[str, bytes]], int | str]:
+def _input_headers(headers: Sequence[tuple[str, bytes | None]] | None) -> tuple[list[tuple[str, bytes | None]], int | str]:
     """Input headers to copy into a dead letter (reserved names prefixed with `x-original-`,
     within the budget) and how many were dropped ("unreadable": the client could not decode
     them, see stream_infer.kafka.consumer)."""
     if headers is None:
         return [], "unreadable"
-    copied: list[tuple[str, bytes]] = []
+    copied: list[tuple[str, bytes | None]] = []
     budget = HEADER_BUDGET_BYTES
     for name, value in headers:
         if name.startswith(_RESERVED_PREFIXES):

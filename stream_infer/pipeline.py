@@ -301,7 +301,7 @@ class Pipeline:
             outputs.dropped(message, sources[index], error)  # the replacement was refused too
             return None
 
-        self.producer.send_batch(messages, rejected)
+        self._producer().send_batch(messages, rejected)
         if batch.timestamps_ms is not None and len(batch.timestamps_ms):
             metrics.observe_many(self._e2e, (time.time() * 1000 - batch.timestamps_ms) / 1000)
         return result
@@ -310,17 +310,22 @@ class Pipeline:
         """Wait until every submitted batch's outputs are acknowledged (then their offsets count
         as processed); raises DeliveryError if any output failed."""
         if self.unacknowledged:
-            await self.producer.wait_acknowledged()
+            await self._producer().wait_acknowledged()
             self.mark_acknowledged()
 
     def acknowledged_now(self) -> bool:
         """Like :meth:`wait_acknowledged` without waiting: True (and the offsets count as
         processed) if every submitted output is already acknowledged, else False."""
         if self.unacknowledged:
-            if not self.producer.idle():
+            if not self._producer().idle():
                 return False
             self.mark_acknowledged()
         return True
+
+    def _producer(self) -> AsyncProducer:
+        if self.producer is None:
+            raise RuntimeError(f"pipeline {self.name}: no producer (the worker sets it once Kafka is reachable)")
+        return self.producer
 
     def mark_acknowledged(self) -> None:
         self.progress.advance(self.unacknowledged)
@@ -345,9 +350,9 @@ class Pipeline:
             return batch
         timestamps = np.fromiter((r.timestamp_ms for r in records), dtype=np.int64, count=len(records))
         if self.staleness.max_event_age_ms:
-            keep = self._drop_stale(records, timestamps, batch)
-            if keep is not None:
-                records, timestamps = [r for r, k in zip(records, keep.tolist()) if k], timestamps[keep]
+            fresh = self._drop_stale(records, timestamps, batch)
+            if fresh is not None:
+                records, timestamps = [r for r, k in zip(records, fresh.tolist()) if k], timestamps[fresh]
                 if not records:
                     return batch
         batch.timestamps_ms = timestamps.astype(np.float64)

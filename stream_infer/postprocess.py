@@ -22,10 +22,12 @@ def score_fields(raw: dict[str, np.ndarray], spec: OutputSpec) -> dict[str, np.n
     if spec.kind == "regression":
         score = values.reshape(len(values), -1)[:, 0].astype(np.float64)
         return {spec.score_name: score}
+    threshold = spec.threshold
+    assert threshold is not None, "OutputSpec's validator requires a threshold for classification"
     score = values[:, spec.positive_class].astype(np.float64)
-    fields = {spec.score_name: score, "label": (score >= spec.threshold).astype(np.int64)}
+    fields: dict[str, np.ndarray] = {spec.score_name: score, "label": (score >= threshold).astype(np.int64)}
     if spec.review_low is not None:
-        fields["review"] = (score >= spec.review_low) & (score < spec.threshold)
+        fields["review"] = (score >= spec.review_low) & (score < threshold)
     return fields
 
 

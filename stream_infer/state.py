@@ -156,7 +156,8 @@ class StateStore:
         if state is None:
             state = keys[key] = KeyState()  # inserted last: most recent
         elif self.bounded:
-            keys.move_to_end(key)  # an OrderedDict when bounded
+            assert isinstance(keys, OrderedDict), "a bounded store keeps each partition in an OrderedDict"
+            keys.move_to_end(key)
         if self.bounded:
             self.clock += 1
             state.seen_seq = self.clock
@@ -179,7 +180,7 @@ class StateStore:
                 continue
             keys = self.dirty.pop(partition)
             states = self.partitions.get(partition, {})
-            snap = {}
+            snap: dict[str, KeyState | None] = {}
             for key in keys:
                 state = states.get(key)
                 if state is None or state.empty:
@@ -267,7 +268,8 @@ class StateStore:
             if seq >= keep_from:
                 break  # every other key is at least as recent
             keys = self.partitions[partition]
-            key, state = keys.popitem(last=False)  # an OrderedDict when bounded
+            assert isinstance(keys, OrderedDict), "a bounded store keeps each partition in an OrderedDict"
+            key, state = keys.popitem(last=False)
             self._forget(partition, key, state)
             removed += 1
             if keys:

@@ -21,6 +21,7 @@ import gc
 import logging
 import os
 import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import faust
@@ -273,7 +274,9 @@ class Worker:
             app.task(_named(runner.run_monitor, f"lag_{runner.name}"))
         self._add_web(app)
 
-        @app.on_before_shutdown.connect  # sent while the event loop still turns
+        # Sent while the event loop still turns. type: ignore: mode's SignalHandlerT (mypy_extensions
+        # argument types) admits no function at all under current mypy, not even one matching it exactly.
+        @app.on_before_shutdown.connect  # type: ignore[arg-type]
         async def _close_runners(_app, **kwargs) -> None:
             _exit_after(SHUTDOWN_DEADLINE_S)
             await asyncio.gather(*(r.close() for r in self.runners.values()))
@@ -321,15 +324,19 @@ def _named(method, name: str, *bound):
     """Faust registers agents, tasks and timers by function name, so each pipeline's needs its own;
     and it passes the app to a task or timer whose signature takes arguments, so the wrapper
     declares exactly what Faust should pass: the stream for an agent, nothing otherwise."""
+    wrapper: Callable[..., Awaitable[object]]
     if method.__name__ == "agent":
 
-        async def wrapper(stream):
+        async def agent_wrapper(stream):
             return await method(stream)
+
+        wrapper = agent_wrapper
     else:
 
-        async def wrapper():
+        async def task_wrapper():
             return await method(*bound)
 
+        wrapper = task_wrapper
     wrapper.__name__ = wrapper.__qualname__ = name
     return wrapper
 

@@ -26,7 +26,14 @@ class WorkerProcess:
         self.log_path = workdir / f"worker-{self.web_port}.log"
         self.log_level = log_level
         self.env = env or {}
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        """The worker's process; raises if :meth:`start` has not run."""
+        if self.proc is None:
+            raise RuntimeError("the worker process has not been started")
+        return self.proc
 
     def start(self) -> WorkerProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -56,8 +63,8 @@ class WorkerProcess:
         """Seconds until /readyz answers 200; raises with the log tail if the worker dies or hangs."""
         started = time.monotonic()
         while time.monotonic() - started < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.proc.returncode} before ready:\n{self.log_tail()}")
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.process.returncode} before ready:\n{self.log_tail()}")
             try:
                 with urllib.request.urlopen(self.url("/readyz"), timeout=1) as resp:
                     if resp.status == 200:

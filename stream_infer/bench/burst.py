@@ -34,9 +34,10 @@ class BurstSample:
     predictions: float  # counter
 
 
-def scrape(worker: WorkerProcess, pipeline: str) -> dict[str, float]:
-    """The pipeline's metrics of interest, as one flat dict."""
-    out = {"lag_messages": 0.0, "lag_seconds": 0.0, "mode": "latency", "batch_sum": 0.0, "batch_count": 0.0}
+def scrape(worker: WorkerProcess, pipeline: str) -> tuple[str, dict[str, float]]:
+    """The pipeline's controller mode and its other metrics of interest, as one flat dict."""
+    mode = "latency"
+    out = {"lag_messages": 0.0, "lag_seconds": 0.0, "batch_sum": 0.0, "batch_count": 0.0}
     for family in text_string_to_metric_families(worker.metrics_text()):
         for s in family.samples:
             if s.labels.get("pipeline") != pipeline:
@@ -47,7 +48,7 @@ def scrape(worker: WorkerProcess, pipeline: str) -> dict[str, float]:
             elif name == "stream_infer_consumer_lag_seconds":
                 out["lag_seconds"] = max(out["lag_seconds"], value if value == value else 0.0)
             elif name == "stream_infer_controller_mode" and value == 1:
-                out["mode"] = s.labels["mode"]
+                mode = s.labels["mode"]
             elif name == "stream_infer_batch_size_sum":
                 out["batch_sum"] = value
             elif name == "stream_infer_batch_size_count":
@@ -60,7 +61,7 @@ def scrape(worker: WorkerProcess, pipeline: str) -> dict[str, float]:
                 "stream_infer_predictions_total",
             ):
                 out[name.removeprefix("stream_infer_").removesuffix("_total")] = value
-    return out
+    return mode, out
 
 
 class Sampler:
@@ -82,17 +83,16 @@ class Sampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                m = scrape(self.worker, self.pipeline)
+                mode, m = scrape(self.worker, self.pipeline)
             except Exception as err:  # a worker busy or restarting: note it, keep sampling
                 self.errors.append(f"{time.monotonic() - self.t0:.2f}: {type(err).__name__}: {err}")
-                m = None
-            if m is not None:
+            else:
                 d_sum, d_count = m["batch_sum"] - self._last[0], m["batch_count"] - self._last[1]
                 self._last = (m["batch_sum"], m["batch_count"])
                 self.samples.append(
                     BurstSample(
                         round(time.monotonic() - self.t0, 3),
-                        m["mode"],
+                        mode,
                         m.get("controller_batch_size", 0.0),
                         round(d_sum / d_count, 1) if d_count else 0.0,
                         m["lag_messages"],
@@ -116,7 +116,7 @@ def run_burst(
     *,
     produce_burst: Callable[[], float],
     expected_predictions: int,
-    trickle: Callable[[], None] | None = None,
+    trickle: Callable[[], object] | None = None,  # its result is not used
     drain_timeout: float = 300.0,
 ) -> dict:
     """Sample `worker` (started and ready) through a trickle, then a burst, until drained: the
@@ -137,7 +137,7 @@ def run_burst(
     try:
         while time.monotonic() < deadline:
             time.sleep(0.25)
-            if worker.proc.poll() is not None:
+            if worker.process.poll() is not None:
                 raise RuntimeError(f"worker exited during the burst:\n{worker.log_tail()}")
             last = sampler.samples[-1] if sampler.samples else None
             if last is None or last.predictions < expected_predictions or last.lag_messages > 0:

@@ -66,7 +66,8 @@ def run(config_path: str, pipeline_name: str, group: str, *, seconds: float, idl
         raw = pipeline.engine.run(batch.matrix) if batch.matrix is not None else None
         outputs, _, _ = pipeline.finish(batch, raw, None, now)
         for topic, key, value, headers in outputs:
-            producer.produce(topic, value=value, key=key, headers=headers)
+            # confluent_kafka types headers as an invariant List of (str, str | bytes | None).
+            producer.produce(topic, value=value, key=key, headers=headers)  # type: ignore[arg-type]
         producer.poll(0)
         for r in records:
             offsets[(r.topic, r.partition)] = r.offset + 1

@@ -390,7 +390,7 @@ class HostStaging:
 
     def close(self) -> None:
         """Release the buffer (after this, :attr:`array` must not be used)."""
-        self.ortvalue = self._host_value = None  # type: ignore[assignment]
+        self.ortvalue = self._host_value = None
         self.array = None  # type: ignore[assignment]
         self._free()
         self._free = lambda: None
@@ -656,6 +656,7 @@ def run_bench(
                     continue
                 try:
                     if mode == "cpu":
+                        assert cpu_session is not None, "created above when modes include cpu"
                         name = cpu_session.get_inputs()[0].name
                         out_name = cpu_session.get_outputs()[0].name
                         result, out = _timed_result(
@@ -664,6 +665,7 @@ def run_bench(
                         reference, cpu_rate = out.astype(np.float64), result.rows_per_s
                         result.speedup_vs_cpu = 1.0
                     elif mode == "cuda":
+                        assert cuda_session is not None, "CUDA modes without a session are skipped above"
                         name = cuda_session.get_inputs()[0].name
                         out_name = cuda_session.get_outputs()[0].name
                         result, out = _timed_result(

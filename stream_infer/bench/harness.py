@@ -117,7 +117,10 @@ def engines_config(
     for name in ("predictions", "alerts", "telemetry.dlq"):
         text = text.replace(f'"engines.{name}"', f'"{output_prefix}.{name}"')
     block = re.search(r"\[pipelines\.batching\]\n((?:\w+ = .*\n)+)", text)
-    settings = dict(line.split(" = ", 1) for line in block.group(1).splitlines())  # the demo's own, as written
+    if block is None:
+        raise RuntimeError("the demo config has no [pipelines.batching] block")
+    # The demo's own, as written.
+    settings = {k: v for k, _, v in (line.partition(" = ") for line in block.group(1).splitlines())}
     settings.update({k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in (batching or {}).items()})
     lines = "".join(f"{k} = {v}\n" for k, v in settings.items())
     text = text[: block.start(1)] + lines + text[block.end(1) :]
@@ -133,7 +136,7 @@ def engines_config(
 def engine_events(count: int) -> list[tuple[bytes, bytes]]:
     """`count` engine events: C-MAPSS train in replay order, repeated with new unit ids (a fleet)."""
     base = [orjson.loads(value) for _, value in cmapss_events("train")]
-    out = []
+    out: list[tuple[bytes, bytes]] = []
     rep = 0
     while len(out) < count:
         for event in base[: count - len(out)]:
@@ -306,6 +309,8 @@ class Bench:
         total = total or measure
         group = f"{self.run_id}-{mode}"
         config = self.config(mode)
+        alive: Callable[[], bool]
+        stop: Callable[[], object]  # its result (an exit code, or None) is not used
         if mode == "ceiling":
             env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=self.bootstrap)
             log_file = open(self.workdir / "ceiling.log", "wb")
@@ -319,7 +324,8 @@ class Bench:
         else:
             worker = WorkerProcess(config, self.bootstrap, self.workdir / mode).start()
             worker.wait_ready()
-            pid, alive, stop = worker.proc.pid, lambda: worker.proc.poll() is None, worker.stop
+            process = worker.process
+            pid, alive, stop = process.pid, lambda: process.poll() is None, worker.stop
         progress = Progress(self.bootstrap, group, pid, topic=self.input)
         progress.run_until(lambda c: c >= total, timeout=1800, alive=alive)
         stats = progress.final_stats()
@@ -339,12 +345,12 @@ class Bench:
         group = f"{self.run_id}-per_event"
         worker = WorkerProcess(self.config("per_event", batch=1), self.bootstrap, self.workdir / "per_event").start()
         worker.wait_ready()
-        progress = Progress(self.bootstrap, group, worker.proc.pid, topic=self.input)
+        progress = Progress(self.bootstrap, group, worker.process.pid, topic=self.input)
         started = time.monotonic()
         progress.run_until(
             lambda c: time.monotonic() - started > self.plan.per_event_seconds,
             timeout=600,
-            alive=lambda: worker.proc.poll() is None,
+            alive=lambda: worker.process.poll() is None,
         )
         stats = progress.final_stats()
         worker.stop()
@@ -386,7 +392,11 @@ class Bench:
                 count = max(int(rate * duration), 20)
                 before = len(reader.records[predictions])
                 _paced(self.bootstrap, topic, events[:count], rate)
-                reader.until(lambda before=before, count=count: len(reader.records[predictions]) - before >= count, 120)
+
+                def arrived(before: int = before, count: int = count) -> bool:
+                    return len(reader.records[predictions]) - before >= count
+
+                reader.until(arrived, 120)
                 lat, inside = _latencies(reader.records[predictions][before:])
                 pct = {f"p{q}": round(float(np.percentile(lat, q)), 1) for q in (50, 95, 99)}
                 self.results["latency_ms"][name] = {
@@ -437,12 +447,13 @@ class Bench:
         _wait_for_latency_mode(worker, timeout=30)
         lat, _ = _latencies(reader.records[predictions][before:])
         edge = max(1, int(rate * 5))
+        jit_cores = None if watch is None else watch.cores()
         summary = {
             "events": sent,
             "rate_eps": round(rate, 1),
             "seconds": round(seconds, 1),
             "broker_jit_settled": bool(watch and watch.settled()),
-            "broker_jit_cores": None if watch is None or watch.cores() is None else round(watch.cores(), 3),
+            "broker_jit_cores": None if jit_cores is None else round(jit_cores, 3),
             "p99_first_5s": round(float(np.percentile(lat[:edge], 99)), 1),
             "p99_last_5s": round(float(np.percentile(lat[-edge:], 99)), 1),
         }

@@ -138,7 +138,7 @@ class Trial:
         )
         topics = self.pipeline.topics
         extra = {"min.insync.replicas": "2"} if self.replication >= 3 else {}
-        names = [self.pipeline.input_topic, topics.predictions, topics.alerts, topics.dead_letters]
+        names = [t for t in (self.pipeline.input_topic, topics.predictions, topics.alerts, topics.dead_letters) if t is not None]
         create_topics(self.bootstrap, names, partitions=PARTITIONS, replication=self.replication, config=extra)
         self._wait_for_topics(names)
         self.watcher = PredictionWatcher(
@@ -189,23 +189,30 @@ class Trial:
         if self.cluster_dir is None:
             raise RuntimeError("killing a broker needs a local cluster started by the harness")
         cluster = local.Cluster.load(self.cluster_dir)
+        if cluster is None:
+            raise RuntimeError(f"no cluster state in {self.cluster_dir}")
         node = next(n for n in cluster.nodes if n.node_id == node_id)
-        if not local.pid_alive(node.pid):
-            raise RuntimeError(f"broker {node_id} (pid {node.pid}) is not running")
-        at = self.mark(f"SIGKILL broker {node_id}", pid=node.pid)
-        os.kill(node.pid, signal.SIGKILL)
+        pid = node.pid
+        if pid is None or not local.pid_alive(pid):
+            raise RuntimeError(f"broker {node_id} (pid {pid}) is not running")
+        at = self.mark(f"SIGKILL broker {node_id}", pid=pid)
+        os.kill(pid, signal.SIGKILL)
         with suppress(ChildProcessError, OSError):  # started by this process: reap it
-            os.waitpid(node.pid, 0)
+            os.waitpid(pid, 0)
         return at
 
     # --- the stream and the clock ---------------------------------------------------------------
 
     def start_stream(self) -> None:
+        if self.watcher is None:
+            raise RuntimeError("setup() must run before start_stream()")
         self.watcher.start()
         self.feeder = Feeder(self.bootstrap, self.pipeline.input_topic, self.stream, rate=self.rate, duration=self.duration)
         self.feeder.start()
 
     def elapsed(self) -> float:
+        if self.feeder is None or self.feeder.started_at is None:
+            raise RuntimeError("the stream has not started")
         return time.time() - self.feeder.started_at
 
     def wait_until(self, seconds: float) -> None:
@@ -264,7 +271,9 @@ class Trial:
 
     def finish(self) -> None:
         """Wait for the stream and the drain, stop the workers and account (fills `result`)."""
-        feeder = self.feeder
+        feeder, watcher = self.feeder, self.watcher
+        if feeder is None or watcher is None:
+            raise RuntimeError("finish() needs a started stream (setup() and start_stream())")
         if not feeder.join(self.duration + DELIVERY_TIMEOUT_MS / 1000 + 60):
             raise RuntimeError("the feeder did not finish")
         if feeder.error is not None:
@@ -275,10 +284,10 @@ class Trial:
         inputs = {source: self.stream.identity(index) for source, index in feeder.delivered.items()}
         wanted = set(inputs)
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        while self.watcher.missing(wanted) and time.monotonic() < deadline:
+        while watcher.missing(wanted) and time.monotonic() < deadline:
             time.sleep(0.5)
         settle_deadline = time.monotonic() + 5 * SETTLE_S
-        while time.time() - self.watcher.last_arrival < SETTLE_S and time.monotonic() < settle_deadline:
+        while time.time() - watcher.last_arrival < SETTLE_S and time.monotonic() < settle_deadline:
             time.sleep(0.2)
         self.result.final_lag = self._final_lag()
         with suppress(Exception):
@@ -287,13 +296,13 @@ class Trial:
         for name in self.pool.names():
             self.stop_worker(name)
         self.result.exits, self.result.restarts = self.pool.exits, self.pool.restarts
-        self.watcher.stop()
-        observations = self.watcher.snapshot()
+        watcher.stop()
+        observations = watcher.snapshot()
         self.result.accounting = account(
             inputs,
             observations,
             self.reference.predictions,
-            alerts=self.watcher.alerts_snapshot(),
+            alerts=watcher.alerts_snapshot(),
             reference_alerts=self.reference.alerts,
         )
         self.result.latency_max_s = latency_max(observations)

@@ -334,7 +334,8 @@ def _slowest(recovery: dict[str, dict[int, float | None]]) -> float | None:
     values = [v for partitions in recovery.values() for v in partitions.values()]
     if not values:
         return None
-    return float("inf") if any(v is None for v in values) else max(values)
+    known = [v for v in values if v is not None]
+    return float("inf") if len(known) < len(values) else max(known)
 
 
 def _json_number(value: float | None) -> float | str | None:

@@ -19,7 +19,6 @@ import logging
 import threading
 import time
 
-import orjson
 from confluent_kafka import KafkaError, Message, Producer
 
 from stream_infer.faults.reference import EventStream
@@ -69,8 +68,10 @@ class Feeder:
 
     def _delivered(self, index: int, err: KafkaError | None, msg: Message) -> None:
         if err is None:
-            self.delivered[(msg.partition(), msg.offset())] = index
-            self.acknowledged.append((msg.partition(), msg.timestamp()[1], time.time()))
+            partition, offset = msg.partition(), msg.offset()
+            assert partition is not None and offset is not None, "an acknowledged message has its partition and offset"
+            self.delivered[(partition, offset)] = index
+            self.acknowledged.append((partition, msg.timestamp()[1], time.time()))
         else:
             self.failed += 1
             self.last_error = err.str()
@@ -145,7 +146,7 @@ class PredictionWatcher:
         self._thread.start()
 
     def _record(self, record: ReadRecord) -> None:
-        body = orjson.loads(record.value)
+        body = record.json()
         if record.topic != self.topic:
             self._record_alert(body)
             return

@@ -70,8 +70,8 @@ class WorkerPool:
         """SIGTERM and time the exit (a worker that already exited is recorded as it is)."""
         with self._lock:
             worker = self._workers.pop(name)
-        if worker.proc.poll() is not None:
-            outcome = WorkerExit(name, worker.proc.returncode, None, "exited", graceful_required)
+        if worker.process.poll() is not None:
+            outcome = WorkerExit(name, worker.process.returncode, None, "exited", graceful_required)
         else:
             started = time.monotonic()
             code = worker.stop(timeout=self.stop_timeout)
@@ -86,7 +86,7 @@ class WorkerPool:
         with self._lock:
             worker = self._workers.pop(name)
         worker.kill()
-        self.exits.append(WorkerExit(name, worker.proc.returncode, None, "killed"))
+        self.exits.append(WorkerExit(name, worker.process.returncode, None, "killed"))
 
     def names(self) -> list[str]:
         with self._lock:
@@ -109,7 +109,7 @@ class WorkerPool:
         while not self._stop.wait(SUPERVISE_EVERY_S):
             with self._lock:
                 for name, worker in list(self._workers.items()):
-                    code = worker.proc.poll()
+                    code = worker.process.poll()
                     if code is None:
                         continue
                     log.warning("worker %s exited with status %s: restarting it; log tail:\n%s", name, code, worker.log_tail(15))

@@ -53,7 +53,8 @@ from stream_infer.fuzz.accounting import Expectation, dead_letter_problems, expe
 from stream_infer.fuzz.kinds import DATASETS, POISON_VALUE_BYTES, Base, Headers, Kind, all_kinds, build, first_base, kinds_for
 from stream_infer.kafka import local
 from stream_infer.kafka.admin import admin_client, create_topics
-from stream_infer.kafka.reader import ReadRecord, TopicReader
+from stream_infer.kafka.consumer import consumed_headers
+from stream_infer.kafka.reader import ReadRecord, TopicReader, read_record
 from stream_infer.replay import dataset_events, dataset_size
 from stream_infer.workerproc import WorkerProcess
 
@@ -560,8 +561,8 @@ class _Reader(TopicReader):
         for msg in self._consumer.consume(5000, timeout=seconds):
             if msg.error() is not None:
                 continue
-            headers = list(msg.headers() or [])
-            record = ReadRecord(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(), msg.timestamp()[1], {})
+            headers = consumed_headers(msg)
+            record = read_record(msg, {})
             on_record(record, headers)
             got += 1
         return got
@@ -586,7 +587,7 @@ class _Outputs:
     def on_record(self, record: ReadRecord, headers: list) -> None:
         pipeline, what = self.by_topic[record.topic]
         if what == "prediction":
-            source = orjson.loads(record.value)["source"]
+            source = record.json()["source"]
             ident = (pipeline, source["partition"], source["offset"])
             self.predictions[ident] += 1
             self.prediction_ms.setdefault(ident, record.timestamp_ms)
@@ -682,14 +683,14 @@ def _hostile_phase(settings: FuzzSettings, bootstrap: str, result: FuzzResult, e
         outputs = _Outputs(config, sent, result)
         reader = _Reader(bootstrap, [t for p in config.pipelines for t in (p.topics.predictions, p.topics.dead_letters)])
         deadline = time.monotonic() + settings.drain_timeout_s
-        while outputs.waiting and time.monotonic() < deadline and worker.proc.poll() is None:
+        while outputs.waiting and time.monotonic() < deadline and worker.process.poll() is None:
             reader.read(0.5, outputs.on_record)
         settle = time.monotonic() + SETTLE_S
         while time.monotonic() < settle:
             reader.read(0.2, outputs.on_record)
-        running = worker.proc.poll() is None
-        result.peak_rss_mb = peak_rss_mb(worker.proc.pid) if running else 0.0
-        result.worker_cpu_s = cpu_seconds(worker.proc.pid) if running else 0.0
+        running = worker.process.poll() is None
+        result.peak_rss_mb = peak_rss_mb(worker.process.pid) if running else 0.0
+        result.worker_cpu_s = cpu_seconds(worker.process.pid) if running else 0.0
     finally:
         if reader is not None:
             reader.close()
@@ -954,15 +955,15 @@ def _drain(
     """Wait until the engines pipeline has `expected` outputs (predictions and dead letters), the
     deadline passes or the worker exits; then fill in `out`'s counts, seconds since `started`,
     whether the worker exited, and its peak RSS."""
-    while time.monotonic() < deadline and worker.proc.poll() is None:
+    while time.monotonic() < deadline and worker.process.poll() is None:
         out.predicted = _watermarks(watcher, engines.topics.predictions, partitions)
         out.dead_letters = _watermarks(watcher, engines.topics.dead_letters, partitions)
         if out.predicted + out.dead_letters >= expected:
             break
         time.sleep(every)
     out.seconds = time.monotonic() - started
-    out.exited = worker.proc.poll() is not None
-    out.peak_rss_mb = 0.0 if out.exited else peak_rss_mb(worker.proc.pid)
+    out.exited = worker.process.poll() is not None
+    out.peak_rss_mb = 0.0 if out.exited else peak_rss_mb(worker.process.pid)
 
 
 def _first_line(err: Exception) -> str:

@@ -13,6 +13,7 @@ the topics and their transactional id since Kafka 3.0 (KIP-679).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import (
@@ -165,9 +166,15 @@ def delete(admin: AdminClient, acl_bindings: list[AclBinding], timeout: float = 
 def describe(binding: AclBinding | AclBindingFilter) -> str:
     pattern = "prefix " if binding.resource_pattern_type == ResourcePatternType.PREFIXED else ""
     return (
-        f"{binding.permission_type.name} {binding.principal} {binding.operation.name} on "
-        f"{binding.restype.name.lower()} {pattern}{binding.name!r}"
+        f"{_name(binding.permission_type)} {binding.principal} {_name(binding.operation)} on "
+        f"{_name(binding.restype).lower()} {pattern}{binding.name!r}"
     )
+
+
+def _name(value: Enum | str | int) -> str:
+    """An ACL field's name: confluent_kafka types the fields as their constructor arguments (an
+    enum, or its name or value), though a binding holds the enum."""
+    return value.name if isinstance(value, Enum) else str(value)
 
 
 def table(grants: list[Grant]) -> str:

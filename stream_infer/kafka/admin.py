@@ -41,7 +41,8 @@ _client_log = logging.getLogger("stream_infer.kafka.client")
 
 def admin_client(connection: KafkaConnection | str) -> AdminClient:
     # librdkafka's own log goes through Python logging, so it obeys --log-level like everything else.
-    return AdminClient(as_connection(connection).client_config(logger=_client_log))
+    # confluent_kafka types the config's values as str/int/float/bool; a logger is valid too.
+    return AdminClient(as_connection(connection).client_config(logger=_client_log))  # type: ignore[arg-type]
 
 
 class ReplicationUnmet(RuntimeError):
@@ -92,7 +93,7 @@ def topic_partitions(
 ) -> list[TopicPartition]:
     """Every partition of the named topics, sorted by (topic, partition). `admin` reuses a client."""
     metadata = (admin or admin_client(bootstrap)).list_topics(timeout=timeout)
-    result = []
+    result: list[TopicPartition] = []
     for topic in topics:
         meta = metadata.topics.get(topic)
         if meta is None or meta.error is not None:

@@ -175,9 +175,15 @@ class Changelog:
                         if err.retriable():  # the client retries on its own (a leader moving)
                             continue
                         raise RuntimeError(f"restoring {self.topic}[{partition}]: {err.str()}")
-                    states = result[partition][0]
                     key, value = msg.key(), msg.value()
+                    if partition is None or key is None:
+                        raise RuntimeError(
+                            f"restoring {self.topic}[{partition}]: a record without a key at offset {msg.offset()}"
+                        )
+                    states = result[partition][0]
                     if key == MARKER_KEY:
+                        if value is None:
+                            raise RuntimeError(f"restoring {self.topic}[{partition}]: a checkpoint marker without a value")
                         checkpoints[partition] = orjson.loads(value)["offset"]
                     elif value is None:
                         states.pop(key.decode(), None)

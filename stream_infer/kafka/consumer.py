@@ -252,15 +252,11 @@ class BatchConsumer:
         for tp in committed:
             epochs[tp.partition] = next(_epochs)
             self._committed.pop(tp.partition, None)
-            target = (
-                tp.offset
-                if tp.offset >= 0
-                else retry_kafka(
-                    lambda tp=tp: self._consumer.get_watermark_offsets(tp, timeout=10)[0],
-                    timeout=30,
-                    what="reading the log start",
-                )
-            )
+
+            def log_start(tp: TopicPartition = tp) -> int:
+                return self._consumer.get_watermark_offsets(tp, timeout=10)[0]
+
+            target = tp.offset if tp.offset >= 0 else retry_kafka(log_start, timeout=30, what="reading the log start")
             self._consumer.seek(TopicPartition(tp.topic, tp.partition, target))
         self._set_ownership({**self._ownership.epochs, **epochs})
         return epochs
@@ -328,19 +324,30 @@ class BatchConsumer:
 def records_from_messages(messages: list[Message]) -> list[InputRecord]:
     """The pipeline's client-free view of consumed messages (timestamps in ms). Headers that
     cannot be read (see :func:`_headers`) come as None; the message itself is kept."""
+    # A consumed message always has its topic, partition and offset; confluent_kafka types them
+    # Optional (a Message built by hand has none), and a check per message would cost the hot path.
     return [
-        InputRecord(m.key(), m.value(), m.topic(), m.partition(), m.offset(), m.timestamp()[1], _headers(m)) for m in messages
+        InputRecord(m.key(), m.value(), m.topic(), m.partition(), m.offset(), m.timestamp()[1], _headers(m))  # type: ignore[arg-type]
+        for m in messages
     ]
 
 
-def _headers(message: Message) -> tuple[tuple[str, bytes], ...] | None:
+def _headers(message: Message) -> tuple[tuple[str, bytes | None], ...] | None:
     """A message's headers; None when confluent-kafka cannot decode them (a header name that is
     not UTF-8 raises SystemError from inside `headers()`): the worker does not use headers to
     process an event, so such a record is processed, and its dead letter (if any) says so."""
     try:
-        return tuple(message.headers() or ())
+        # confluent_kafka types headers() with its produce-side HeadersType (a dict, or str
+        # values); a consumed message's are a list of (str, bytes | None).
+        return tuple(message.headers() or ())  # type: ignore[arg-type]
     except (SystemError, UnicodeDecodeError):
         return None
+
+
+def consumed_headers(message: Message) -> list[tuple[str, bytes | None]]:
+    """A consumed message's headers in order (raises as `headers()` does on an unreadable one)."""
+    # confluent_kafka types headers() with its produce-side HeadersType (a dict, or str values).
+    return message.headers() or []  # type: ignore[return-value]
 
 
 def _usable(msg: Message) -> bool:

@@ -310,7 +310,7 @@ def _metadata_brokers(bootstrap: str, timeout: float, settings: dict[str, str] |
     from confluent_kafka.admin import AdminClient
 
     # log_level 0: "connection refused" while the broker boots is the expected answer, not news.
-    config = {"bootstrap.servers": bootstrap, "socket.connection.setup.timeout.ms": 2000, "log_level": 0}
+    config: dict[str, str | int] = {"bootstrap.servers": bootstrap, "socket.connection.setup.timeout.ms": 2000, "log_level": 0}
     admin = AdminClient({**config, **(settings or {}), "bootstrap.servers": bootstrap})
     try:
         return len(admin.list_topics(timeout=timeout).brokers)
@@ -421,11 +421,11 @@ def up(
         raise _secure_mismatch(state_dir, previous.secure, running=False)
     # A restart keeps the cluster id (the data is formatted with it) and, when free, the ports.
     reuse = (
-        previous
+        previous is not None
         and port in (0, previous.nodes[0].port)
         and all(port_is_free(p) for n in previous.nodes for p in (n.port, n.controller_port, n.mtls_port) if p is not None)
     )
-    if reuse:
+    if previous is not None and reuse:
         cluster = previous
     else:
         plan = plan_ports(port, nodes)
@@ -504,20 +504,26 @@ def down(state_dir: Path, *, wipe: bool = False, timeout: float = 30.0) -> int:
     stopped = 0
     if cluster:
         # Signal all nodes at once so the controller quorum is there for each one's controlled shutdown.
-        targets = [n for n in cluster.nodes if pid_alive(n.pid) and _is_our_broker(n.pid, n.directory(state_dir))]
-        for node in targets:
+        # (node, pid) of each node to stop.
+        targets = [
+            (n, n.pid)
+            for n in cluster.nodes
+            if n.pid is not None and pid_alive(n.pid) and _is_our_broker(n.pid, n.directory(state_dir))
+        ]
+        target_nodes = [n for n, _ in targets]
+        for _, pid in targets:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(node.pid, signal.SIGTERM)
+                os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while any(pid_alive(n.pid) for n in targets) and time.monotonic() < deadline:
-            _reap(targets)
+        while any(pid_alive(pid) for _, pid in targets) and time.monotonic() < deadline:
+            _reap(target_nodes)
             time.sleep(0.2)
-        for node in targets:
-            if pid_alive(node.pid):
+        for node, pid in targets:
+            if pid_alive(pid):
                 log.warning("node %s did not stop within %.0f s: killing it", node.node_id, timeout)
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(node.pid, signal.SIGKILL)
-        _reap(targets)
+                    os.kill(pid, signal.SIGKILL)
+        _reap(target_nodes)
         stopped = len(targets)
         for node in cluster.nodes:
             node.pid = None
@@ -544,6 +550,10 @@ def status(state_dir: Path) -> dict:
         return {"state_dir": str(state_dir), "running": False, "nodes": []}
     alive = [pid_alive(n.pid) for n in cluster.nodes]
     answering = _metadata_brokers(cluster.bootstrap, timeout=3, settings=admin_settings(cluster)) if any(alive) else 0
+    nodes: list[dict[str, int | bool | None]] = [
+        {"node_id": n.node_id, "port": n.port, "controller_port": n.controller_port, "pid": n.pid, "alive": a}
+        for n, a in zip(cluster.nodes, alive)
+    ]
     info = {
         "state_dir": str(state_dir),
         "version": cluster.version or kafka_version(),
@@ -551,13 +561,10 @@ def status(state_dir: Path) -> dict:
         "secure": cluster.secure,
         "running": all(alive) and answering >= len(cluster.nodes),
         "brokers_answering": answering,
-        "nodes": [
-            {"node_id": n.node_id, "port": n.port, "controller_port": n.controller_port, "pid": n.pid, "alive": a}
-            for n, a in zip(cluster.nodes, alive)
-        ],
+        "nodes": nodes,
     }
     if cluster.secure:
         info["mtls_bootstrap"] = cluster.mtls_bootstrap
-        for entry, node in zip(info["nodes"], cluster.nodes):
+        for entry, node in zip(nodes, cluster.nodes):
             entry["mtls_port"] = node.mtls_port
     return info

@@ -19,7 +19,8 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
+from enum import Enum
 
 from confluent_kafka import KafkaError, KafkaException, TopicCollection
 from confluent_kafka.admin import AclOperation, AdminClient, ConsumerGroupDescription
@@ -132,7 +133,8 @@ def connect(connection: KafkaConnection | str, timeout: float = 10.0) -> AdminCl
     # log_level 0: the failure is reported once, by the exception below, not by librdkafka
     # repeating it at every reconnect.
     try:
-        admin = AdminClient(connection.client_config(error_cb=on_error, logger=_client_log, log_level=0))
+        # confluent_kafka types the config's values as str/int/float/bool; callbacks and a logger are valid too.
+        admin = AdminClient(connection.client_config(error_cb=on_error, logger=_client_log, log_level=0))  # type: ignore[arg-type]
     except KafkaException as err:  # a setting librdkafka refuses: unknown name, unreadable file
         hint = (
             "; check that each file named by an ssl.*.location setting exists and is PEM"
@@ -247,7 +249,8 @@ def _describe_group(admin: AdminClient, group: str, timeout: float) -> ConsumerG
         time.sleep(0.5)
 
 
-def _require(grant: Grant, authorized: list[AclOperation] | None, who: str) -> None:
+def _require(grant: Grant, authorized: Collection[Enum] | None, who: str) -> None:
+    """`authorized`: AclOperation members (confluent_kafka types them as plain Enum)."""
     if not authorized:  # not reported: no authorizer, or a broker too old to say
         return
     have = set(authorized)

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 _client_log = logging.getLogger("stream_infer.kafka.client")
 
 # (topic, key, value, headers or None)
-OutMessage = tuple[str, bytes | None, bytes, list[tuple[str, bytes]] | None]
+OutMessage = tuple[str, bytes | None, bytes, list[tuple[str, bytes | None]] | None]
 
 
 class DeliveryError(RuntimeError):
@@ -62,9 +62,8 @@ def produce_all(producer: Producer, messages: Sequence[OutMessage], on_rejected:
                 if headers is None:
                     produce(topic, value, key)
                 else:
-                    produce(topic, value, key, headers=headers)
-                count += 1
-                current = None
+                    # confluent_kafka types headers as an invariant List of (str, str | bytes | None).
+                    produce(topic, value, key, headers=headers)  # type: ignore[arg-type]
             except BufferError:
                 time.sleep(0.005)
             except KafkaException as exc:
@@ -72,6 +71,9 @@ def produce_all(producer: Producer, messages: Sequence[OutMessage], on_rejected:
                 if on_rejected is None or err.code() not in _MESSAGE_ERRORS:
                     raise
                 current = on_rejected(index, current, err.str())
+            else:
+                count += 1
+                current = None
     return count
 
 

@@ -8,10 +8,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from stream_infer.kafka.admin import topic_partitions
 from stream_infer.kafka.connection import KafkaConnection, as_connection
+from stream_infer.kafka.consumer import consumed_headers
 
 
 @dataclass
@@ -22,10 +23,20 @@ class ReadRecord:
     key: bytes | None
     value: bytes | None
     timestamp_ms: int
-    headers: dict[str, bytes]
+    headers: dict[str, bytes | None]  # a header's value may be null
 
     def json(self):
+        if self.value is None:
+            raise ValueError(f"{self.topic}/{self.partition}@{self.offset} has no value (a tombstone)")
         return orjson.loads(self.value)
+
+
+def read_record(msg: Message, headers: dict[str, bytes | None]) -> ReadRecord:
+    """The ReadRecord of a consumed message (one without an error)."""
+    topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+    if topic is None or partition is None or offset is None:
+        raise RuntimeError("a consumed message without its topic, partition or offset")
+    return ReadRecord(topic, partition, offset, msg.key(), msg.value(), msg.timestamp()[1], headers)
 
 
 @dataclass
@@ -61,15 +72,7 @@ class TopicReader:
         for msg in self._consumer.consume(5000, timeout=seconds):
             if msg.error() is not None:
                 continue
-            record = ReadRecord(
-                msg.topic(),
-                msg.partition(),
-                msg.offset(),
-                msg.key(),
-                msg.value(),
-                msg.timestamp()[1],
-                {k: v for k, v in (msg.headers() or [])},
-            )
+            record = read_record(msg, dict(consumed_headers(msg)))
             self.records[record.topic].append(record)
             got += 1
             if on_record is not None:

@@ -120,13 +120,15 @@ def select(X: np.ndarray, y: np.ndarray, units: np.ndarray, log: Callable[[str],
     train_units, val_units = data.split_units(units)
     is_train = np.isin(units, train_units)
     scores = []
+    rmse_vals: list[float] = []  # scores[i]["rmse_val"], typed
     for candidate in CANDIDATES:
         start = time.perf_counter()
         model = fit(candidate, X[is_train], y[is_train])
         score = rmse(onnx_predict(export_onnx(model), X[~is_train]), y[~is_train])
-        scores.append({"name": candidate.name, "rmse_val": round(score, 6), "params": candidate.params})
+        rmse_vals.append(round(score, 6))
+        scores.append({"name": candidate.name, "rmse_val": rmse_vals[-1], "params": candidate.params})
         log(f"  {candidate.name:<24} rmse_val={score:7.3f}  ({time.perf_counter() - start:.1f}s)")
-    best = min(range(len(CANDIDATES)), key=lambda i: scores[i]["rmse_val"])
+    best = min(range(len(CANDIDATES)), key=rmse_vals.__getitem__)
     return CANDIDATES[best], scores
 
 
