@@ -44,9 +44,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from stream_infer import metrics
-from stream_infer.kafka.changelog import checkpoint_records
 from stream_infer.kafka.consumer import Ownership
 from stream_infer.kafka.transactions import TransactionAborted, TransactionalProducer
+from stream_infer.state.changelog import checkpoint_records
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from confluent_kafka import Producer
 
 from stream_infer.config import load_config
 from stream_infer.configs import DEMO_CONFIG
-from stream_infer.kafka import local
+from stream_infer.devkafka import local
 from stream_infer.kafka.admin import create_topics
 from stream_infer.kafka.connection import KafkaConnection, as_connection, resolve
 from stream_infer.kafka.reader import ReadRecord, TopicReader

@@ -31,8 +31,9 @@ import orjson
 
 from stream_infer import metrics
 from stream_infer.config import PipelineConfig
-from stream_infer.decode import DeadLetter, InputRecord
+from stream_infer.decode import DeadLetter
 from stream_infer.kafka.producer import OutMessage
+from stream_infer.records import InputRecord
 
 log = logging.getLogger(__name__)
 

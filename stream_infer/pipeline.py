@@ -2,7 +2,7 @@
 
 This module composes the stages; it knows Kafka only through two narrow interfaces (an
 :class:`~stream_infer.kafka.producer.AsyncProducer` for outputs and a
-:class:`~stream_infer.kafka.changelog.Changelog` for state) and the model only through
+:class:`~stream_infer.state.changelog.Changelog` for state) and the model only through
 :class:`~stream_infer.engine.InferenceEngine`.
 
 Contract (what the tests hold it to):
@@ -32,14 +32,15 @@ from stream_infer import metrics
 from stream_infer.checkpoint import Checkpoint
 from stream_infer.config import PipelineConfig
 from stream_infer.controller import CostProfile, batch_sizes
-from stream_infer.decode import DeadLetter, DecodedBatch, EventDecoder, InputRecord
+from stream_infer.decode import DeadLetter, DecodedBatch, EventDecoder
 from stream_infer.engine import InferenceEngine
 from stream_infer.features import Featurizer
-from stream_infer.kafka.changelog import Changelog
 from stream_infer.kafka.producer import AsyncProducer, OutMessage
 from stream_infer.outputs import OutputWriter, Source
 from stream_infer.postprocess import AlertTracker, score_fields
+from stream_infer.records import InputRecord
 from stream_infer.state import StateStore
+from stream_infer.state.changelog import Changelog
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from stream_infer.config import AlertRule, OutputSpec
-from stream_infer.decode import InputRecord
+from stream_infer.records import InputRecord
 from stream_infer.state import StateStore
 
 

@@ -34,11 +34,6 @@ from stream_infer.checkpoint import CheckpointCommitter
 from stream_infer.config import Config
 from stream_infer.kafka.acls import worker_grants
 from stream_infer.kafka.admin import admin_client, create_topics
-from stream_infer.kafka.changelog import (
-    Changelog,
-    changelog_topic,
-    ensure_changelog_topic,
-)
 from stream_infer.kafka.connection import ConnectionSettingsError, KafkaConnection
 from stream_infer.kafka.consumer import Ownership
 from stream_infer.kafka.preflight import ConnectionFailure, check_access, connect
@@ -48,6 +43,11 @@ from stream_infer.logs import setup_logging
 from stream_infer.pipeline import Pipeline
 from stream_infer.ports import free_port, port_is_free
 from stream_infer.runtime.runner import PipelineRunner
+from stream_infer.state.changelog import (
+    Changelog,
+    changelog_topic,
+    ensure_changelog_topic,
+)
 
 log = logging.getLogger(__name__)
 

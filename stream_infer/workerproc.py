@@ -10,7 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from stream_infer.kafka.local import free_port
+from stream_infer.devkafka.local import free_port
 
 
 class WorkerProcess:

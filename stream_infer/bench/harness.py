@@ -38,7 +38,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from stream_infer.bench.jvm import JitWatch, stat_cpu_ticks
 from stream_infer.config import load_config
 from stream_infer.configs import demo_config_text
-from stream_infer.kafka import local
+from stream_infer.devkafka import local
 from stream_infer.kafka.admin import create_topics, topic_partitions
 from stream_infer.kafka.reader import TopicReader
 from stream_infer.replay import cmapss_events, produce_waiting

@@ -30,7 +30,7 @@ def demo(as_json: bool, rate: float, timeout: float, secure: bool) -> None:
     """
     from stream_infer.config import ConfigError
     from stream_infer.demo import run_demo
-    from stream_infer.kafka.jars import KafkaSetupError
+    from stream_infer.devkafka.jars import KafkaSetupError
 
     echo = (lambda line: click.echo(line, err=True)) if as_json else click.echo
     try:

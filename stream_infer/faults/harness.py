@@ -24,11 +24,11 @@ from pathlib import Path
 
 from stream_infer.bench.harness import engines_config
 from stream_infer.config import ConfigError, PipelineConfig, load_config
+from stream_infer.devkafka import local
 from stream_infer.faults.reference import EventStream, Reference
 from stream_infer.faults.report import TrialResult, WorkerExit, account, latency_max, predictions_seen, recovery_seconds
 from stream_infer.faults.traffic import DELIVERY_TIMEOUT_MS, Feeder, PredictionWatcher
 from stream_infer.faults.workers import WorkerPool
-from stream_infer.kafka import local
 from stream_infer.kafka.admin import admin_client, create_topics, group_lag
 from stream_infer.kafka.retrying import retry_kafka
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import orjson
 
 from stream_infer.config import PipelineConfig
-from stream_infer.decode import InputRecord
+from stream_infer.records import InputRecord
 from stream_infer.replay import dataset_events
 
 log = logging.getLogger(__name__)

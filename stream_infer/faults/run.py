@@ -15,12 +15,12 @@ from pathlib import Path
 
 from stream_infer.config import load_config
 from stream_infer.configs import DEMO_CONFIG
+from stream_infer.devkafka import local
+from stream_infer.devkafka.jars import KafkaSetupError
 from stream_infer.faults.harness import run_trial
 from stream_infer.faults.reference import EventStream, load_reference
 from stream_infer.faults.report import TrialResult
 from stream_infer.faults.scenarios import BROKER_KILL_NODES, BROKER_SCENARIOS, SCENARIOS
-from stream_infer.kafka import local
-from stream_infer.kafka.jars import KafkaSetupError
 
 
 def run_faults(

@@ -49,9 +49,9 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from stream_infer.config import Config, ConfigError, PipelineConfig, load_config
 from stream_infer.configs import DEMO_CONFIG, demo_config_text
+from stream_infer.devkafka import local
 from stream_infer.fuzz.accounting import Expectation, dead_letter_problems, expect_dead_letter
 from stream_infer.fuzz.kinds import DATASETS, POISON_VALUE_BYTES, Base, Headers, Kind, all_kinds, build, first_base, kinds_for
-from stream_infer.kafka import local
 from stream_infer.kafka.admin import admin_client, create_topics
 from stream_infer.kafka.consumer import consumed_headers
 from stream_infer.kafka.reader import ReadRecord, TopicReader, read_record

@@ -27,7 +27,7 @@ from confluent_kafka.admin import (
 )
 
 from stream_infer.config import Config
-from stream_infer.kafka.changelog import changelog_topic
+from stream_infer.state.changelog import changelog_topic
 
 _RESOURCE_TYPES = {"topic": ResourceType.TOPIC, "group": ResourceType.GROUP, "transactional_id": ResourceType.TRANSACTIONAL_ID}
 _PATTERNS = {"literal": ResourcePatternType.LITERAL, "prefixed": ResourcePatternType.PREFIXED}

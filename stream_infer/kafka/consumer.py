@@ -44,9 +44,9 @@ from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
-from stream_infer.decode import InputRecord
 from stream_infer.kafka.connection import KafkaConnection, as_connection
 from stream_infer.kafka.retrying import retry_kafka
+from stream_infer.records import InputRecord
 
 log = logging.getLogger(__name__)
 _client_log = logging.getLogger("stream_infer.kafka.client")

@@ -12,7 +12,6 @@ from support import group_committed
 
 from stream_infer.checkpoint import Checkpoint, CheckpointCommitter
 from stream_infer.kafka.admin import create_topics
-from stream_infer.kafka.changelog import Changelog, ensure_changelog_topic
 from stream_infer.kafka.consumer import BatchConsumer, Ownership
 from stream_infer.kafka.transactions import (
     TransactionAborted,
@@ -20,6 +19,7 @@ from stream_infer.kafka.transactions import (
     TransactionFatal,
 )
 from stream_infer.state import KeyState
+from stream_infer.state.changelog import Changelog, ensure_changelog_topic
 
 
 def test_merge_keeps_later_offsets_and_key_states_and_earlier_keys() -> None:

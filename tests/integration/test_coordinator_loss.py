@@ -18,7 +18,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 from support import group_committed
 
-from stream_infer.kafka import local
+from stream_infer.devkafka import local
 from stream_infer.kafka.admin import create_topics
 from stream_infer.kafka.consumer import BatchConsumer
 from stream_infer.kafka.retrying import retry_kafka

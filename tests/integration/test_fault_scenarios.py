@@ -14,10 +14,10 @@ import pytest
 
 from stream_infer.config import load_config
 from stream_infer.configs import DEMO_CONFIG
+from stream_infer.devkafka import local
 from stream_infer.faults import TrialResult, run_trial, trial_line
 from stream_infer.faults.reference import EventStream, load_reference
 from stream_infer.faults.scenarios import BROKER_KILL_NODES, SCENARIOS
-from stream_infer.kafka import local
 
 RATE = 1500.0
 DURATION = 30.0

@@ -15,12 +15,13 @@ import pytest
 from support import RecordingProducer
 
 from stream_infer.config import PipelineConfig, load_config
-from stream_infer.decode import REASONS, InputRecord
+from stream_infer.decode import REASONS
 from stream_infer.fuzz import FuzzSettings, all_kinds, kinds_for, kinds_table, run_fuzz
 from stream_infer.fuzz.accounting import dead_letter_problems, expect_dead_letter
 from stream_infer.fuzz.kinds import DATASETS, POISON_KEY_BYTES, POISON_VALUE_BYTES, Hostile, build, first_base
 from stream_infer.fuzz.run import SEQUENCE_FIELDS, keys_phase
 from stream_infer.pipeline import Pipeline
+from stream_infer.records import InputRecord
 from stream_infer.replay import dataset_events
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,7 +16,7 @@ from support import close_runner, feed
 
 from stream_infer.bench.harness import engines_config
 from stream_infer.config import load_config
-from stream_infer.kafka import local
+from stream_infer.devkafka import local
 from stream_infer.kafka.admin import create_topics
 from stream_infer.kafka.reader import TopicReader
 from stream_infer.pipeline import Pipeline

@@ -20,8 +20,8 @@ from click.testing import CliRunner, Result
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from stream_infer.cli.lag_cmd import format_table, lag
+from stream_infer.devkafka.jars import KafkaSetupError, ensure_jars, java_command
 from stream_infer.kafka.admin import create_topics
-from stream_infer.kafka.jars import KafkaSetupError, ensure_jars, java_command
 from stream_infer.lagstatus import (
     SEVERITY,
     GroupReport,

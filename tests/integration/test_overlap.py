@@ -19,8 +19,8 @@ from support import RecordingProducer
 import stream_infer.pipeline as pipeline_module
 from stream_infer.bench.harness import engine_events, engines_config
 from stream_infer.config import load_config
-from stream_infer.decode import InputRecord
 from stream_infer.pipeline import OVERLAP_MIN_EVENTS, Pipeline
+from stream_infer.records import InputRecord
 
 # Fields that say when, not what: they differ between any two runs.
 _CLOCK_FIELDS = {"latency_ms", "processed_at_ms", "emitted_at_ms"}

@@ -25,7 +25,7 @@ RUNTIME_FILES = [
     "stream_infer/schemas/alert.v1.json",
     "stream_infer/models/engines_rul.onnx",
     "stream_infer/models/machines_failure.onnx",
-    "stream_infer/kafka/pom.xml",
+    "stream_infer/devkafka/pom.xml",
     "stream_infer/__main__.py",
 ]
 

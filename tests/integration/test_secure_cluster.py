@@ -34,7 +34,7 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-from stream_infer.kafka import local
+from stream_infer.devkafka import local
 from stream_infer.kafka.connection import read_properties
 
 CLI = [sys.executable, "-m", "stream_infer.cli"]

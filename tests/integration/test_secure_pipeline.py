@@ -33,7 +33,7 @@ from cryptography.x509.oid import NameOID
 from support import create_inputs, feed, output_topics, write_config
 
 from stream_infer.config import load_config
-from stream_infer.kafka import local
+from stream_infer.devkafka import local
 from stream_infer.kafka.connection import read_properties, resolve
 from stream_infer.kafka.reader import TopicReader
 from stream_infer.workerproc import WorkerProcess

@@ -24,8 +24,8 @@ import pytest
 
 import stream_infer.metrics  # noqa: F401  # registers the metrics read below
 from stream_infer.config import FeatureSpec, PipelineConfig, StateConfig, load_config
-from stream_infer.decode import InputRecord
 from stream_infer.features import Featurizer
+from stream_infer.records import InputRecord
 from stream_infer.state import AlertState, KeyState, StateStore
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,7 +17,8 @@ import orjson
 import pytest
 
 from stream_infer.batchcheck import compile_batch_check
-from stream_infer.decode import EventDecoder, InputRecord
+from stream_infer.decode import EventDecoder
+from stream_infer.records import InputRecord
 from stream_infer.replay import bad_events, dataset_events
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,9 +16,10 @@ import pytest
 from support import RecordingProducer
 
 from stream_infer.config import PipelineConfig, load_config
-from stream_infer.decode import REASONS, DecodedBatch, EventDecoder, InputRecord
+from stream_infer.decode import REASONS, DecodedBatch, EventDecoder
 from stream_infer.features import Featurizer
 from stream_infer.outputs import EXCERPT_BYTES
+from stream_infer.records import InputRecord
 from stream_infer.replay import bad_events, dataset_events
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,8 +11,8 @@ import orjson
 from support import RecordingProducer
 
 from stream_infer.config import load_config
-from stream_infer.decode import InputRecord
 from stream_infer.pipeline import Pipeline
+from stream_infer.records import InputRecord
 from stream_infer.replay import dataset_events
 from stream_infer.state import KeyState
 

@@ -27,7 +27,7 @@ from stream_infer.kafka.admin import admin_client, create_topics
 from stream_infer.kafka.connection import KafkaConnection, as_connection
 from stream_infer.kafka.retrying import retry_kafka
 from stream_infer.kafka.transactions import StateRecord
-from stream_infer.state import KeyState
+from stream_infer.state.store import KeyState
 
 log = logging.getLogger(__name__)
 _client_log = logging.getLogger("stream_infer.kafka.client")

@@ -42,8 +42,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from stream_infer.devkafka.jars import KafkaSetupError
 from stream_infer.kafka.connection import read_properties
-from stream_infer.kafka.jars import KafkaSetupError
 
 TLS_DIR = "tls"
 CREDENTIALS_FILE = "credentials.json"

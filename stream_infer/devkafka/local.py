@@ -8,7 +8,7 @@ Contract of :func:`up`: returns only once the cluster answers a metadata request
 node; data in the state directory survives `down` unless wiped.
 
 `up(..., secure=True)` starts a secured cluster instead (TLS, SCRAM, mutual TLS, an authorizer);
-:mod:`stream_infer.kafka.local_security` makes its material and describes what it writes.
+:mod:`stream_infer.devkafka.local_security` makes its material and describes what it writes.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from stream_infer.kafka.jars import (
+from stream_infer.devkafka.jars import (
     KafkaSetupError,
     ensure_jars,
     java_command,
@@ -37,7 +37,7 @@ from stream_infer.kafka.jars import (
 from stream_infer.ports import port_is_free
 
 if TYPE_CHECKING:  # imported lazily: only a secure cluster needs it (and the cryptography package)
-    from stream_infer.kafka import local_security
+    from stream_infer.devkafka import local_security
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ def _node_properties(node: Node, cluster: Cluster, security: local_security.Mate
         ]
     else:
         assert node.mtls_port is not None, "a secure cluster plans an mTLS port per node"
-        from stream_infer.kafka import local_security
+        from stream_infer.devkafka import local_security
 
         listeners = local_security.listener_properties(
             security, host=HOST, client_port=node.port, mtls_port=node.mtls_port, controller_port=node.controller_port
@@ -333,7 +333,7 @@ def admin_settings(cluster: Cluster) -> dict[str, str]:
     (bootstrap.servers included), none on a plain one."""
     if not cluster.secure:
         return {}
-    from stream_infer.kafka import local_security
+    from stream_infer.devkafka import local_security
 
     return local_security.admin_settings(cluster.state_dir)
 
@@ -349,7 +349,8 @@ def _grant_service_acls(cluster: Cluster, admin_settings: dict[str, str]) -> Non
     from confluent_kafka.admin import AdminClient
 
     from stream_infer.config import load_config
-    from stream_infer.kafka import acls, local_security
+    from stream_infer.devkafka import local_security
+    from stream_infer.kafka import acls
 
     demo = load_config(Path(__file__).resolve().parent.parent / "configs" / "demo.toml")
     bindings = acls.bindings(acls.worker_grants(demo), f"User:{local_security.SERVICE_USER}")
@@ -390,7 +391,7 @@ def up(
     listener (``Cluster.mtls_bootstrap``), an authorizer, and svc granted the demo worker's ACLs;
     clients find their settings in the state directory's client.properties,
     client-scram.properties, admin.properties and client-mtls.properties (see
-    :mod:`stream_infer.kafka.local_security`). A state directory stays plain or secure for its
+    :mod:`stream_infer.devkafka.local_security`). A state directory stays plain or secure for its
     lifetime (a mismatch is an error).
     """
     if nodes < 1:
@@ -445,7 +446,7 @@ def up(
     security = None
     format_args: list[str] = []
     if secure:
-        from stream_infer.kafka import local_security
+        from stream_infer.devkafka import local_security
 
         security = local_security.ensure_material(state_dir, formatted=any(_is_formatted(n, state_dir) for n in cluster.nodes))
         local_security.write_client_properties(security, bootstrap=cluster.bootstrap, mtls_bootstrap=cluster.mtls_bootstrap)

@@ -28,7 +28,7 @@ class KafkaSetupError(RuntimeError):
 
 def pom_text() -> str:
     """The pom.xml shipped with the package that pins the Kafka version."""
-    return resources.files("stream_infer.kafka").joinpath("pom.xml").read_text()
+    return resources.files("stream_infer.devkafka").joinpath("pom.xml").read_text()
 
 
 def kafka_version() -> str:

@@ -1,6 +1,6 @@
 """Per-key state of a pipeline (sliding windows, alert debounce), grouped by input partition.
 
-No Kafka here: :mod:`stream_infer.kafka.changelog` persists snapshots of dirty keys and restores
+No Kafka here: :mod:`stream_infer.state.changelog` persists snapshots of dirty keys and restores
 them. Grouping by partition matters because state moves with partitions on a rebalance: a revoked
 partition's keys are dropped and the new owner restores them from the changelog.
 
