@@ -25,15 +25,16 @@ from confluent_kafka import Producer
 
 from stream_infer.config import load_config
 from stream_infer.configs import DEMO_CONFIG
+from stream_infer.datasets import load_rul
 from stream_infer.devkafka import local
 from stream_infer.kafka.admin import create_topics
 from stream_infer.kafka.connection import KafkaConnection, as_connection, resolve
 from stream_infer.kafka.reader import ReadRecord, TopicReader
 from stream_infer.replay import bad_events, dataset_events, replay
-from stream_infer.training.data import MODELS_DIR, load_rul
 from stream_infer.workerproc import WorkerProcess
 
 _client_log = logging.getLogger("stream_infer.kafka.client")
+MODELS_DIR = Path(__file__).resolve().parent / "models"  # the bundled models and their metadata
 INPUT_PARTITIONS = 6
 FEEDS = {"engines": "cmapss-test", "machines": "ai4i"}
 
@@ -169,7 +170,7 @@ def _summary(reader: TopicReader, topics: dict, events_in: dict, seconds: float)
         latencies += [r.timestamp_ms - p["source"]["timestamp_ms"] for r, p in preds]
         if name == "engines":
             predictions = [p for _, p in preds]
-    offline = json.loads((MODELS_DIR / "engines_rul.json").read_text())["metrics"]["rmse_test"]
+    offline = json.loads((MODELS_DIR / "engines_rul.json").read_text())["metrics"]["rmse_test"]  # from training
     lat = np.asarray(latencies, dtype=np.float64)
     return {
         "events_in": sum(p["events_in"] for p in per_pipeline.values()),

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import orjson
 from confluent_kafka import Producer
 
-from stream_infer.training.data import AI4I_LABEL_FIELDS, CMAPSS_COLUMNS, load_ai4i, load_cmapss
+from stream_infer.datasets import AI4I_LABEL_FIELDS, CMAPSS_COLUMNS, load_ai4i, load_cmapss
 
 DATASETS = ("cmapss-test", "cmapss-train", "ai4i")
 

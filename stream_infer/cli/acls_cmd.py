@@ -8,21 +8,14 @@ from pathlib import Path
 
 import click
 
-from stream_infer.cli.options import connection_from, kafka_options
+from stream_infer.cli.options import config_option, connection_from, kafka_options
 from stream_infer.config import ConfigError, load_config
 from stream_infer.kafka import acls
 from stream_infer.kafka.preflight import ConnectionFailure, connect
 
 
 @click.command()
-@click.option(
-    "-c",
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    required=True,
-    help="The worker's TOML config: its topics, pipelines and group.",
-)
+@config_option("The worker's TOML config: its topics, pipelines and group.")
 @click.option("-p", "--principal", required=True, help="The worker's principal, e.g. User:svc.")
 @click.option("-g", "--group", default=None, help="Consumer group (default: the config's kafka.group_id).")
 @click.option("--host", default="*", show_default=True, help="Host the principal connects from.")

@@ -15,6 +15,13 @@ from stream_infer.kafka.connection import BOOTSTRAP_ENV, PROPERTIES_ENV, Connect
 F = TypeVar("F", bound=Callable[..., object])
 
 
+def config_option(help_text: str) -> Callable[[F], F]:
+    """`-c/--config FILE` (required), the worker's TOML config, as `config_path`."""
+    return click.option(
+        "-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), required=True, help=help_text
+    )
+
+
 def kafka_options(command: F) -> F:
     """`--bootstrap-servers` and `--kafka-properties` (see :func:`connection_from`)."""
     command = click.option(

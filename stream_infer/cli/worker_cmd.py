@@ -7,19 +7,13 @@ from pathlib import Path
 
 import click
 
+from stream_infer.cli.options import config_option
 from stream_infer.config import ConfigError, load_config
 from stream_infer.engine import ModelError
 
 
 @click.command()
-@click.option(
-    "-c",
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    required=True,
-    help="TOML config file (see docs/configuration.md).",
-)
+@config_option("TOML config file (see docs/configuration.md).")
 @click.option("--check", is_flag=True, help="Validate config, models and topics, then exit without consuming.")
 @click.option("--web-port", type=click.IntRange(0, 65535), default=None, help="Override worker.web_port (0: any free port).")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Override worker.data_dir.")

@@ -27,6 +27,9 @@ RUNTIME_FILES = [
     "stream_infer/models/machines_failure.onnx",
     "stream_infer/devkafka/pom.xml",
     "stream_infer/__main__.py",
+    "stream_infer/datasets/cmapss/test_FD001.txt",
+    "stream_infer/datasets/cmapss/RUL_FD001.txt",
+    "stream_infer/datasets/ai4i2020/ai4i2020.csv",
 ]
 
 
