@@ -60,7 +60,7 @@ def run_faults(
             for i in range(trials):
                 if scenario in BROKER_SCENARIOS:
                     local.down(single_dir, wipe=True, timeout=15)  # one cluster at a time
-                    result = _broker_trial(scenario, tmp / f"kafka-3-{scenario}-{guarantee}-{i}", guarantee, seed + i, common)
+                    result = broker_trial(scenario, tmp / f"kafka-3-{scenario}-{guarantee}-{i}", guarantee, seed + i, common)
                 else:
                     target = bootstrap or local.up(single_dir, port=0, nodes=1)[0].bootstrap
                     result = run_trial(
@@ -80,7 +80,7 @@ def run_faults(
     return results
 
 
-def _broker_trial(scenario: str, cluster_dir: Path, guarantee: str | None, seed: int, common: dict) -> TrialResult:
+def broker_trial(scenario: str, cluster_dir: Path, guarantee: str | None, seed: int, common: dict) -> TrialResult:
     """One trial of a broker scenario on a fresh 3-node cluster, stopped and wiped afterwards."""
     try:
         cluster, _ = local.up(cluster_dir, port=0, nodes=BROKER_KILL_NODES)

@@ -14,10 +14,10 @@ import pytest
 
 from stream_infer.config import load_config
 from stream_infer.configs import DEMO_CONFIG
-from stream_infer.devkafka import local
 from stream_infer.faults import TrialResult, run_trial, trial_line
 from stream_infer.faults.reference import EventStream, load_reference
-from stream_infer.faults.scenarios import BROKER_KILL_NODES, SCENARIOS
+from stream_infer.faults.run import broker_trial
+from stream_infer.faults.scenarios import SCENARIOS
 
 RATE = 1500.0
 DURATION = 30.0
@@ -40,23 +40,6 @@ def _check(result: TrialResult) -> None:
     assert result.accounting.lost == 0, line
     assert result.accounting.equal_to_reference, line
     assert result.failures() == [], line
-
-
-def _on_a_cluster_of_three(scenario: str, guarantee: str, seed: int, common: dict, tmp_path: Path) -> TrialResult:
-    cluster, _ = local.up(tmp_path / "kafka-3", port=0, nodes=BROKER_KILL_NODES)
-    try:
-        return run_trial(
-            scenario,
-            SCENARIOS[scenario],
-            guarantee,
-            seed,
-            bootstrap=cluster.bootstrap,
-            replication=BROKER_KILL_NODES,
-            cluster_dir=tmp_path / "kafka-3",
-            **common,
-        )
-    finally:
-        local.down(tmp_path / "kafka-3", wipe=True, timeout=15)
 
 
 def test_a_worker_killed_while_a_third_joins(kafka_bootstrap: str, common: dict) -> None:
@@ -99,7 +82,7 @@ def test_exactly_once_through_a_worker_kill(kafka_bootstrap: str, common: dict) 
 @pytest.mark.skipif(bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS")), reason="kills a broker: needs the local 3-node cluster")
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 def test_the_broker_leading_most_partitions_killed(guarantee: str, common: dict, tmp_path: Path) -> None:
-    result = _on_a_cluster_of_three("broker_kill", guarantee, 104, common, tmp_path)
+    result = broker_trial("broker_kill", tmp_path / "kafka-3", guarantee, 104, common)
     line = trial_line(result)
     assert result.error is None, line
     assert result.accounting.inputs >= RATE * DURATION * 0.9, line
