@@ -14,7 +14,6 @@ that never joins a group or commits. Connecting with a fast, explained failure i
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,13 +27,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
-from stream_infer.kafka.connection import DEFAULT_BOOTSTRAP, KafkaConnection, as_connection
-
-
-def bootstrap_servers(explicit: str | None = None) -> str:
-    """The broker list to use: an explicit value, else $KAFKA_BOOTSTRAP_SERVERS, else the local default."""
-    return explicit or os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or DEFAULT_BOOTSTRAP
-
+from stream_infer.kafka.connection import KafkaConnection, as_connection
 
 _client_log = logging.getLogger("stream_infer.kafka.client")
 

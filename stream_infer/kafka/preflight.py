@@ -90,7 +90,7 @@ def explain(error: KafkaError, connection: KafkaConnection) -> str:
         if "wrong version number" in lowered or "packet length too long" in lowered or "record layer failure" in lowered:
             return f"TLS handshake with {broker} failed: the listener does not speak TLS; check the port and security.protocol"
         return f"TLS handshake with {broker} failed: {_tail(text)}"
-    return f"{text}"
+    return text
 
 
 def _certificate_names_other_host(broker: str, ca_location: str | None) -> bool:
@@ -169,9 +169,6 @@ def connect(connection: KafkaConnection | str, timeout: float = 10.0) -> AdminCl
                 f"({connection.security_protocol}; last error: {_tail(last) or 'none'}){hint}",
                 unreachable=True,
             )
-
-
-_OPS = {name: AclOperation[name] for name in ("READ", "WRITE", "DESCRIBE", "CREATE")}
 
 
 def check_access(admin: AdminClient, grants: Iterable[Grant], principal_hint: str = "", timeout: float = 10.0) -> None:
@@ -259,7 +256,7 @@ def _require(grant: Grant, authorized: Collection[Enum] | None, who: str) -> Non
     # DESCRIBE is implied by READ, WRITE, DELETE and ALTER (Kafka's implication rules).
     if have & {AclOperation.READ, AclOperation.WRITE, AclOperation.DELETE, AclOperation.ALTER}:
         have.add(AclOperation.DESCRIBE)
-    missing = [op for op in grant.operations if op != "CREATE" and _OPS[op] not in have]
+    missing = [op for op in grant.operations if op != "CREATE" and AclOperation[op] not in have]
     if missing:
         kind = "topic" if grant.resource_type == "topic" else "consumer group"
         raise ConnectionFailure(

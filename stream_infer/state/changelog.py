@@ -95,23 +95,24 @@ class Changelog:
         # A failed attempt replaces the client: an admin client keeps sending the leader epoch
         # of its first metadata, so once the partitions' leader epoch moves on (a leader
         # re-elected) each of its requests fails with FENCED_LEADER_EPOCH until it is replaced.
-        admin: list[AdminClient] = []
+        admin: AdminClient | None = None
 
         def end_offsets() -> dict[IsolationLevel, dict[int, int]]:
-            if not admin:
-                admin.append(admin_client(self.connection))
+            nonlocal admin
+            if admin is None:
+                admin = admin_client(self.connection)
             try:
                 return {
                     level: {
                         tp.partition: f.result().offset
-                        for tp, f in admin[0]
-                        .list_offsets({tp: OffsetSpec.latest() for tp in tps}, isolation_level=level, request_timeout=10)
-                        .items()
+                        for tp, f in admin.list_offsets(
+                            {tp: OffsetSpec.latest() for tp in tps}, isolation_level=level, request_timeout=10
+                        ).items()
                     }
                     for level in (IsolationLevel.READ_UNCOMMITTED, IsolationLevel.READ_COMMITTED)
                 }
             except KafkaException:
-                admin.clear()
+                admin = None
                 raise
 
         waited = False
