@@ -3,7 +3,7 @@
 Where the broker comes from, in order:
 1. $KAFKA_BOOTSTRAP_SERVERS, when set: an existing cluster (tests create unique topics on it);
 2. testcontainers, when a Docker daemon answers a ping (the `docker` client alone is not enough);
-3. the project's own local Kafka (`stream_infer.devkafka.local`) on free ports in a temp state dir,
+3. the project's own local Kafka (`stream_infer.tools.devkafka.local`) on free ports in a temp state dir,
    started once per session and stopped at the end.
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from stream_infer.devkafka import local
+from stream_infer.tools.devkafka import local
 
 # A pinned image: `latest` would change the broker under the tests without a commit.
 KAFKA_IMAGE = "apache/kafka:4.1.1"

@@ -10,10 +10,10 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from stream_infer.config import Config, load_config
 from stream_infer.configs import DEMO_CONFIG, demo_config_text  # noqa: F401  (tests import DEMO_CONFIG from here)
-from stream_infer.faults.reference import RecordingProducer  # noqa: F401  (tests import it from here)
 from stream_infer.kafka.admin import create_topics
 from stream_infer.kafka.connection import KafkaConnection, as_connection
-from stream_infer.replay import dataset_events, replay
+from stream_infer.tools.faults.reference import RecordingProducer  # noqa: F401  (tests import it from here)
+from stream_infer.tools.replay import dataset_events, replay
 
 ROOT = Path(__file__).resolve().parent.parent
 

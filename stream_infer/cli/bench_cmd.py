@@ -28,7 +28,7 @@ def bench(quick: bool, as_json: bool, out_dir: Path) -> None:
 
     Uses $KAFKA_BOOTSTRAP_SERVERS if set, else starts (and stops) a local broker.
     """
-    from stream_infer.bench.harness import run_bench
+    from stream_infer.tools.bench.harness import run_bench
 
     echo = (lambda line: click.echo(line, err=True)) if as_json else click.echo
     try:

@@ -29,8 +29,8 @@ def demo(as_json: bool, rate: float, timeout: float, secure: bool) -> None:
     Needs Java 17+ and Maven (the first run fetches the Kafka jars). Everything it starts is stopped.
     """
     from stream_infer.config import ConfigError
-    from stream_infer.demo import run_demo
-    from stream_infer.devkafka.jars import KafkaSetupError
+    from stream_infer.tools.demo import run_demo
+    from stream_infer.tools.devkafka.jars import KafkaSetupError
 
     echo = (lambda line: click.echo(line, err=True)) if as_json else click.echo
     try:

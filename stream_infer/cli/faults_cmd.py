@@ -89,8 +89,8 @@ def faults(
     later than 15 s after a worker or broker kill, failed a graceful stop, or could not run. Starts and stops local Kafka clusters
     in a temporary directory, unless KAFKA_BOOTSTRAP_SERVERS is set (then the broker scenarios are skipped).
     """
-    from stream_infer.devkafka.jars import KafkaSetupError
-    from stream_infer.faults import run_faults, summarize, summary_json, table, trial_line
+    from stream_infer.tools.devkafka.jars import KafkaSetupError
+    from stream_infer.tools.faults import run_faults, summarize, summary_json, table, trial_line
 
     seed = random.randrange(1_000_000) if seed is None else seed
     scenarios = SCENARIO_ORDER if scenario == "all" else (scenario,)

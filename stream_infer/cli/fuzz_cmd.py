@@ -121,7 +121,7 @@ def fuzz(
     Exit status 1 on any violation. Starts and stops a local Kafka in a temporary directory unless
     KAFKA_BOOTSTRAP_SERVERS is set.
     """
-    from stream_infer.fuzz import FuzzSettings, kinds_table, run_fuzz
+    from stream_infer.tools.fuzz import FuzzSettings, kinds_table, run_fuzz
 
     if list_kinds:
         click.echo(kinds_table())

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import click
 
-from stream_infer.devkafka import jars, local
-from stream_infer.devkafka.jars import KafkaSetupError
+from stream_infer.tools.devkafka import jars, local
+from stream_infer.tools.devkafka.jars import KafkaSetupError
 
 state_dir_option = click.option(
     "--state-dir",

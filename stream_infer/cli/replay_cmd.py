@@ -33,8 +33,8 @@ def replay(
     from tqdm import tqdm
 
     from stream_infer.kafka.preflight import ConnectionFailure, connect
-    from stream_infer.replay import dataset_events, dataset_size
-    from stream_infer.replay import replay as run_replay
+    from stream_infer.tools.replay import dataset_events, dataset_size
+    from stream_infer.tools.replay import replay as run_replay
 
     connection = connection_from(bootstrap_servers, kafka_properties)
     bootstrap = connection.bootstrap

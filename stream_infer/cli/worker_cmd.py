@@ -9,7 +9,7 @@ import click
 
 from stream_infer.cli.options import config_option
 from stream_infer.config import ConfigError, load_config
-from stream_infer.engine import ModelError
+from stream_infer.stages.engine import ModelError
 
 
 @click.command()
@@ -34,7 +34,7 @@ def worker(
     Exit status 2 when it cannot start: a bad config or model, or a cluster that refuses it
     (credentials, TLS, a missing ACL), with one line saying why.
     """
-    from stream_infer.worker import StartupError, Worker  # faust import is slow: only when needed
+    from stream_infer.runtime.worker import StartupError, Worker  # faust import is slow: only when needed
 
     root = ctx.find_root().params
     try:

@@ -1,1 +1,3 @@
-"""Everything that speaks Kafka: the local broker, admin helpers, clients. No model code here."""
+"""Everything that speaks Kafka to a cluster: connection settings, the start-up check, consumers,
+producers, transactions, admin helpers and ACLs. No processing stage and no development tool is
+imported here."""

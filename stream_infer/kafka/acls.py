@@ -27,7 +27,7 @@ from confluent_kafka.admin import (
 )
 
 from stream_infer.config import Config
-from stream_infer.state.changelog import changelog_topic
+from stream_infer.kafka.names import changelog_topic, transactional_id_prefix
 
 _RESOURCE_TYPES = {"topic": ResourceType.TOPIC, "group": ResourceType.GROUP, "transactional_id": ResourceType.TRANSACTIONAL_ID}
 _PATTERNS = {"literal": ResourcePatternType.LITERAL, "prefixed": ResourcePatternType.PREFIXED}
@@ -108,7 +108,7 @@ def worker_grants(config: Config) -> list[Grant]:
         grants.append(
             Grant(
                 "transactional_id",
-                f"{group}-{pc.name}-",
+                transactional_id_prefix(group, pc.name),
                 "prefixed",
                 ("WRITE", "DESCRIBE"),
                 f"pipeline {pc.name}: checkpoint transactions (outputs, state and offsets commit together)",

@@ -28,6 +28,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
 from stream_infer.kafka.connection import KafkaConnection, as_connection
+from stream_infer.kafka.names import probe_group
 
 _client_log = logging.getLogger("stream_infer.kafka.client")
 
@@ -142,13 +143,6 @@ def group_state(admin: AdminClient, group: str, timeout: float = 10.0) -> str:
     """The group's state as the coordinator reports it, e.g. "STABLE", "EMPTY"; "DEAD" if it does not exist."""
     description = admin.describe_consumer_groups([group], request_timeout=timeout)[group].result(timeout)
     return description.state.name
-
-
-def probe_group(group: str) -> str:
-    """The group id of the consumers that only read at assigned offsets on behalf of `group`
-    (:func:`record_timestamps`): never joined or committed, but the client requires one and looks
-    up its coordinator, which needs DESCRIBE on it where ACLs apply."""
-    return f"{group}-lag-probe"
 
 
 def record_timestamps(

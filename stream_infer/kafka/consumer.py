@@ -344,12 +344,6 @@ def _headers(message: Message) -> tuple[tuple[str, bytes | None], ...] | None:
         return None
 
 
-def consumed_headers(message: Message) -> list[tuple[str, bytes | None]]:
-    """A consumed message's headers in order (raises as `headers()` does on an unreadable one)."""
-    # confluent_kafka types headers() with its produce-side HeadersType (a dict, or str values).
-    return message.headers() or []  # type: ignore[return-value]
-
-
 def _usable(msg: Message) -> bool:
     err = msg.error()
     if err is None:

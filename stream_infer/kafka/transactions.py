@@ -1,6 +1,6 @@
 """A transactional producer: records and consumer offsets committed together, or not at all.
 
-This is the Kafka half of the checkpoint protocol (:mod:`stream_infer.checkpoint` holds the
+This is the Kafka half of the checkpoint protocol (:mod:`stream_infer.state.checkpoint` holds the
 other half). One instance per pipeline and process. Its contract:
 
 * :meth:`send_batch` produces output messages into the open transaction (opening one if none

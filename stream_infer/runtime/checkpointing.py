@@ -1,5 +1,5 @@
 """Checkpoints of one pipeline, on the event loop: where the protocol of
-:mod:`stream_infer.checkpoint` is driven from (cut, commit, exactly-once rewind, the last
+:mod:`stream_infer.state.checkpoint` is driven from (cut, commit, exactly-once rewind, the last
 checkpoint before a hand-over or a stop).
 
 Waiting rules: nothing here waits for the consumer thread while holding the batch lock (the
@@ -17,11 +17,11 @@ import time
 from dataclasses import replace
 
 from stream_infer import metrics
-from stream_infer.checkpoint import Checkpoint, CheckpointCommitter
 from stream_infer.config import Config
 from stream_infer.kafka.transactions import TransactionAborted, TransactionFatal
-from stream_infer.pipeline import Pipeline
 from stream_infer.runtime.source import BatchSource
+from stream_infer.stages.pipeline import Pipeline
+from stream_infer.state.checkpoint import Checkpoint, CheckpointCommitter
 
 log = logging.getLogger(__name__)
 

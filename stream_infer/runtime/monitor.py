@@ -20,8 +20,8 @@ from stream_infer import metrics
 from stream_infer.config import Config
 from stream_infer.controller import LATENCY, THROUGHPUT, BatchController
 from stream_infer.kafka.admin import record_timestamps
-from stream_infer.pipeline import Pipeline
 from stream_infer.runtime.source import BatchSource
+from stream_infer.stages.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 

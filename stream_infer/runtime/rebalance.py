@@ -16,9 +16,9 @@ import logging
 
 from stream_infer import metrics
 from stream_infer.config import Config
-from stream_infer.pipeline import Pipeline
 from stream_infer.runtime.checkpointing import Checkpointing, exit_for_restart
 from stream_infer.runtime.source import BatchSource
+from stream_infer.stages.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 

@@ -15,14 +15,14 @@ import time
 from typing import Any
 
 from stream_infer import metrics
-from stream_infer.checkpoint import CheckpointCommitter
 from stream_infer.config import Config
 from stream_infer.kafka.consumer import records_from_messages
-from stream_infer.pipeline import Pipeline
 from stream_infer.runtime.checkpointing import Checkpointing, exit_for_restart
 from stream_infer.runtime.monitor import LagMonitor
 from stream_infer.runtime.rebalance import RebalanceHandler
 from stream_infer.runtime.source import BatchSource, message_bytes
+from stream_infer.stages.pipeline import Pipeline
+from stream_infer.state.checkpoint import CheckpointCommitter
 
 log = logging.getLogger(__name__)
 

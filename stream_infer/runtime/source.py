@@ -21,7 +21,7 @@ from stream_infer import metrics
 from stream_infer.config import Config, PipelineConfig
 from stream_infer.controller import COALESCE_EVENTS
 from stream_infer.kafka.consumer import AssignCallback, BatchConsumer, RevokeCallback
-from stream_infer.pipeline import Pipeline
+from stream_infer.stages.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -5,7 +5,7 @@ offsets Faust commits, so after a crash the restored state may already contain e
 consumed again, and a sliding window would count them twice. Here every checkpoint is one Kafka
 transaction holding the snapshots of the keys changed since the previous checkpoint, a marker
 with the input offset they are consistent with ("all events below X applied, none above"), and
-the group's offset commit of X itself (see :mod:`stream_infer.checkpoint`). Readers use
+the group's offset commit of X itself (see :mod:`stream_infer.state.checkpoint`). Readers use
 read_committed, so a checkpoint is seen whole or not at all, and the restored state always
 matches the committed offset. The marker lets the worker also skip input events below X that
 reach it anyway (fetched before a rebalance): replays cannot enter a window twice.
@@ -25,6 +25,7 @@ from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from stream_infer.kafka.admin import admin_client, create_topics
 from stream_infer.kafka.connection import KafkaConnection, as_connection
+from stream_infer.kafka.names import restore_group
 from stream_infer.kafka.retrying import retry_kafka
 from stream_infer.kafka.transactions import StateRecord
 from stream_infer.state.store import KeyState
@@ -33,10 +34,6 @@ log = logging.getLogger(__name__)
 _client_log = logging.getLogger("stream_infer.kafka.client")
 
 MARKER_KEY = b"\x00checkpoint"
-
-
-def changelog_topic(group_id: str, pipeline: str) -> str:
-    return f"{group_id}-{pipeline}-state"
 
 
 def ensure_changelog_topic(
@@ -145,7 +142,7 @@ class Changelog:
         consumer = Consumer(
             {
                 **self.connection.client_config(),
-                "group.id": f"{self.topic}-restore",  # never commits; the client requires a group id
+                "group.id": restore_group(self.topic),  # never commits; the client requires a group id
                 "enable.auto.commit": False,
                 "isolation.level": "read_committed",
                 "enable.partition.eof": True,

@@ -1,7 +1,7 @@
 """A burst on the real broker: the controller goes to throughput mode with growing batches, pauses
 partitions at the in-flight bound, and comes back to latency mode once drained; nothing is lost.
 
-The worker's own /metrics are the observation (stream_infer.bench.burst, the bench's burst phase).
+The worker's own /metrics are the observation (stream_infer.tools.bench.burst, the bench's burst phase).
 Its config makes the controller's range visible on a small machine: a cap of 1024 events, a latency
 budget that keeps latency-mode batches small, and an in-flight bound a burst must hit.
 """
@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stream_infer.bench.burst import run_burst
-from stream_infer.bench.harness import _paced, engine_events, engines_config, preload
 from stream_infer.kafka.admin import create_topics, group_lag
-from stream_infer.kafka.reader import TopicReader
-from stream_infer.workerproc import WorkerProcess
+from stream_infer.tools.bench.burst import run_burst
+from stream_infer.tools.bench.harness import _paced, engine_events, engines_config, preload
+from stream_infer.tools.reader import TopicReader
+from stream_infer.tools.workerproc import WorkerProcess
 
 BURST = 60_000
 TRICKLE = 30

@@ -16,14 +16,14 @@ from pathlib import Path
 from confluent_kafka import Producer
 from support import close_runner, group_committed
 
-from stream_infer.bench.harness import engines_config
-from stream_infer.checkpoint import Checkpoint, CheckpointCommitter
 from stream_infer.config import load_config
 from stream_infer.kafka.admin import create_topics
 from stream_infer.kafka.consumer import BatchConsumer, Ownership
 from stream_infer.kafka.transactions import TransactionalProducer
-from stream_infer.pipeline import Pipeline
 from stream_infer.runtime.runner import PipelineRunner
+from stream_infer.stages.pipeline import Pipeline
+from stream_infer.state.checkpoint import Checkpoint, CheckpointCommitter
+from stream_infer.tools.bench.harness import engines_config
 
 
 def test_lag_snapshot_reports_the_commits_the_broker_confirmed(kafka_bootstrap: str, unique) -> None:

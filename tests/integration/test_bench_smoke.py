@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from stream_infer.bench.harness import Plan, run_bench
+from stream_infer.tools.bench.harness import Plan, run_bench
 
 
 def test_bench_harness_smoke(kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from stream_infer.bench.harness import engines_config
 from stream_infer.config import load_config
-from stream_infer.pipeline import Pipeline
+from stream_infer.stages.pipeline import Pipeline
+from stream_infer.tools.bench.harness import engines_config
 
 
 def _pipeline(tmp_path: Path, **batching) -> Pipeline:

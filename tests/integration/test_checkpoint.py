@@ -1,4 +1,4 @@
-"""The checkpoint protocol (stream_infer.checkpoint): merging pending checkpoints, keeping only
+"""The checkpoint protocol (stream_infer.state.checkpoint): merging pending checkpoints, keeping only
 what the consumer still owns, and, against a real broker, the group fencing a zombie's commit.
 """
 
@@ -10,7 +10,6 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from support import group_committed
 
-from stream_infer.checkpoint import Checkpoint, CheckpointCommitter
 from stream_infer.kafka.admin import create_topics
 from stream_infer.kafka.consumer import BatchConsumer, Ownership
 from stream_infer.kafka.transactions import (
@@ -20,6 +19,7 @@ from stream_infer.kafka.transactions import (
 )
 from stream_infer.state import KeyState
 from stream_infer.state.changelog import Changelog, ensure_changelog_topic
+from stream_infer.state.checkpoint import Checkpoint, CheckpointCommitter
 
 
 def test_merge_keeps_later_offsets_and_key_states_and_earlier_keys() -> None:

@@ -12,15 +12,15 @@ import prometheus_client
 import pytest
 from support import close_runner
 
-from stream_infer.bench.harness import engine_events, engines_config
 from stream_infer.config import load_config
 from stream_infer.kafka.admin import create_topics
 from stream_infer.kafka.producer import AsyncProducer
-from stream_infer.kafka.reader import TopicReader
-from stream_infer.pipeline import Pipeline
 from stream_infer.records import InputRecord
 from stream_infer.runtime import checkpointing as checkpointing_module
 from stream_infer.runtime.runner import PipelineRunner
+from stream_infer.stages.pipeline import Pipeline
+from stream_infer.tools.bench.harness import engine_events, engines_config
+from stream_infer.tools.reader import TopicReader
 
 
 def _cuts(how: str) -> float:

@@ -18,11 +18,11 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 from support import group_committed
 
-from stream_infer.devkafka import local
 from stream_infer.kafka.admin import create_topics
 from stream_infer.kafka.consumer import BatchConsumer
 from stream_infer.kafka.retrying import retry_kafka
 from stream_infer.kafka.transactions import CALL_TIMEOUT_S, HUNG_AFTER_S, TransactionAborted, TransactionalProducer
+from stream_infer.tools.devkafka import local
 
 pytestmark = pytest.mark.skipif(
     bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS")), reason="kills a broker: needs a local 3-node cluster"

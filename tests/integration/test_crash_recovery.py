@@ -8,8 +8,8 @@ from pathlib import Path
 from support import create_inputs, feed, write_config
 
 from stream_infer.kafka.admin import group_lag
-from stream_infer.kafka.reader import TopicReader
-from stream_infer.workerproc import WorkerProcess
+from stream_infer.tools.reader import TopicReader
+from stream_infer.tools.workerproc import WorkerProcess
 
 TOTAL = 13_096  # all of C-MAPSS test_FD001
 

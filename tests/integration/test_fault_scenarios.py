@@ -2,7 +2,7 @@
 several on this one host) and real brokers: no input without a prediction, every prediction equal
 to an uninterrupted run's, recovery within its limit, graceful stops that repeat nothing, and
 exactly-once without a duplicate. The same trials with random moments and many seeds are
-`make faults` (stream_infer.faults); these use fixed seeds and 30 s of stream each.
+`make faults` (stream_infer.tools.faults); these use fixed seeds and 30 s of stream each.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import pytest
 
 from stream_infer.config import load_config
 from stream_infer.configs import DEMO_CONFIG
-from stream_infer.faults import TrialResult, run_trial, trial_line
-from stream_infer.faults.reference import EventStream, load_reference
-from stream_infer.faults.run import broker_trial
-from stream_infer.faults.scenarios import SCENARIOS
+from stream_infer.tools.faults import TrialResult, run_trial, trial_line
+from stream_infer.tools.faults.reference import EventStream, load_reference
+from stream_infer.tools.faults.run import broker_trial
+from stream_infer.tools.faults.scenarios import SCENARIOS
 
 RATE = 1500.0
 DURATION = 30.0

@@ -17,13 +17,13 @@ import pytest
 from confluent_kafka import Producer
 from support import close_runner
 
-from stream_infer.bench.harness import engines_config
 from stream_infer.config import load_config
 from stream_infer.controller import THROUGHPUT
 from stream_infer.kafka.admin import create_topics
 from stream_infer.kafka.consumer import BatchConsumer
-from stream_infer.pipeline import Pipeline
 from stream_infer.runtime.runner import PipelineRunner
+from stream_infer.stages.pipeline import Pipeline
+from stream_infer.tools.bench.harness import engines_config
 
 EVENTS = 150
 

@@ -15,20 +15,20 @@ import pytest
 from support import RecordingProducer
 
 from stream_infer.config import PipelineConfig, load_config
-from stream_infer.decode import REASONS
-from stream_infer.fuzz import FuzzSettings, all_kinds, kinds_for, kinds_table, run_fuzz
-from stream_infer.fuzz.accounting import dead_letter_problems, expect_dead_letter
-from stream_infer.fuzz.kinds import DATASETS, POISON_KEY_BYTES, POISON_VALUE_BYTES, Hostile, build, first_base
-from stream_infer.fuzz.run import SEQUENCE_FIELDS, keys_phase
-from stream_infer.pipeline import Pipeline
 from stream_infer.records import InputRecord
-from stream_infer.replay import dataset_events
+from stream_infer.stages.decode import REASONS
+from stream_infer.stages.pipeline import Pipeline
+from stream_infer.tools.fuzz import FuzzSettings, all_kinds, kinds_for, kinds_table, run_fuzz
+from stream_infer.tools.fuzz.accounting import dead_letter_problems, expect_dead_letter
+from stream_infer.tools.fuzz.kinds import DATASETS, POISON_KEY_BYTES, POISON_VALUE_BYTES, Hostile, build, first_base
+from stream_infer.tools.fuzz.run import SEQUENCE_FIELDS, keys_phase
+from stream_infer.tools.replay import dataset_events
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = load_config(ROOT / "stream_infer" / "configs" / "demo.toml")
 PIPELINES = {p.name: p.model_copy(update={"sequence_field": SEQUENCE_FIELDS.get(p.name)}) for p in CONFIG.pipelines}
 # Valid events around each hostile record: the batch first takes the all-valid fast path
-# (stream_infer.batchcheck), which must refuse it; then the per-event path names the reason.
+# (stream_infer.stages.batchcheck), which must refuse it; then the per-event path names the reason.
 AROUND = 10
 
 

@@ -14,14 +14,14 @@ from pathlib import Path
 
 from support import close_runner, feed
 
-from stream_infer.bench.harness import engines_config
 from stream_infer.config import load_config
-from stream_infer.devkafka import local
 from stream_infer.kafka.admin import create_topics
-from stream_infer.kafka.reader import TopicReader
-from stream_infer.pipeline import Pipeline
 from stream_infer.runtime.runner import PipelineRunner
-from stream_infer.workerproc import WorkerProcess
+from stream_infer.stages.pipeline import Pipeline
+from stream_infer.tools.bench.harness import engines_config
+from stream_infer.tools.devkafka import local
+from stream_infer.tools.reader import TopicReader
+from stream_infer.tools.workerproc import WorkerProcess
 
 
 def _runner(tmp_path: Path) -> PipelineRunner:

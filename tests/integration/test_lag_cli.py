@@ -20,7 +20,6 @@ from click.testing import CliRunner, Result
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from stream_infer.cli.lag_cmd import format_table, lag
-from stream_infer.devkafka.jars import KafkaSetupError, ensure_jars, java_command
 from stream_infer.kafka.admin import create_topics
 from stream_infer.lagstatus import (
     SEVERITY,
@@ -34,6 +33,7 @@ from stream_infer.lagstatus import (
     group_status,
     lag_seconds,
 )
+from stream_infer.tools.devkafka.jars import KafkaSetupError, ensure_jars, java_command
 
 CLI = [sys.executable, "-m", "stream_infer.cli"]
 FAST = ["--samples", "2", "--interval", "0.2"]  # the shortest window that still judges a trend

@@ -16,9 +16,9 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from stream_infer.devkafka.jars import jars_dir
-from stream_infer.devkafka.local import pid_alive
 from stream_infer.kafka.admin import create_topics
+from stream_infer.tools.devkafka.jars import jars_dir
+from stream_infer.tools.devkafka.local import pid_alive
 
 CLI = [sys.executable, "-m", "stream_infer.cli"]
 

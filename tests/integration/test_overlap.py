@@ -16,11 +16,11 @@ import orjson
 import pytest
 from support import RecordingProducer
 
-import stream_infer.pipeline as pipeline_module
-from stream_infer.bench.harness import engine_events, engines_config
+import stream_infer.stages.pipeline as pipeline_module
 from stream_infer.config import load_config
-from stream_infer.pipeline import OVERLAP_MIN_EVENTS, Pipeline
 from stream_infer.records import InputRecord
+from stream_infer.stages.pipeline import OVERLAP_MIN_EVENTS, Pipeline
+from stream_infer.tools.bench.harness import engine_events, engines_config
 
 # Fields that say when, not what: they differ between any two runs.
 _CLOCK_FIELDS = {"latency_ms", "processed_at_ms", "emitted_at_ms"}

@@ -25,7 +25,7 @@ RUNTIME_FILES = [
     "stream_infer/schemas/alert.v1.json",
     "stream_infer/models/engines_rul.onnx",
     "stream_infer/models/machines_failure.onnx",
-    "stream_infer/devkafka/pom.xml",
+    "stream_infer/tools/devkafka/pom.xml",
     "stream_infer/__main__.py",
     "stream_infer/datasets/cmapss/test_FD001.txt",
     "stream_infer/datasets/cmapss/RUL_FD001.txt",

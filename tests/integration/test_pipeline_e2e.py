@@ -9,10 +9,10 @@ import fastjsonschema
 import orjson
 from support import ROOT, create_inputs, feed, output_topics, write_config
 
-from stream_infer.kafka.reader import TopicReader
-from stream_infer.outputs import EXCERPT_BYTES
-from stream_infer.replay import bad_events
-from stream_infer.workerproc import WorkerProcess
+from stream_infer.stages.outputs import EXCERPT_BYTES
+from stream_infer.tools.reader import TopicReader
+from stream_infer.tools.replay import bad_events
+from stream_infer.tools.workerproc import WorkerProcess
 
 N_ENGINES = 3000
 N_MACHINES = 2000
@@ -71,16 +71,16 @@ def test_counts_reconcile_order_holds_and_bad_input_goes_to_the_dlq(kafka_bootst
         dlq = reader.records[p.topics.dead_letters]
         # inputs = predictions + dead letters, and no input twice (a clean run has no duplicates)
         sources = [(r.json()["source"]["partition"], r.json()["source"]["offset"]) for r in preds]
-        dead = [(int(r.headers["x-source-partition"]), int(r.headers["x-source-offset"])) for r in dlq]
+        dead = [(int(r.header("x-source-partition")), int(r.header("x-source-offset"))) for r in dlq]
         assert len(sources) + len(dead) == sent[p.name]
         assert len(set(sources) | set(dead)) == sent[p.name]
         # every bad event in the DLQ with the right reason, original bytes and source headers
-        # (an oversized value is kept as an excerpt: stream_infer.outputs)
+        # (an oversized value is kept as an excerpt: stream_infer.stages.outputs)
         expected = sorted(
             (reason, value if len(value) <= p.max_message_bytes else value[:EXCERPT_BYTES]) for reason, _, value in bad[p.name]
         )
-        assert sorted((r.headers["x-dlq-reason"].decode(), r.value) for r in dlq) == expected
-        assert all(r.headers["x-source-topic"].decode() == p.input_topic for r in dlq)
+        assert sorted((r.header("x-dlq-reason").decode(), r.value) for r in dlq) == expected
+        assert all(r.header("x-source-topic").decode() == p.input_topic for r in dlq)
         # per-key order: each key's predictions appear in increasing input offset, keyed like the input
         by_key: dict[bytes, list[int]] = defaultdict(list)
         for r in preds:

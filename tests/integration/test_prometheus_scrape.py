@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from support import create_inputs, feed, write_config
 
-from stream_infer.devkafka.local import free_port
 from stream_infer.kafka.admin import group_lag
-from stream_infer.workerproc import WorkerProcess
+from stream_infer.tools.devkafka.local import free_port
+from stream_infer.tools.workerproc import WorkerProcess
 
 EVENTS = 400
 

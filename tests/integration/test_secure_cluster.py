@@ -34,8 +34,8 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-from stream_infer.devkafka import local
 from stream_infer.kafka.connection import read_properties
+from stream_infer.tools.devkafka import local
 
 CLI = [sys.executable, "-m", "stream_infer.cli"]
 needs_kcat = pytest.mark.skipif(shutil.which("kcat") is None, reason="kcat (Debian package) not installed")

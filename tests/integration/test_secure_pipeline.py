@@ -33,10 +33,10 @@ from cryptography.x509.oid import NameOID
 from support import create_inputs, feed, output_topics, write_config
 
 from stream_infer.config import load_config
-from stream_infer.devkafka import local
 from stream_infer.kafka.connection import read_properties, resolve
-from stream_infer.kafka.reader import TopicReader
-from stream_infer.workerproc import WorkerProcess
+from stream_infer.tools.devkafka import local
+from stream_infer.tools.reader import TopicReader
+from stream_infer.tools.workerproc import WorkerProcess
 
 N_ENGINES = 600
 N_MACHINES = 400
@@ -153,8 +153,7 @@ def test_a_principal_with_exactly_the_printed_acls_runs_the_pipelines(
     for p in (engines, machines):
         sources = {(r.json()["source"]["partition"], r.json()["source"]["offset"]) for r in reader.records[p.topics.predictions]}
         dead = {
-            (int(r.headers["x-source-partition"]), int(r.headers["x-source-offset"]))
-            for r in reader.records[p.topics.dead_letters]
+            (int(r.header("x-source-partition")), int(r.header("x-source-offset"))) for r in reader.records[p.topics.dead_letters]
         }
         assert len(sources | dead) == sent[p.name]
         if guarantee == "exactly_once":

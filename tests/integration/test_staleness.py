@@ -14,9 +14,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import create_inputs, write_config
 
 from stream_infer.kafka.admin import group_lag
-from stream_infer.kafka.reader import TopicReader
-from stream_infer.replay import dataset_events
-from stream_infer.workerproc import WorkerProcess
+from stream_infer.tools.reader import TopicReader
+from stream_infer.tools.replay import dataset_events
+from stream_infer.tools.workerproc import WorkerProcess
 
 OLD, FRESH = 120, 200
 AGE_MS = 10 * 60 * 1000  # the old events are 10 minutes old; the bound is 1 minute

@@ -24,8 +24,8 @@ import pytest
 
 import stream_infer.metrics  # noqa: F401  # registers the metrics read below
 from stream_infer.config import FeatureSpec, PipelineConfig, StateConfig, load_config
-from stream_infer.features import Featurizer
 from stream_infer.records import InputRecord
+from stream_infer.stages.features import Featurizer
 from stream_infer.state import AlertState, KeyState, StateStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -230,14 +230,14 @@ def test_bounded_store_serves_the_same_windows_while_nothing_is_evicted() -> Non
 
 
 def _engines_config(tmp_path: Path, **state: int) -> PipelineConfig:
-    from stream_infer.bench.harness import engines_config
+    from stream_infer.tools.bench.harness import engines_config
 
     config = load_config(engines_config(tmp_path / "c.toml", group="g", input_topic="in", output_prefix="out")).pipelines[0]
     return config.model_copy(update={"state": StateConfig(**state)})
 
 
 def _engine_event() -> dict:
-    from stream_infer.replay import cmapss_events
+    from stream_infer.tools.replay import cmapss_events
 
     return orjson.loads(next(iter(cmapss_events("train")))[1])
 
@@ -257,7 +257,7 @@ def test_pipeline_evicts_after_each_batch_counts_and_tombstones(tmp_path: Path) 
     """Pipeline.prepare evicts once per batch, sparing the keys of this batch and of the one
     prepared before it (a large batch runs as two halves, both prepared before either finishes);
     the metrics count evictions and keys held; the next checkpoint tombstones the evicted keys."""
-    from stream_infer.pipeline import Pipeline
+    from stream_infer.stages.pipeline import Pipeline
 
     config = _engines_config(tmp_path, max_keys=100).model_copy(update={"name": "bounded-pipe"})
     pipeline = Pipeline(config, producer=None, changelog=None)
@@ -293,7 +293,7 @@ def test_pipeline_evicts_after_each_batch_counts_and_tombstones(tmp_path: Path) 
 
 
 def test_pipeline_ttl_uses_the_records_event_time(tmp_path: Path) -> None:
-    from stream_infer.pipeline import Pipeline
+    from stream_infer.stages.pipeline import Pipeline
 
     config = _engines_config(tmp_path, key_ttl_ms=60_000).model_copy(update={"name": "ttl-pipe"})
     pipeline = Pipeline(config, producer=None, changelog=None)
@@ -333,7 +333,7 @@ def test_overlapped_halves_keep_their_keys_until_finished(tmp_path: Path) -> Non
     finishes, and nothing is lost between batches."""
     import asyncio
 
-    from stream_infer.pipeline import OVERLAP_MIN_EVENTS, Pipeline
+    from stream_infer.stages.pipeline import OVERLAP_MIN_EVENTS, Pipeline
 
     config = _engines_config(tmp_path, max_keys=1).model_copy(update={"name": "overlap-pipe"})
     producer = _Producer()
@@ -382,7 +382,7 @@ def _measure(max_keys: int, keys: int, events_per_key: int = 1) -> dict:
     group: its slope is the bytes a key costs, its intercept the fixed cost."""
     import tempfile
 
-    from stream_infer.pipeline import Pipeline
+    from stream_infer.stages.pipeline import Pipeline
 
     config = _engines_config(Path(tempfile.mkdtemp()), max_keys=max_keys)
     pipeline = Pipeline(config, producer=None, changelog=None)

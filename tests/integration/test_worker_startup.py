@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import ConfigResource
 
-from stream_infer.bench.harness import engines_config
 from stream_infer.config import KafkaConfig
 from stream_infer.kafka.admin import admin_client, create_topics
-from stream_infer.workerproc import WorkerProcess
+from stream_infer.tools.bench.harness import engines_config
+from stream_infer.tools.workerproc import WorkerProcess
 
 
 @pytest.mark.parametrize(

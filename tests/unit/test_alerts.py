@@ -15,8 +15,8 @@ import orjson
 import pytest
 
 from stream_infer.config import AlertRule, OutputSpec, load_config
-from stream_infer.postprocess import AlertTracker, score_fields
 from stream_infer.records import InputRecord
+from stream_infer.stages.postprocess import AlertTracker, score_fields
 from stream_infer.state import StateStore
 
 ROOT = Path(__file__).resolve().parents[2]

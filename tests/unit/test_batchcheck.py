@@ -16,10 +16,10 @@ import fastjsonschema
 import orjson
 import pytest
 
-from stream_infer.batchcheck import compile_batch_check
-from stream_infer.decode import EventDecoder
 from stream_infer.records import InputRecord
-from stream_infer.replay import bad_events, dataset_events
+from stream_infer.stages.batchcheck import compile_batch_check
+from stream_infer.stages.decode import EventDecoder
+from stream_infer.tools.replay import bad_events, dataset_events
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = {"cmapss-test": "engines-event.v1.json", "ai4i": "machines-event.v1.json"}

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from stream_infer.bench.jvm import JitWatch, jit_cpu_seconds
-from stream_infer.devkafka.jars import java_command
+from stream_infer.tools.bench.jvm import JitWatch, jit_cpu_seconds
+from stream_infer.tools.devkafka.jars import java_command
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 

@@ -16,11 +16,11 @@ import pytest
 from support import RecordingProducer
 
 from stream_infer.config import PipelineConfig, load_config
-from stream_infer.decode import REASONS, DecodedBatch, EventDecoder
-from stream_infer.features import Featurizer
-from stream_infer.outputs import EXCERPT_BYTES
 from stream_infer.records import InputRecord
-from stream_infer.replay import bad_events, dataset_events
+from stream_infer.stages.decode import REASONS, DecodedBatch, EventDecoder
+from stream_infer.stages.features import Featurizer
+from stream_infer.stages.outputs import EXCERPT_BYTES
+from stream_infer.tools.replay import bad_events, dataset_events
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = ROOT / "stream_infer" / "configs" / "demo.toml"
@@ -165,7 +165,7 @@ def test_beyond_float32_passes_the_decoder_and_becomes_a_non_finite_row() -> Non
 def test_pipeline_dead_letters_every_bad_event_with_its_listed_reason(dataset: str) -> None:
     """Through the real batch path (decode, float32 finite check, model), every bad event reaches the
     dead-letter topic with the x-dlq-reason that bad_events() promises, and every good one is predicted."""
-    from stream_infer.pipeline import Pipeline
+    from stream_infer.stages.pipeline import Pipeline
 
     config = _pipeline(dataset)
     producer = RecordingProducer()
@@ -180,7 +180,7 @@ def test_pipeline_dead_letters_every_bad_event_with_its_listed_reason(dataset: s
         pipeline.close()
     dead = [m for m in producer.messages if m[0] == config.topics.dead_letters]
     predictions = [m for m in producer.messages if m[0] == config.topics.predictions]
-    # An oversized value is kept as an excerpt, its size in a header (stream_infer.outputs).
+    # An oversized value is kept as an excerpt, its size in a header (stream_infer.stages.outputs).
     limit = config.max_message_bytes
     assert sorted((dict(m[3])["x-dlq-reason"].decode(), m[2]) for m in dead) == sorted(
         (r, v if len(v) <= limit else v[:EXCERPT_BYTES]) for r, _, v in bad

@@ -13,10 +13,17 @@ import orjson
 import pytest
 
 from stream_infer.config import load_config
-from stream_infer.faults import reference as reference_module
-from stream_infer.faults.harness import write_config
-from stream_infer.faults.reference import UNIT_STRIDE, EventStream, Reference, compute_reference, load_reference, reference_key
-from stream_infer.faults.report import (
+from stream_infer.tools.faults import reference as reference_module
+from stream_infer.tools.faults.harness import write_config
+from stream_infer.tools.faults.reference import (
+    UNIT_STRIDE,
+    EventStream,
+    Reference,
+    compute_reference,
+    load_reference,
+    reference_key,
+)
+from stream_infer.tools.faults.report import (
     AlertObservation,
     Observation,
     TrialResult,
@@ -30,7 +37,7 @@ from stream_infer.faults.report import (
     table,
     trial_line,
 )
-from stream_infer.faults.traffic import alert_observation
+from stream_infer.tools.faults.traffic import alert_observation
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "stream_infer" / "configs" / "demo.toml"
 

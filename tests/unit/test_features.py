@@ -14,12 +14,12 @@ import numpy as np
 import orjson
 import pytest
 
-from stream_infer import features
 from stream_infer.config import FeatureSpec, PipelineConfig, load_config
-from stream_infer.features import Featurizer
-from stream_infer.replay import dataset_events
+from stream_infer.stages import features
+from stream_infer.stages.features import Featurizer
 from stream_infer.state import AlertState, KeyState, StateStore
-from stream_infer.training import data
+from stream_infer.tools.replay import dataset_events
+from stream_infer.tools.training import data
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = ROOT / "stream_infer" / "configs" / "demo.toml"

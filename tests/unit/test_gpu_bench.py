@@ -1,6 +1,6 @@
 """Smoke test of the GPU benchmark and of the timing-only CNN model (runs on a CPU-only machine).
 
-Contract checked: :func:`stream_infer.bench.gpu.run_bench` measures CPU rows for both models with
+Contract checked: :func:`stream_infer.tools.bench.gpu.run_bench` measures CPU rows for both models with
 positive throughput; CUDA rows are either measured (a CUDA provider works here) or reported as
 ``skipped`` with a reason, never raised; ``engines_cnn_large.onnx`` has the engines signature and
 matches the parameter count and hash recorded in its JSON. Needs numpy + onnxruntime only.
@@ -15,8 +15,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from stream_infer.bench import gpu
-from stream_infer.training import cnn_large
+from stream_infer.tools.bench import gpu
+from stream_infer.tools.training import cnn_large
 
 MODELS = ("engines_rul", "engines_cnn_large")
 CNN_ONNX = gpu.MODELS_DIR / "engines_cnn_large.onnx"

@@ -1,6 +1,6 @@
 """Offline checks of the bundled ONNX models against their metadata (numpy + onnxruntime only).
 
-Rebuilds the test features from the bundled data sets with ``stream_infer.training.data`` (which
+Rebuilds the test features from the bundled data sets with ``stream_infer.tools.training.data`` (which
 must not need sklearn or pandas) and recomputes the published metrics through onnxruntime, so the
 JSON figures are exactly what the server will reproduce. No Kafka, no sklearn.
 """
@@ -16,7 +16,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from stream_infer.training import data
+from stream_infer.models import MODELS_DIR
+from stream_infer.tools.training import data
 
 TOLERANCE = 1e-4
 MAX_MODEL_BYTES = 5 * 1024 * 1024
@@ -24,11 +25,11 @@ ONNX_TYPES = {"float32": "tensor(float)", "int64": "tensor(int64)"}
 
 
 def _metadata(name: str) -> dict:
-    return json.loads((data.MODELS_DIR / f"{name}.json").read_text(encoding="utf-8"))
+    return json.loads((MODELS_DIR / f"{name}.json").read_text(encoding="utf-8"))
 
 
 def _session(name: str) -> ort.InferenceSession:
-    path: Path = data.MODELS_DIR / _metadata(name)["onnx_file"]
+    path: Path = MODELS_DIR / _metadata(name)["onnx_file"]
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
@@ -40,7 +41,7 @@ def _shape(dims: list) -> list:
 @pytest.mark.parametrize("name", ["engines_rul", "machines_failure"])
 def test_io_matches_metadata(name: str) -> None:
     meta, sess = _metadata(name), _session(name)
-    assert (data.MODELS_DIR / meta["onnx_file"]).stat().st_size < MAX_MODEL_BYTES
+    assert (MODELS_DIR / meta["onnx_file"]).stat().st_size < MAX_MODEL_BYTES
     (model_input,) = sess.get_inputs()
     assert model_input.name == meta["input"]["name"] == "features"
     assert model_input.type == ONNX_TYPES[meta["input"]["dtype"]]
@@ -56,7 +57,7 @@ def test_feature_orders_match_code() -> None:
 
 
 def test_loader_needs_no_training_libraries() -> None:
-    code = "import sys, stream_infer.training.data; print(sorted({'sklearn', 'pandas', 'skl2onnx'} & set(sys.modules)))"
+    code = "import sys, stream_infer.tools.training.data; print(sorted({'sklearn', 'pandas', 'skl2onnx'} & set(sys.modules)))"
     repo_root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo_root)
     assert out.stdout.strip() == "[]"

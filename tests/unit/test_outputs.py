@@ -14,11 +14,11 @@ from support import RecordingProducer
 
 from stream_infer import metrics
 from stream_infer.config import load_config
-from stream_infer.decode import REASONS, DeadLetter
-from stream_infer.outputs import EXCERPT_BYTES, HEADER_BUDGET_BYTES, OutputWriter
-from stream_infer.pipeline import Pipeline
 from stream_infer.records import InputRecord
-from stream_infer.replay import dataset_events
+from stream_infer.stages.decode import REASONS, DeadLetter
+from stream_infer.stages.outputs import EXCERPT_BYTES, HEADER_BUDGET_BYTES, OutputWriter
+from stream_infer.stages.pipeline import Pipeline
+from stream_infer.tools.replay import dataset_events
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = load_config(ROOT / "stream_infer" / "configs" / "demo.toml")

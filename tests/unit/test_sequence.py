@@ -11,10 +11,10 @@ import orjson
 from support import RecordingProducer
 
 from stream_infer.config import load_config
-from stream_infer.pipeline import Pipeline
 from stream_infer.records import InputRecord
-from stream_infer.replay import dataset_events
+from stream_infer.stages.pipeline import Pipeline
 from stream_infer.state import KeyState
+from stream_infer.tools.replay import dataset_events
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_ENGINES = next(p for p in load_config(ROOT / "stream_infer" / "configs" / "demo.toml").pipelines if p.name == "engines")
