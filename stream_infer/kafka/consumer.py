@@ -91,7 +91,63 @@ class PartitionOffsets:
         return max(0, self.log_end - self.oldest_unprocessed)
 
 
+def consumer_config(
+    bootstrap: KafkaConnection | str,
+    group_id: str,
+    *,
+    session_timeout_ms: int,
+    max_prefetch_kbytes: int,
+    extra: dict | None = None,
+) -> dict:
+    """The librdkafka settings of a pipeline's group consumer: offsets committed only by the
+    checkpoint protocol, bounded prefetch, cooperative rebalancing, read_committed; `extra`
+    (the config's `[kafka.consumer]`) overrides them."""
+    config = {
+        **as_connection(bootstrap).client_config(),
+        "group.id": group_id,
+        # Offsets are committed by the pipeline, only after outputs (and state) are safe.
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": session_timeout_ms,
+        # librdkafka ends the session on its own side once no heartbeat has succeeded for
+        # session.timeout.ms, even while the coordinator is merely failing over; it then
+        # rejoins under a new member id and the group waits for the old id to expire
+        # (another session timeout). Heartbeating every second keeps the last success
+        # at most 1 s old, so a failover shorter than session timeout - 1 s costs no
+        # rebalance.
+        "heartbeat.interval.ms": min(1000, session_timeout_ms // 3),
+        # Bounded memory: librdkafka stops fetching once this much waits unconsumed.
+        "queued.max.messages.kbytes": max_prefetch_kbytes,
+        "fetch.wait.max.ms": 20,
+        # Once the prefetch queue is full, librdkafka re-checks it only after this long
+        # (default 1 s): at ~30k events/s the worker empties 16 MB in less, and after a
+        # backpressure pause (which drops the prefetch) fetching must restart at once.
+        "fetch.queue.backoff.ms": 20,
+        # One fetch response may overshoot the queue bound by up to this much (default
+        # 50 MB, lz4-compressed on the wire): keep the overshoot small.
+        "fetch.max.bytes": 4 * 1024 * 1024,
+        # Incremental rebalancing: a worker joining or leaving moves only the partitions
+        # that change owner; every other partition keeps being processed, and its state
+        # stays in memory (no stop-the-world revoke of everything, as with the eager
+        # assignors). Sticky: a restarted worker tends to get its partitions back.
+        # KIP-848's `group.protocol=consumer` would also drop the group-wide sync barrier,
+        # but transactional offset commits are fenced here by the classic generation,
+        # which cooperative-sticky keeps; see docs (guarantees).
+        "partition.assignment.strategy": "cooperative-sticky",
+        # Offsets are committed inside checkpoint transactions (KIP-447); reading them
+        # back must wait for a commit still in flight, which read_committed does
+        # (OffsetFetch with require_stable).
+        "isolation.level": "read_committed",
+        "logger": _client_log,
+    }
+    config.update(extra or {})
+    return config
+
+
 class BatchConsumer:
+    """A pipeline's group consumer, driven from one thread (see the module docstring)."""
+
     def __init__(
         self,
         bootstrap: KafkaConnection | str,
@@ -106,47 +162,15 @@ class BatchConsumer:
         extra: dict | None = None,
     ) -> None:
         self.topic = topic
-        config = {
-            **as_connection(bootstrap).client_config(),
-            "group.id": group_id,
-            # Offsets are committed by the pipeline, only after outputs (and state) are safe.
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
-            "session.timeout.ms": session_timeout_ms,
-            # librdkafka ends the session on its own side once no heartbeat has succeeded for
-            # session.timeout.ms, even while the coordinator is merely failing over; it then
-            # rejoins under a new member id and the group waits for the old id to expire
-            # (another session timeout). Heartbeating every second keeps the last success
-            # at most 1 s old, so a failover shorter than session timeout - 1 s costs no
-            # rebalance.
-            "heartbeat.interval.ms": min(1000, session_timeout_ms // 3),
-            # Bounded memory: librdkafka stops fetching once this much waits unconsumed.
-            "queued.max.messages.kbytes": max_prefetch_kbytes,
-            "fetch.wait.max.ms": 20,
-            # Once the prefetch queue is full, librdkafka re-checks it only after this long
-            # (default 1 s): at ~30k events/s the worker empties 16 MB in less, and after a
-            # backpressure pause (which drops the prefetch) fetching must restart at once.
-            "fetch.queue.backoff.ms": 20,
-            # One fetch response may overshoot the queue bound by up to this much (default
-            # 50 MB, lz4-compressed on the wire): keep the overshoot small.
-            "fetch.max.bytes": 4 * 1024 * 1024,
-            # Incremental rebalancing: a worker joining or leaving moves only the partitions
-            # that change owner; every other partition keeps being processed, and its state
-            # stays in memory (no stop-the-world revoke of everything, as with the eager
-            # assignors). Sticky: a restarted worker tends to get its partitions back.
-            # KIP-848's `group.protocol=consumer` would also drop the group-wide sync barrier,
-            # but transactional offset commits are fenced here by the classic generation,
-            # which cooperative-sticky keeps; see docs (guarantees).
-            "partition.assignment.strategy": "cooperative-sticky",
-            # Offsets are committed inside checkpoint transactions (KIP-447); reading them
-            # back must wait for a commit still in flight, which read_committed does
-            # (OffsetFetch with require_stable).
-            "isolation.level": "read_committed",
-            "logger": _client_log,
-        }
-        config.update(extra or {})
-        self._consumer = Consumer(config)
+        self._consumer = Consumer(
+            consumer_config(
+                bootstrap,
+                group_id,
+                session_timeout_ms=session_timeout_ms,
+                max_prefetch_kbytes=max_prefetch_kbytes,
+                extra=extra,
+            )
+        )
         # The group's committed offsets of the assigned partitions (read once per partition,
         # then told by the checkpoint committer after each commit): lag needs no broker call.
         self._committed: dict[int, int] = {}

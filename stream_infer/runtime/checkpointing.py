@@ -88,12 +88,12 @@ class Checkpointing:
                     exit_for_restart("outputs not acknowledged")
                 if acknowledged:
                     metrics.CHECKPOINT_CUTS.labels(self.name, "idle").inc()
-                    return self.pipeline.snapshot()
+                    return self.pipeline.partitions.snapshot()
             await asyncio.sleep(CUT_POLL_S)
         async with self.lock:
             await self.settle_locked()
             metrics.CHECKPOINT_CUTS.labels(self.name, "paused").inc()
-            return self.pipeline.snapshot()
+            return self.pipeline.partitions.snapshot()
 
     async def settle_locked(self) -> None:
         """With the batch lock held: make every output of the records in hand safe. At-least-once
@@ -122,7 +122,7 @@ class Checkpointing:
         if self.committer is None:
             return
         self.pipeline.mark_acknowledged()
-        cut = self.pipeline.snapshot()
+        cut = self.pipeline.partitions.snapshot()
         if cut is not None or self._produced:
             self.committer.add(replace(cut or Checkpoint({}), produced=frozenset(self._produced)))
         self._produced = set()
@@ -175,9 +175,9 @@ class Checkpointing:
             # Only what the consumer still owns under the rewind's epochs: a partition lost or
             # revoked between the seek and now is not this worker's any more.
             current = consumer.ownership().epochs
-            self.pipeline.owned.update({p: e for p, e in epochs.items() if current.get(p) == e})
+            self.pipeline.partitions.owned.update({p: e for p, e in epochs.items() if current.get(p) == e})
             async with self.lock:
-                await self.pipeline.ensure_restored(set(epochs) & set(self.pipeline.owned))
+                await self.pipeline.partitions.ensure_restored(set(epochs) & set(self.pipeline.partitions.owned))
         except Exception:
             # Nothing else ends a rewind: a worker left rewinding would never process again.
             exit_for_restart("rewinding to the last committed checkpoint failed")
@@ -189,14 +189,14 @@ class Checkpointing:
         """The last checkpoint of partitions being revoked, committed; from then on none of their
         records is processed. `epochs`: those of the revoked assignment (should the revoke's wait
         time out and the group give a partition back meanwhile, its new assignment is left alone)."""
-        owned = self.pipeline.owned
+        owned = self.pipeline.partitions.owned
         async with self.lock:
             if self.committer is not None:
                 if self.exactly_once:
                     await self._commit_locked()
                 else:
                     await self.settle_locked()
-                    self.committer.add(self.pipeline.snapshot())
+                    self.committer.add(self.pipeline.partitions.snapshot())
             for partition, epoch in epochs.items():
                 if owned.get(partition) == epoch:
                     del owned[partition]
@@ -232,5 +232,5 @@ class Checkpointing:
                 await self._commit_locked()
                 return
             await self.settle_locked()
-            self.committer.add(self.pipeline.snapshot())
+            self.committer.add(self.pipeline.partitions.snapshot())
         await self._commit()

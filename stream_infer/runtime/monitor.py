@@ -74,7 +74,7 @@ class LagMonitor:
     async def sample(self) -> None:
         """Sample offsets of the owned partitions, publish lag gauges, step the controller."""
         consumer = self.source.consumer
-        owned = self.pipeline.owned
+        owned = self.pipeline.partitions.owned
         if consumer is None or self.source.stopping:
             return
         if not owned:
@@ -90,7 +90,7 @@ class LagMonitor:
         backlog = self.source.queued_events
         total = 0
         for o in offsets:
-            if o.partition not in self.pipeline.owned:
+            if o.partition not in self.pipeline.partitions.owned:
                 continue
             lag = o.lag
             total += lag

@@ -37,7 +37,7 @@ class RebalanceHandler:
 
     @property
     def restoring(self) -> set[int]:
-        return set(self.pipeline.owned) - self.pipeline.loaded
+        return set(self.pipeline.partitions.owned) - self.pipeline.partitions.loaded
 
     def on_assign(self, epochs: dict[int, int]) -> None:
         """Consumer thread: a rebalance this member takes part in (maybe with nothing new)."""
@@ -54,10 +54,10 @@ class RebalanceHandler:
             return
         log.info("partitions assigned", extra={"pipeline": self.name, "partitions": sorted(epochs)})
         pipeline = self.pipeline
-        stale = [p for p in epochs if p in pipeline.owned or p in pipeline.loaded]
+        stale = [p for p in epochs if p in pipeline.partitions.owned or p in pipeline.partitions.loaded]
         if stale:  # a loss of these not yet handled: what is in memory is from the old assignment
-            pipeline.drop_partitions(stale)
-        pipeline.owned.update(epochs)
+            pipeline.partitions.drop(stale)
+        pipeline.partitions.owned.update(epochs)
         asyncio.ensure_future(self._restore(set(epochs)))
 
     async def _restore(self, partitions: set[int]) -> None:
@@ -65,7 +65,7 @@ class RebalanceHandler:
         the changelog read). Ready (for /readyz) once restored."""
         async with self.lock:
             try:
-                await self.pipeline.ensure_restored(partitions & set(self.pipeline.owned))
+                await self.pipeline.partitions.ensure_restored(partitions & set(self.pipeline.partitions.owned))
             except Exception:
                 exit_for_restart("restoring state failed")
 
@@ -108,7 +108,7 @@ class RebalanceHandler:
         processed from now on, until the group assigns them again."""
         self.member = False
         for partition in partitions:
-            self.pipeline.owned.pop(partition, None)
+            self.pipeline.partitions.owned.pop(partition, None)
         log.warning(
             "partitions lost (session expired or fenced): their state is dropped, the group reassigns them",
             extra={"pipeline": self.name, "partitions": sorted(partitions)},
@@ -119,8 +119,8 @@ class RebalanceHandler:
         """Forget the state of those of `partitions` not owned again by now (a partition the
         group gave back meanwhile keeps its fresh assignment, restored from the changelog)."""
         async with self.lock:
-            gone = {p for p in partitions if p not in self.pipeline.owned}
-            self.pipeline.drop_partitions(gone)
+            gone = {p for p in partitions if p not in self.pipeline.partitions.owned}
+            self.pipeline.partitions.drop(gone)
         self.source.forget(gone)
         self._remove_gauges(gone)
 

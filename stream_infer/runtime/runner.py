@@ -16,6 +16,7 @@ from typing import Any
 
 from stream_infer import metrics
 from stream_infer.config import Config
+from stream_infer.kafka.connection import KafkaConnection
 from stream_infer.kafka.consumer import records_from_messages
 from stream_infer.runtime.checkpointing import Checkpointing, exit_for_restart
 from stream_infer.runtime.monitor import LagMonitor
@@ -32,12 +33,15 @@ CLOSE_STEP_S = 4.0
 
 
 class PipelineRunner:
-    def __init__(self, pipeline: Pipeline, config: Config, committer: CheckpointCommitter | None = None) -> None:
+    def __init__(
+        self, pipeline: Pipeline, config: Config, connection: KafkaConnection, committer: CheckpointCommitter | None = None
+    ) -> None:
+        """`connection`: the cluster and its client security settings, resolved once by the worker."""
         self.pipeline = pipeline
         self.config = config
         self.name = pipeline.name
         self.lock = asyncio.Lock()  # one batch, or one checkpoint cut, at a time
-        self.source = BatchSource(pipeline, config)
+        self.source = BatchSource(pipeline, config, connection)
         self.monitor = LagMonitor(pipeline, self.source, config)
         self.checkpointing = Checkpointing(pipeline, self.source, committer, config, self.lock)
         self.rebalance = RebalanceHandler(pipeline, self.source, self.checkpointing, config, self.lock)
@@ -77,7 +81,7 @@ class PipelineRunner:
         async with self.lock:
             # Only records of partitions owned now, under the assignment they were fetched in:
             # a batch fetched before a revoke, loss or rewind belongs to someone (or something) else.
-            owned = self.pipeline.owned
+            owned = self.pipeline.partitions.owned
             # A partition is taken only if owned under the epoch of this fetch: a partition in
             # neither (revoked inside the very fetch that returned its messages) is not taken.
             taken = {p for p, epoch in epochs.items() if owned.get(p) == epoch}
@@ -124,7 +128,7 @@ class PipelineRunner:
         """Ready: a member of the group, every assigned partition restored, not rewinding."""
         cp, member = self.checkpointing, self.rebalance.member
         restoring = sorted(self.rebalance.restoring)
-        partitions = sorted(self.pipeline.owned)
+        partitions = sorted(self.pipeline.partitions.owned)
         if self.stopping:
             reason = "stopping"
         elif not member:

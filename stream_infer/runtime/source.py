@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from stream_infer import metrics
 from stream_infer.config import Config, PipelineConfig
 from stream_infer.controller import COALESCE_EVENTS
+from stream_infer.kafka.connection import KafkaConnection
 from stream_infer.kafka.consumer import AssignCallback, BatchConsumer, RevokeCallback
 from stream_infer.stages.pipeline import Pipeline
 
@@ -31,10 +32,10 @@ class BatchSource:
     """Fetches batches for one pipeline. The batching controller sets `batch_size`, `linger` and
     `coalesce`; `adaptive` says whether it runs (see stream_infer.runtime.monitor)."""
 
-    def __init__(self, pipeline: Pipeline, config: Config) -> None:
+    def __init__(self, pipeline: Pipeline, config: Config, connection: KafkaConnection) -> None:
         self.pipeline = pipeline
         self.config = config
-        self.connection = config.kafka.connection()  # bootstrap + TLS/SASL settings, resolved once
+        self.connection = connection  # bootstrap + TLS/SASL settings
         self.pc: PipelineConfig = pipeline.config
         self.name = pipeline.name
         self.batch_size = self.pc.batching.max_batch_size

@@ -15,21 +15,12 @@ consumers see each input's outputs once (visible at the checkpoint's commit). Se
 
 from __future__ import annotations
 
-import asyncio
-import faulthandler
 import gc
 import logging
-import os
-import threading
-from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import faust
 from confluent_kafka import KafkaException
-from faust.app.base import BootStrategy
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from stream_infer import metrics
 from stream_infer.config import Config
 from stream_infer.kafka.acls import worker_grants
 from stream_infer.kafka.admin import admin_client, create_topics
@@ -41,6 +32,7 @@ from stream_infer.kafka.producer import AsyncProducer
 from stream_infer.kafka.transactions import TransactionalProducer, TransactionFatal, instance_id
 from stream_infer.logs import setup_logging
 from stream_infer.ports import free_port, port_is_free
+from stream_infer.runtime.app import build_app
 from stream_infer.runtime.runner import PipelineRunner
 from stream_infer.stages.pipeline import Pipeline
 from stream_infer.state.changelog import (
@@ -51,13 +43,6 @@ from stream_infer.state.checkpoint import CheckpointCommitter
 
 log = logging.getLogger(__name__)
 
-# Batches waiting between the source task and the agent: one. In throughput mode the source
-# fetches the next batch while the agent works on the current one (in latency mode it waits until
-# the agent is free), and what arrives meanwhile stays in the consumer's queue, to be taken as one
-# larger batch later. More would only hold memory; the backlog belongs in Kafka.
-CHANNEL_DEPTH = 1
-
-
 # A stop (SIGTERM) ends the process within this long, whatever is stuck (a broker that does not
 # answer a commit or a group leave): what was not committed is processed again by the next owner.
 SHUTDOWN_DEADLINE_S = 9.0
@@ -65,28 +50,6 @@ SHUTDOWN_DEADLINE_S = 9.0
 
 class StartupError(RuntimeError):
     """The worker cannot start; the message says what to fix."""
-
-
-class _WithoutKafka(BootStrategy):
-    """Faust's services minus its Kafka consumer, producer and topic conductor: the pipelines
-    bring their own clients, and an idle Faust consumer group only logged errors."""
-
-    enable_kafka = False
-
-
-class _App(faust.App):
-    BootStrategy = _WithoutKafka
-
-    async def on_start(self) -> None:
-        await super().on_start()
-        # Channels deliver only while flow control is on; Faust turns it on after its own
-        # consumer's first rebalance, and there is none.
-        self.flow_control.resume()
-
-
-def faust_broker_url(bootstrap: str) -> str:
-    """`h1:p1,h2:p2` -> `kafka://h1:p1;kafka://h2:p2`, Faust's spelling of a broker list."""
-    return ";".join(f"kafka://{b.strip()}" for b in bootstrap.split(",") if b.strip())
 
 
 # How long start-up waits for the cluster to answer at all before it exits with the reason (a
@@ -139,7 +102,7 @@ class Worker:
             self.close()
             raise
         log.info("worker instance", extra={"instance": self.instance, "processing_guarantee": config.worker.processing_guarantee})
-        self.app = self._build_app()
+        self.app = build_app(self.config, self.runners, self)
 
     def _preflight(self) -> None:
         """Connect, authenticate and check the ACLs before anything else touches the cluster, so
@@ -184,7 +147,7 @@ class Worker:
                 ensure_changelog_topic(bootstrap, state_topic, partitions, kafka.replication_factor, topic_config)
             except RuntimeError as err:
                 raise StartupError(str(err)) from None
-            pipeline.changelog = Changelog(bootstrap, state_topic)
+            pipeline.partitions.changelog = Changelog(bootstrap, state_topic)
         transactions = TransactionalProducer(
             bootstrap,
             transactional_id(kafka.group_id, pc.name, self.instance),
@@ -207,7 +170,7 @@ class Worker:
         committer = CheckpointCommitter(
             pc.name, pc.input_topic, state_topic, transactions, ownership, committed, retain_on_abort=not self.exactly_once
         )
-        runner = PipelineRunner(pipeline, self.config, committer)
+        runner = PipelineRunner(pipeline, self.config, self.connection, committer)
         seconds = pipeline.engine.warm_up((1, pc.batching.max_batch_size))
         inline_rows = pipeline.calibrate()
         log.warning(
@@ -250,57 +213,6 @@ class Worker:
         healthy = all(p["healthy"] for p in pipelines.values())
         return healthy, {"healthy": healthy, "stall_timeout_s": limit, "pipelines": pipelines}
 
-    # --- the Faust app -----------------------------------------------------------------------
-
-    def _build_app(self) -> faust.App:
-        cfg = self.config
-        Path(cfg.worker.data_dir).mkdir(parents=True, exist_ok=True)
-        app = _App(
-            f"{cfg.kafka.group_id}-app",
-            broker=faust_broker_url(cfg.kafka.bootstrap_servers),
-            store="memory://",
-            datadir=cfg.worker.data_dir,
-            web_bind=cfg.worker.web_host,
-            web_host=cfg.worker.web_host,
-            web_port=cfg.worker.web_port,
-            web_in_thread=False,
-            topic_allow_declare=False,
-        )
-        for runner in self.runners.values():
-            channel = app.channel(maxsize=CHANNEL_DEPTH)
-            app.agent(channel, name=f"pipeline-{runner.name}")(_named(runner.agent, f"pipeline_{runner.name}"))
-            app.task(_named(runner.run_source, f"source_{runner.name}", channel))
-            app.task(_named(runner.run_checkpoints, f"checkpoint_{runner.name}"))
-            app.task(_named(runner.run_monitor, f"lag_{runner.name}"))
-        self._add_web(app)
-
-        # Sent while the event loop still turns. type: ignore: mode's SignalHandlerT (mypy_extensions
-        # argument types) admits no function at all under current mypy, not even one matching it exactly.
-        @app.on_before_shutdown.connect  # type: ignore[arg-type]
-        async def _close_runners(_app, **kwargs) -> None:
-            _exit_after(SHUTDOWN_DEADLINE_S)
-            await asyncio.gather(*(r.close() for r in self.runners.values()))
-
-        return app
-
-    def _add_web(self, app: faust.App) -> None:
-        worker = self
-
-        @app.page("/metrics")
-        async def metrics_view(self, request):
-            metrics.READY.set(1 if worker.readiness()[0] else 0)
-            return self.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
-
-        @app.page("/healthz")
-        async def healthz(self, request):
-            healthy, body = worker.health()
-            return self.json(body, status=200 if healthy else 503)
-
-        @app.page("/readyz")
-        async def readyz(self, request):
-            ready, body = worker.readiness()
-            return self.json(body, status=200 if ready else 503)
-
     def run(self, log_level: str = "warning", log_format: str = "text") -> None:
         """Run until SIGTERM/SIGINT; then checkpoint, commit and leave the group."""
 
@@ -318,45 +230,6 @@ class Worker:
             _Worker(self.app, loglevel=log_level.upper(), quiet=True, redirect_stdouts=False).execute_from_commandline()
         finally:
             self.close()
-
-
-def _named(method, name: str, *bound):
-    """Faust registers agents, tasks and timers by function name, so each pipeline's needs its own;
-    and it passes the app to a task or timer whose signature takes arguments, so the wrapper
-    declares exactly what Faust should pass: the stream for an agent, nothing otherwise."""
-    wrapper: Callable[..., Awaitable[object]]
-    if method.__name__ == "agent":
-
-        async def agent_wrapper(stream):
-            return await method(stream)
-
-        wrapper = agent_wrapper
-    else:
-
-        async def task_wrapper():
-            return await method(*bound)
-
-        wrapper = task_wrapper
-    wrapper.__name__ = wrapper.__qualname__ = name
-    return wrapper
-
-
-def _exit_after(seconds: float) -> None:
-    """Start a watchdog that ends the process `seconds` from now if it is still shutting down."""
-
-    def expire() -> None:
-        log.warning(
-            "shutdown did not finish within %.0f s; exiting now (uncommitted events are processed again "
-            "by the partitions' next owner); the threads' stacks follow on stderr",
-            seconds,
-        )
-        logging.shutdown()
-        faulthandler.dump_traceback(all_threads=True)
-        os._exit(0)
-
-    timer = threading.Timer(seconds, expire)
-    timer.daemon = True
-    timer.start()
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from stream_infer.controller import CostProfile
+
 log = logging.getLogger(__name__)
 
 
@@ -113,3 +115,27 @@ class InferenceEngine:
         for size in batch_sizes:
             self.run(np.zeros((size, width), dtype=np.float32))
         return time.perf_counter() - started
+
+
+def calibrate(engine: InferenceEngine, sizes: list[int], profile: CostProfile, within_s: float, max_seconds: float = 3.0) -> int:
+    """Time `engine` at each of `sizes` (ascending) into `profile`, and return the largest size up
+    to which every size ran within `within_s` seconds (0: none did). Each size runs once untimed
+    (its first run allocates) and then 5 times (2 above 64 rows) for the mean. Stops early past
+    `max_seconds`, so a slow model costs a bounded start-up; live batches refine the profile."""
+    width = engine.session.get_inputs()[0].shape[1]
+    limit, previous, started_all = 0, 0, time.perf_counter()
+    for rows in sizes:
+        matrix = np.zeros((rows, width), dtype=np.float32)
+        engine.run(matrix)
+        repeats = 5 if rows <= 64 else 2
+        started = time.perf_counter()
+        for _ in range(repeats):
+            engine.run(matrix)
+        seconds = (time.perf_counter() - started) / repeats
+        profile.observe(rows, seconds)
+        if seconds <= within_s and limit == previous:  # every smaller size fitted too
+            limit = rows
+        previous = rows
+        if time.perf_counter() - started_all > max_seconds:
+            break
+    return limit

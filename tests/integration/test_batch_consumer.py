@@ -143,9 +143,9 @@ class _RecordingConsumer:
 def test_worker_calls_the_consumer_only_from_its_thread(tmp_path: Path) -> None:
     config = load_config(engines_config(tmp_path / "c.toml", group="g", input_topic="in", output_prefix="out"))
     pipeline = Pipeline(config.pipelines[0], producer=None, changelog=None)
-    runner = PipelineRunner(pipeline, config)
+    runner = PipelineRunner(pipeline, config, config.kafka.connection())
     recording = runner.source.consumer = _RecordingConsumer()  # type: ignore[assignment]
-    pipeline.owned = {0: 1}
+    pipeline.partitions.owned = {0: 1}
 
     async def exercise() -> None:
         runner.source.loop = asyncio.get_running_loop()

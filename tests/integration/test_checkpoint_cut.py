@@ -60,8 +60,8 @@ class _Producer:
 def _runner(tmp_path: Path, producer, topic: str = "in", group: str = "g") -> tuple[PipelineRunner, Pipeline]:
     config = load_config(engines_config(tmp_path / "c.toml", group=group, input_topic=topic, output_prefix=group))
     pipeline = Pipeline(config.pipelines[0], producer=producer, changelog=None)
-    runner = PipelineRunner(pipeline, config)
-    pipeline.owned = {0: 1}
+    runner = PipelineRunner(pipeline, config, config.kafka.connection())
+    pipeline.partitions.owned = {0: 1}
     if isinstance(producer, _Producer):
         producer.runner = runner
     return runner, pipeline

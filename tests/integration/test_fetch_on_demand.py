@@ -50,7 +50,7 @@ def _run(kafka_bootstrap: str, tmp_path: Path, unique, monkeypatch: pytest.Monke
         engines_config(tmp_path / "c.toml", group=unique("ondemand-group"), input_topic=topic, output_prefix="out")
     )
     pipeline = Pipeline(config.pipelines[0], producer=None, changelog=None)
-    runner = PipelineRunner(pipeline, config)
+    runner = PipelineRunner(pipeline, config, config.kafka.connection())
     if throughput:
         runner.monitor.controller.mode = THROUGHPUT
     fetches: list[tuple[float, int]] = []  # (start, events) of every non-empty fetch

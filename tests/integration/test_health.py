@@ -26,7 +26,7 @@ from stream_infer.tools.workerproc import WorkerProcess
 
 def _runner(tmp_path: Path) -> PipelineRunner:
     config = load_config(engines_config(tmp_path / "c.toml", group="g", input_topic="in", output_prefix="out"))
-    return PipelineRunner(Pipeline(config.pipelines[0], producer=None, changelog=None), config)
+    return PipelineRunner(Pipeline(config.pipelines[0], producer=None, changelog=None), config, config.kafka.connection())
 
 
 def test_readiness_names_each_state(tmp_path: Path) -> None:
@@ -38,15 +38,15 @@ def test_readiness_names_each_state(tmp_path: Path) -> None:
             {"ready": False, "partitions": [], "reason": "not a member of the consumer group (joining or rebalancing)"},
         )
         runner.rebalance.member = True
-        pipeline.owned = {0: 1, 3: 2}
-        pipeline.loaded = {0}
+        pipeline.partitions.owned = {0: 1, 3: 2}
+        pipeline.partitions.loaded = {0}
         assert runner.readiness()[1] == {"ready": False, "partitions": [0, 3], "reason": "restoring state of partitions [3]"}
-        pipeline.loaded = {0, 3}
+        pipeline.partitions.loaded = {0, 3}
         assert runner.readiness() == (True, {"ready": True, "partitions": [0, 3], "reason": "processing"})
         cp.rewinding = True
         assert runner.readiness()[1]["reason"] == "rewinding to the last committed checkpoint"
         cp.rewinding = False
-        pipeline.owned, pipeline.loaded = {}, set()
+        pipeline.partitions.owned, pipeline.partitions.loaded = {}, set()
         assert runner.readiness() == (
             True,
             {"ready": True, "partitions": [], "reason": "member with no partition assigned (more workers than partitions)"},

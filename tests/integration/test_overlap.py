@@ -72,7 +72,7 @@ def _run(tmp_path: Path, records: list[InputRecord], sizes: list[int]) -> tuple[
     config = load_config(engines_config(tmp_path / "c.toml", group="g", input_topic="in", output_prefix="out"))
     producer = RecordingProducer()
     pipeline = Pipeline(config.pipelines[0], producer, changelog=None)  # type: ignore[arg-type]
-    pipeline.loaded.update({0, 1, 2})
+    pipeline.partitions.loaded.update({0, 1, 2})
     try:
         start, counts = 0, []
         for size in sizes:

@@ -261,9 +261,9 @@ def test_pipeline_evicts_after_each_batch_counts_and_tombstones(tmp_path: Path) 
 
     config = _engines_config(tmp_path, max_keys=100).model_copy(update={"name": "bounded-pipe"})
     pipeline = Pipeline(config, producer=None, changelog=None)
-    pipeline.changelog = object()  # type: ignore[assignment]  # snapshot() only checks it is set
-    pipeline.owned = {p: 1 for p in range(3)}
-    pipeline.loaded.update(range(3))
+    pipeline.partitions.changelog = object()  # type: ignore[assignment]  # snapshot() only checks it is set
+    pipeline.partitions.owned = {p: 1 for p in range(3)}
+    pipeline.partitions.loaded.update(range(3))
     base = _engine_event()
     evicted = lambda: _sample("stream_infer_state_evictions_total", pipeline="bounded-pipe", reason="max_keys")  # noqa: E731
     try:
@@ -272,13 +272,13 @@ def test_pipeline_evicts_after_each_batch_counts_and_tombstones(tmp_path: Path) 
             records = _records(base, range(1 + 300 * n, 1 + 300 * (n + 1)), offset=300 * n)
             batch = pipeline.prepare(records)
             assert len(batch.keys) == 300 and not batch.dead
-            pipeline.progress.advance(records)
+            pipeline.partitions.advance(records)
             held.append(len(pipeline.store))
         # Batch 1: nothing older to evict; batch 2: batch 1 still in flight; batch 3: batch 1 goes.
         assert held == [300, 600, 600]
         assert evicted() == 300
         assert _sample("stream_infer_state_keys", pipeline="bounded-pipe") == 600
-        checkpoint = pipeline.snapshot()
+        checkpoint = pipeline.partitions.snapshot()
         assert checkpoint is not None
         tombstones = {k for keys in checkpoint.snapshots.values() for k, v in keys.items() if v is None}
         assert tombstones == {str(u) for u in range(1, 301)}
@@ -297,7 +297,7 @@ def test_pipeline_ttl_uses_the_records_event_time(tmp_path: Path) -> None:
 
     config = _engines_config(tmp_path, key_ttl_ms=60_000).model_copy(update={"name": "ttl-pipe"})
     pipeline = Pipeline(config, producer=None, changelog=None)
-    pipeline.loaded.update(range(3))
+    pipeline.partitions.loaded.update(range(3))
     base = _engine_event()
     try:
         pipeline.prepare(_records(base, range(1, 31), ts=T0))
@@ -340,13 +340,13 @@ def test_overlapped_halves_keep_their_keys_until_finished(tmp_path: Path) -> Non
     pipeline = Pipeline(config, producer=producer, changelog=None)  # type: ignore[arg-type]
     base = _engine_event()
     missing: list[str] = []
-    apply = pipeline.alerts.apply
+    apply = pipeline.finisher.alerts.apply
 
     def checked_apply(keys, records, scores, store, model):
         missing.extend(k for k, r in zip(keys, records) if k not in store.partitions.get(r.partition, {}))
         return apply(keys, records, scores, store, model)
 
-    pipeline.alerts.apply = checked_apply  # type: ignore[method-assign]
+    pipeline.finisher.alerts.apply = checked_apply  # type: ignore[method-assign]
     try:
         for n in range(3):
             records = _records(base, range(1 + 1024 * n, 1 + 1024 * (n + 1)), offset=1024 * n)
@@ -386,14 +386,14 @@ def _measure(max_keys: int, keys: int, events_per_key: int = 1) -> dict:
 
     config = _engines_config(Path(tempfile.mkdtemp()), max_keys=max_keys)
     pipeline = Pipeline(config, producer=None, changelog=None)
-    pipeline.owned = {p: 1 for p in range(6)}
-    pipeline.loaded.update(range(6))
+    pipeline.partitions.owned = {p: 1 for p in range(6)}
+    pipeline.partitions.loaded.update(range(6))
     base = _engine_event()
     first_unit = 10_000_000  # the warm-up's keys are distinct from the measured ones
     warm = _records(base, range(first_unit - BATCH, first_unit), partitions=6)
     pipeline.prepare(warm)
-    pipeline.progress.advance(warm)
-    pipeline.snapshot()
+    pipeline.partitions.advance(warm)
+    pipeline.partitions.snapshot()
     gc.collect()
     baseline = peak = _rss_bytes()
     trace: list[tuple[int, int]] = []
@@ -406,13 +406,13 @@ def _measure(max_keys: int, keys: int, events_per_key: int = 1) -> dict:
             records = _records(base, units, partitions=6, offset=offset)
             offset += len(records)
             pipeline.prepare(records)
-            pipeline.progress.advance(records)
+            pipeline.partitions.advance(records)
             batches += 1
             if batches % CHECKPOINT_EVERY == 0:
-                pipeline.snapshot()
+                pipeline.partitions.snapshot()
             peak = max(peak, _rss_bytes())
         trace.append((start + len(units), _rss_bytes() - baseline))
-    pipeline.snapshot()
+    pipeline.partitions.snapshot()
     seconds = time.perf_counter() - started
     fed, growth = np.array(trace, dtype=np.float64).T
     slope, intercept = np.polyfit(fed, growth, 1)

@@ -61,7 +61,7 @@ def run(config_path: str, pipeline_name: str, group: str, *, seconds: float, idl
             continue
         last_message = now
         records = records_from_messages([m for m in messages if m.error() is None])
-        pipeline.loaded.update(r.partition for r in records)
+        pipeline.partitions.loaded.update(r.partition for r in records)
         batch = pipeline.prepare(records)
         raw = pipeline.engine.run(batch.matrix) if batch.matrix is not None else None
         outputs, _, _ = pipeline.finish(batch, raw, None, now)

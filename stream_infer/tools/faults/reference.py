@@ -122,7 +122,7 @@ def compute_reference(config: PipelineConfig, stream: EventStream, *, batch: int
 
     producer = RecordingProducer()
     pipeline = Pipeline(config, producer, changelog=None)  # type: ignore[arg-type]
-    pipeline.loaded.add(0)  # partition 0 is "restored" (empty): no changelog to read
+    pipeline.partitions.loaded.add(0)  # partition 0 is "restored" (empty): no changelog to read
     records = []
     for offset in range(len(stream)):
         key, value = stream.event(offset)
