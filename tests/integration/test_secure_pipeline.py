@@ -17,24 +17,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka.admin import (
-    AclBinding,
-    AclBindingFilter,
-    AclOperation,
-    AclPermissionType,
-    AdminClient,
-    ResourcePatternType,
-    ResourceType,
-)
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from confluent_kafka.admin import AdminClient
+from cryptography.hazmat.primitives import serialization
 from support import create_inputs, feed, output_topics, write_config
 
 from stream_infer.config import load_config
+from stream_infer.kafka import acls
+from stream_infer.kafka.acls import Grant
 from stream_infer.kafka.connection import read_properties, resolve
-from stream_infer.tools.devkafka import local
+from stream_infer.kafka.names import transactional_id_prefix
+from stream_infer.tools.devkafka import local, local_security
 from stream_infer.tools.reader import TopicReader
 from stream_infer.tools.workerproc import WorkerProcess
 
@@ -183,20 +175,8 @@ def granted_config(secure: dict, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 def _other_ca(tmp_path: Path) -> Path:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "some other CA")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
+    """A CA that signed nothing the broker holds."""
+    _, cert = local_security.new_ca("some other CA", datetime.datetime.now(datetime.UTC))
     path = tmp_path / "other-ca.pem"
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return path
@@ -239,31 +219,24 @@ def test_a_hostname_the_certificate_does_not_name_is_refused(secure: dict, grant
 def test_a_missing_acl_names_the_topic_or_group(secure: dict, granted_config: Path) -> None:
     config = load_config(granted_config)
     engines = next(p for p in config.pipelines if p.name == "engines")
-    for resource, operation, expect in (
-        (("--topic", engines.input_topic), "Read", f"read topic '{engines.input_topic}'"),
-        (("--topic", engines.topics.predictions), "Write", f"write topic '{engines.topics.predictions}'"),
-        (("--group", config.kafka.group_id), "Read", f"consumer group '{config.kafka.group_id}'"),
-        (("--transactional-id", f"{config.kafka.group_id}-engines-"), "Write", "transactional id"),
+    group = config.kafka.group_id
+    for grant, expect in (
+        (Grant("topic", engines.input_topic, "literal", ("READ",), ""), f"read topic '{engines.input_topic}'"),
+        (Grant("topic", engines.topics.predictions, "literal", ("WRITE",), ""), f"write topic '{engines.topics.predictions}'"),
+        (Grant("group", group, "literal", ("READ",), ""), f"consumer group '{group}'"),
+        (Grant("transactional_id", transactional_id_prefix(group, "engines"), "prefixed", ("WRITE",), ""), "transactional id"),
     ):
-        admin = secure["admin"]
-        _acl(secure, "--remove", resource, operation, admin)
+        _change_acl(secure, "delete", grant)
         try:
             line = _one_error_line(*_check_worker(secure, granted_config, secure["scram"]))
             assert expect in line and "not authorized" in line and "stream-infer acls" in line, line
         finally:
-            _acl(secure, "--add", resource, operation, admin)
+            _change_acl(secure, "apply", grant)
     assert _check_worker(secure, granted_config, secure["scram"])[0] == 0
 
 
-def _acl(secure: dict, action: str, resource: tuple[str, str], operation: str, admin_properties: Path) -> None:
-    """Add or remove one ALLOW ACL for User:svc with the admin's credentials."""
-    restype = {"--topic": ResourceType.TOPIC, "--group": ResourceType.GROUP, "--transactional-id": ResourceType.TRANSACTIONAL_ID}[
-        resource[0]
-    ]
-    pattern = ResourcePatternType.PREFIXED if restype == ResourceType.TRANSACTIONAL_ID else ResourcePatternType.LITERAL
-    args = (restype, resource[1], pattern, "User:svc", "*", AclOperation[operation.upper()], AclPermissionType.ALLOW)
-    client = AdminClient(resolve(properties_file=admin_properties).client_config())
-    futures = client.create_acls([AclBinding(*args)]) if action == "--add" else client.delete_acls([AclBindingFilter(*args)])
-    for future in futures.values():
-        future.result(timeout=30)
+def _change_acl(secure: dict, action: str, grant: Grant) -> None:
+    """Create ("apply") or delete one grant's ALLOW ACLs for User:svc with the admin's credentials."""
+    client = AdminClient(resolve(properties_file=secure["admin"]).client_config())
+    getattr(acls, action)(client, acls.bindings([grant], "User:svc"))
     time.sleep(1)  # ACL changes reach the authorizer through the metadata log

@@ -193,11 +193,11 @@ def _pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def _make_tls(material: Material) -> None:
-    """A new CA, broker and svc certificates, written to a fresh folder that then replaces tls/."""
-    now = datetime.datetime.now(datetime.UTC)
+def new_ca(common_name: str, now: datetime.datetime) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A self-signed P-256 CA valid from 5 minutes before `now` for :data:`CA_VALIDITY`, signing
+    end-entity certificates only (path length 0)."""
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = _name("stream-infer local Kafka CA")
+    ca_name = _name(common_name)
     ca_cert = (
         x509.CertificateBuilder()
         .subject_name(ca_name)
@@ -207,13 +207,17 @@ def _make_tls(material: Material) -> None:
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + CA_VALIDITY)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            _key_usage(ca=True),
-            critical=True,
-        )
+        .add_extension(_key_usage(ca=True), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
+    return ca_key, ca_cert
+
+
+def _make_tls(material: Material) -> None:
+    """A new CA, broker and svc certificates, written to a fresh folder that then replaces tls/."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, ca_cert = new_ca("stream-infer local Kafka CA", now)
     # The brokers' certificate serves the listeners and is their client certificate towards the
     # controller and inter-broker listeners, which require one.
     broker_key, broker_cert = _leaf(
