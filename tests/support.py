@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from stream_infer import configs
 from stream_infer.config import Config, load_config
-from stream_infer.configs import DEMO_CONFIG, demo_config_text  # noqa: F401  (tests import DEMO_CONFIG from here)
+from stream_infer.configs import DEMO_CONFIG, demo_config_data, pipeline_table, rename_under  # noqa: F401  (tests import DEMO_CONFIG from here)
 from stream_infer.kafka.admin import create_topics
 from stream_infer.kafka.connection import KafkaConnection, as_connection
 from stream_infer.tools.faults.reference import RecordingProducer  # noqa: F401  (tests import it from here)
@@ -28,15 +30,25 @@ class E2EConfig:
         return next(p for p in self.config.pipelines if p.name == name)
 
 
-def write_config(tmp_path: Path, prefix: str, *, checkpoint_ms: int = 200, extra: str = "") -> E2EConfig:
-    """The demo config with every topic and the group renamed under `prefix`, paths made absolute."""
-    text = demo_config_text()
-    for name in ("engines.", "machines."):
-        text = text.replace(f'"{name}', f'"{prefix}.{name}')
-    text = text.replace('group_id = "stream-infer-demo"', f'group_id = "{prefix}"')
-    text = text.replace("checkpoint_interval_ms = 500", f"checkpoint_interval_ms = {checkpoint_ms}") + extra
-    path = tmp_path / f"{prefix}.toml"
-    path.write_text(text)
+def write_config(
+    tmp_path: Path,
+    prefix: str,
+    *,
+    checkpoint_ms: int = 200,
+    kafka: dict[str, Any] | None = None,
+    worker: dict[str, Any] | None = None,
+    pipelines: dict[str, dict[str, Any]] | None = None,
+) -> E2EConfig:
+    """The demo config with every topic and the group renamed under `prefix`, paths made absolute;
+    `kafka` and `worker` set keys of those tables, `pipelines` adds or replaces tables of the named
+    pipelines (e.g. {"machines": {"staleness": {...}}})."""
+    data = rename_under(demo_config_data(), prefix)
+    data["worker"]["checkpoint_interval_ms"] = checkpoint_ms
+    data["kafka"].update(kafka or {})
+    data["worker"].update(worker or {})
+    for name, tables in (pipelines or {}).items():
+        pipeline_table(data, name).update(tables)
+    path = configs.write_config(data, tmp_path / f"{prefix}.toml")
     return E2EConfig(path, load_config(path), prefix)
 
 

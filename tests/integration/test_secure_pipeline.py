@@ -99,8 +99,7 @@ def test_a_principal_with_exactly_the_printed_acls_runs_the_pipelines(
     secure: dict, guarantee: str, unique, tmp_path: Path
 ) -> None:
     admin = resolve(properties_file=secure["admin"])
-    cfg = write_config(tmp_path, unique(f"sec-{guarantee[:4]}"))
-    cfg.path.write_text(cfg.path.read_text().replace("[worker]\n", f'[worker]\nprocessing_guarantee = "{guarantee}"\n', 1))
+    cfg = write_config(tmp_path, unique(f"sec-{guarantee[:4]}"), worker={"processing_guarantee": guarantee})
     code, out, _ = _cli(
         secure, "acls", "-c", str(cfg.path), "-p", "User:svc", "--apply", "--kafka-properties", str(secure["admin"])
     )

@@ -46,8 +46,8 @@ def _summaries(reader: TopicReader, pipeline) -> list[dict]:
 @pytest.mark.parametrize("policy", ["skip", "sample"])
 def test_stale_events_are_skipped_counted_and_summarised(kafka_bootstrap: str, unique, tmp_path: Path, policy: str) -> None:
     prefix = unique(f"stale-{policy}")
-    staleness = f'\n[pipelines.staleness]\nmax_event_age_ms = 60000\npolicy = "{policy}"\nsample_every = 4\n'
-    cfg = write_config(tmp_path, prefix, extra=staleness)  # appended to the last pipeline: machines
+    staleness = {"max_event_age_ms": 60000, "policy": policy, "sample_every": 4}
+    cfg = write_config(tmp_path, prefix, pipelines={"machines": {"staleness": staleness}})
     machines = cfg.pipeline("machines")
     assert machines.staleness.max_event_age_ms == 60000 and cfg.pipeline("engines").staleness.max_event_age_ms == 0
     create_inputs(kafka_bootstrap, cfg)

@@ -6,9 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support import DEMO_CONFIG, write_config
+from support import DEMO_CONFIG
 
+from stream_infer import configs
 from stream_infer.config import ConfigError, load_config
+from stream_infer.configs import demo_config_data
 from stream_infer.kafka.connection import (
     ConnectionSettingsError,
     KafkaConnection,
@@ -104,11 +106,11 @@ def test_secrets_never_appear_in_repr_str_or_describe(tmp_path: Path) -> None:
     assert connection.describe()["settings"]["sasl.password"] == "***"
 
 
-def _demo_with(tmp_path: Path, kafka_lines: str) -> Path:
-    """The demo config (absolute paths) with `kafka_lines` added to its [kafka] table."""
-    path = write_config(tmp_path, "conn").path
-    path.write_text(path.read_text().replace("[kafka]\n", "[kafka]\n" + kafka_lines, 1))
-    return path
+def _demo_with(tmp_path: Path, **kafka: object) -> Path:
+    """The demo config (absolute paths) with these keys set in its [kafka] table (not loaded)."""
+    data = demo_config_data()
+    data["kafka"].update(kafka)
+    return configs.write_config(data, tmp_path / "conn.toml")
 
 
 def test_the_config_names_a_properties_file_relative_to_itself_and_env_and_option_replace_it(
@@ -118,7 +120,7 @@ def test_the_config_names_a_properties_file_relative_to_itself_and_env_and_optio
     monkeypatch.delenv("STREAM_INFER_KAFKA_PROPERTIES", raising=False)
     _properties(tmp_path, "bootstrap.servers=fromfile:9094\nsecurity.protocol=SSL\n")
     other = _properties(tmp_path, "bootstrap.servers=fromenv:9094\nsecurity.protocol=SASL_SSL\n", "other.properties")
-    config_path = _demo_with(tmp_path, 'properties_file = "client.properties"\n')
+    config_path = _demo_with(tmp_path, properties_file="client.properties")
     # The demo config sets bootstrap_servers explicitly; drop it so the file's is used.
     config_path.write_text(
         "\n".join(line for line in config_path.read_text().splitlines() if not line.startswith("bootstrap_servers"))
@@ -134,7 +136,7 @@ def test_the_config_names_a_properties_file_relative_to_itself_and_env_and_optio
 
 
 def test_a_config_error_in_the_connection_names_the_key_not_the_secret(tmp_path: Path) -> None:
-    config_path = _demo_with(tmp_path, f'client = {{ "sasl.password" = "{SECRET}", "fetch.min.bytes" = 5 }}\n')
+    config_path = _demo_with(tmp_path, client={"sasl.password": SECRET, "fetch.min.bytes": 5})
     with pytest.raises(ConfigError) as err:
         load_config(config_path)
     assert "'fetch.min.bytes' is not a connection setting" in str(err.value)
