@@ -46,9 +46,8 @@ __all__ = ["OVERLAP_MIN_EVENTS", "BatchResult", "Pipeline", "PreparedBatch"]
 log = logging.getLogger(__name__)
 
 # Batches of at least this many events run as two overlapped halves (Pipeline._submit_overlapped).
-# Measured draining 1M events (two pairs each): batches of 1024 gained 10% (56k -> 63k events/s);
-# halves of 128 lost 20% (57k -> 45k): the executor thread, back from ONNX Runtime, waits for the
-# GIL the event loop holds, and the loop then waits for it.
+# Smaller halves lose more than they gain: the executor thread, back from ONNX Runtime, waits for
+# the GIL the event loop holds, and the loop then waits for it (docs/performance.md has the figures).
 OVERLAP_MIN_EVENTS = 512
 
 
@@ -156,8 +155,8 @@ class Pipeline:
         finished while the second is inferred. State and outputs see the events in the same order
         as one batch would; only the per-batch messages (a stale-skip summary) come per half.
 
-        Why: draining a backlog, the event loop's thread is the bottleneck (0.91 of a core, the
-        machine's other core a third idle) and inference was 17% of its time."""
+        Why: draining a backlog, the event loop's thread is the bottleneck while the other core is
+        partly idle, and inference is the part of its work that can run without the GIL."""
         loop = asyncio.get_running_loop()
         half = len(records) // 2
         first = self.prepare(records[:half])
