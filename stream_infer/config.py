@@ -27,55 +27,38 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    # A typo in a key is an error, not a silently ignored setting.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # A typo in a key is an error, not a silently ignored setting. A field's description is the
+    # docstring under it.
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class KafkaConfig(_Strict):
     bootstrap_servers: str = "127.0.0.1:9092"
-    group_id: str = Field("stream-infer", description="Consumer group and Faust app id; workers sharing it split partitions.")
-    replication_factor: int = Field(
-        1, ge=1, description="For the topics the worker creates (outputs, state changelogs); at most the cluster's broker count."
-    )
-    min_insync_replicas: int | None = Field(
-        None,
-        ge=1,
-        description="min.insync.replicas of the topics the worker creates; default min(2, replication_factor), so acks=all needs two copies where there can be two.",
-    )
-    transaction_timeout_ms: int = Field(
-        10_000,
-        ge=1_000,
-        le=900_000,
-        description=(
-            "Checkpoint transactions of a worker killed inside one are aborted by the broker this long after they began; "
-            "until then the partitions' next owner waits to restore their state (and exactly-once readers wait too)."
-        ),
-    )
-    producer: dict[str, str | int | bool] = Field(default_factory=dict, description="Extra librdkafka producer settings.")
-    properties_file: Path | None = Field(
-        None,
-        description=(
-            "librdkafka properties file (the format `kcat -F` reads) with the connection's security settings; relative "
-            "to the config file. $STREAM_INFER_KAFKA_PROPERTIES or --kafka-properties replace it."
-        ),
-    )
-    client: dict[str, str | int | bool] = Field(
-        default_factory=dict,
-        description=(
-            "Connection settings inline ([kafka.client]: security.protocol, sasl.*, ssl.*, ...), over the properties "
-            "file's. A value may be ${env:NAME} or ${file:PATH}, so secrets stay out of the file."
-        ),
-    )
-    session_timeout_ms: int = Field(
-        10_000,
-        ge=3_000,
-        le=300_000,
-        description=(
-            "A worker that stops heartbeating (crash, kill -9) keeps its partitions this long before the group moves them. "
-            "Keep it above the cluster's group-coordinator failover time (broker.session.timeout.ms plus leader "
-            "election): a shorter session expires during each failover and costs a rebalance."
-        ),
-    )
+    group_id: str = "stream-infer"
+    """Consumer group and Faust app id; workers sharing it split partitions."""
+    replication_factor: int = Field(1, ge=1)
+    """For the topics the worker creates (outputs, state changelogs); at most the cluster's broker count."""
+    min_insync_replicas: int | None = Field(None, ge=1)
+    """min.insync.replicas of the topics the worker creates; default min(2, replication_factor), so
+    acks=all needs two copies where there can be two."""
+    transaction_timeout_ms: int = Field(10_000, ge=1_000, le=900_000)
+    """Checkpoint transactions of a worker killed inside one are aborted by the broker this long after
+    they began; until then the partitions' next owner waits to restore their state (and exactly-once
+    readers wait too)."""
+    producer: dict[str, str | int | bool] = Field(default_factory=dict)
+    """Extra librdkafka producer settings."""
+    properties_file: Path | None = None
+    """librdkafka properties file (the format `kcat -F` reads) with the connection's security
+    settings; relative to the config file. $STREAM_INFER_KAFKA_PROPERTIES or --kafka-properties
+    replace it."""
+    client: dict[str, str | int | bool] = Field(default_factory=dict)
+    """Connection settings inline ([kafka.client]: security.protocol, sasl.*, ssl.*, ...), over the
+    properties file's. A value may be ${env:NAME} or ${file:PATH}, so secrets stay out of the file."""
+    session_timeout_ms: int = Field(10_000, ge=3_000, le=300_000)
+    """A worker that stops heartbeating (crash, kill -9) keeps its partitions this long before the
+    group moves them. Keep it above the cluster's group-coordinator failover time
+    (broker.session.timeout.ms plus leader election): a shorter session expires during each failover
+    and costs a rebalance."""
 
     @model_validator(mode="after")
     def _insync_within_replication(self) -> KafkaConfig:
@@ -98,28 +81,17 @@ class KafkaConfig(_Strict):
 
 class WorkerConfig(_Strict):
     web_host: str = "127.0.0.1"
-    web_port: int = Field(6066, ge=0, le=65535, description="HTTP port for metrics and health; 0: any free port (logged).")
+    web_port: int = Field(6066, ge=0, le=65535)
+    """HTTP port for metrics and health; 0: any free port (logged)."""
     data_dir: str = ".stream-infer/worker"
-    checkpoint_interval_ms: int = Field(
-        500,
-        ge=10,
-        le=60_000,
-        description="How often state and offsets are committed (exactly-once: also when outputs become visible).",
-    )
-    processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
-        "at_least_once",
-        description=(
-            "at_least_once: outputs are visible at once; after a crash some may repeat (each names its input's topic, "
-            "partition and offset). exactly_once: outputs are produced in the checkpoint's transaction, so read_committed "
-            "consumers see each input's outputs once, at the next checkpoint."
-        ),
-    )
-    stall_timeout_s: float = Field(
-        60.0,
-        gt=0,
-        le=86_400,
-        description="/healthz turns 503 when a pipeline has lag and made no progress for this long.",
-    )
+    checkpoint_interval_ms: int = Field(500, ge=10, le=60_000)
+    """How often state and offsets are committed (exactly-once: also when outputs become visible)."""
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    """at_least_once: outputs are visible at once; after a crash some may repeat (each names its
+    input's topic, partition and offset). exactly_once: outputs are produced in the checkpoint's
+    transaction, so read_committed consumers see each input's outputs once, at the next checkpoint."""
+    stall_timeout_s: float = Field(60.0, gt=0, le=86_400)
+    """/healthz turns 503 when a pipeline has lag and made no progress for this long."""
 
 
 class FeatureSpec(_Strict):
@@ -151,40 +123,24 @@ class BatchingConfig(_Strict):
     """Micro-batching and backpressure. The controller (see stream_infer.controller) moves the
     batch size between a latency size and `max_batch_size` from the consumer lag it measures."""
 
-    max_batch_size: int = Field(256, ge=1, le=65_536, description="The cap: the controller never exceeds it.")
-    max_wait_ms: float = Field(
-        20.0,
-        ge=0,
-        le=60_000,
-        description="The longest any batch waits to fill; the default latency budget is a quarter of it (throughput mode waits at most the budget).",
-    )
-    adaptive: bool = Field(True, description="false: always max_batch_size, no waiting (the controller is off).")
-    latency_budget_ms: float | None = Field(
-        None,
-        gt=0,
-        le=60_000,
-        description=(
-            "Latency mode uses the largest batch whose measured cost (whole batch path, and inference alone) is at "
-            "most this, and a fetch of two or more events may wait this long for more (a lone event never waits); "
-            "throughput mode waits at most this long for a batch to fill; batches whose inference fits it run on "
-            "the event loop. Default max_wait_ms / 4."
-        ),
-    )
-    max_in_flight_events: int = Field(
-        50_000,
-        ge=1,
-        le=10_000_000,
-        description="Events fetched but not yet acknowledged; at this bound the worker pauses its partitions until half drained.",
-    )
-    max_in_flight_mb: float = Field(
-        64.0,
-        gt=0,
-        le=65_536,
-        description=(
-            "The same bound in megabytes of fetched values (after decompression): large values pause the partitions "
-            "long before max_in_flight_events does."
-        ),
-    )
+    max_batch_size: int = Field(256, ge=1, le=65_536)
+    """The cap: the controller never exceeds it."""
+    max_wait_ms: float = Field(20.0, ge=0, le=60_000)
+    """The longest any batch waits to fill; the default latency budget is a quarter of it
+    (throughput mode waits at most the budget)."""
+    adaptive: bool = True
+    """false: always max_batch_size, no waiting (the controller is off)."""
+    latency_budget_ms: float | None = Field(None, gt=0, le=60_000)
+    """Latency mode uses the largest batch whose measured cost (whole batch path, and inference
+    alone) is at most this, and a fetch of two or more events may wait this long for more (a lone
+    event never waits); throughput mode waits at most this long for a batch to fill; batches whose
+    inference fits it run on the event loop. Default max_wait_ms / 4."""
+    max_in_flight_events: int = Field(50_000, ge=1, le=10_000_000)
+    """Events fetched but not yet acknowledged; at this bound the worker pauses its partitions until
+    half drained."""
+    max_in_flight_mb: float = Field(64.0, gt=0, le=65_536)
+    """The same bound in megabytes of fetched values (after decompression): large values pause the
+    partitions long before max_in_flight_events does."""
 
     @property
     def max_in_flight_bytes(self) -> int:
@@ -201,9 +157,11 @@ class StalenessConfig(_Strict):
     timestamp) are skipped, or sampled (1 in `sample_every` kept); every skipped event is counted
     and summarised on the `skipped` topic. With windows, skipped events are not in the key's window."""
 
-    max_event_age_ms: int = Field(0, ge=0, description="0: off; every event is processed whatever its age.")
+    max_event_age_ms: int = Field(0, ge=0)
+    """0: off; every event is processed whatever its age."""
     policy: Literal["skip", "sample"] = "skip"
-    sample_every: int = Field(10, ge=2, le=1_000_000, description="sample: keep 1 stale event in this many.")
+    sample_every: int = Field(10, ge=2, le=1_000_000)
+    """sample: keep 1 stale event in this many."""
 
 
 class StateConfig(_Strict):
@@ -212,23 +170,13 @@ class StateConfig(_Strict):
     changelog at the next checkpoint; if it comes back it starts a new window, as a never-seen key
     does. See docs/state.md."""
 
-    key_ttl_ms: int = Field(
-        0,
-        ge=0,
-        description=(
-            "0: off. A key whose newest event is this much older than the newest event of its input "
-            "partition (event time: the records' Kafka timestamps, capped at the worker's clock) expires."
-        ),
-    )
-    max_keys: int = Field(
-        0,
-        ge=0,
-        description=(
-            "0: off. The most keys one worker holds for this pipeline (all its partitions together): past it "
-            "the least recently seen keys are evicted after each batch. Keys in use by the batches being "
-            "processed are never evicted, so between batches the count may exceed this by their keys."
-        ),
-    )
+    key_ttl_ms: int = Field(0, ge=0)
+    """0: off. A key whose newest event is this much older than the newest event of its input
+    partition (event time: the records' Kafka timestamps, capped at the worker's clock) expires."""
+    max_keys: int = Field(0, ge=0)
+    """0: off. The most keys one worker holds for this pipeline (all its partitions together): past
+    it the least recently seen keys are evicted after each batch. Keys in use by the batches being
+    processed are never evicted, so between batches the count may exceed this by their keys."""
 
 
 class TopicsConfig(_Strict):
@@ -236,7 +184,8 @@ class TopicsConfig(_Strict):
     alerts: str | None = None
     dead_letters: str
     review: str | None = None
-    skipped: str | None = Field(None, description="Summaries of stale events skipped; default <pipeline>.skipped.")
+    skipped: str | None = None
+    """Summaries of stale events skipped; default <pipeline>.skipped."""
 
 
 class AlertRule(_Strict):
@@ -244,7 +193,8 @@ class AlertRule(_Strict):
     silent for that key (one alert per episode) until `rearm_after` non-breaching events in a row."""
 
     name: str
-    score: str = Field(description="Name of the prediction output the rule reads.")
+    score: str
+    """Name of the prediction output the rule reads."""
     direction: Literal["above", "below"]
     threshold: float
     consecutive: int = Field(1, ge=1, le=1000)
@@ -278,28 +228,27 @@ class OutputSpec(_Strict):
 
 class EngineConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    intra_op_threads: int = Field(1, ge=0, le=256, description="0 lets ONNX Runtime choose.")
+    intra_op_threads: int = Field(1, ge=0, le=256)
+    """0 lets ONNX Runtime choose."""
 
 
 class PipelineConfig(_Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")
     input_topic: str
-    schema_file: Path = Field(alias="schema", description="JSON Schema of the input event.")
+    schema_file: Path = Field(alias="schema")
+    """JSON Schema of the input event."""
     key_field: str
     model: Path
-    max_message_bytes: int = Field(65_536, ge=64, le=900_000, description="Longer input values go to the DLQ as `oversized`.")
-    max_key_bytes: int = Field(1024, ge=1, le=65_536, description="Longer Kafka keys go to the DLQ as `oversized_key`.")
-    sequence_field: str | None = Field(
-        None,
-        description=(
-            "An integer field that increases per key (e.g. `cycle`): an event whose value is not greater than the "
-            "highest its key has seen is out of order (a replay, a duplicate, a clock gone back). None: not checked."
-        ),
-    )
-    out_of_order: Literal["dead_letter", "accept"] = Field(
-        "dead_letter",
-        description="What an out-of-order event gets: the DLQ (reason `out_of_order`), or processed as usual.",
-    )
+    max_message_bytes: int = Field(65_536, ge=64, le=900_000)
+    """Longer input values go to the DLQ as `oversized`."""
+    max_key_bytes: int = Field(1024, ge=1, le=65_536)
+    """Longer Kafka keys go to the DLQ as `oversized_key`."""
+    sequence_field: str | None = None
+    """An integer field that increases per key (e.g. `cycle`): an event whose value is not greater
+    than the highest its key has seen is out of order (a replay, a duplicate, a clock gone back).
+    None: not checked."""
+    out_of_order: Literal["dead_letter", "accept"] = "dead_letter"
+    """What an out-of-order event gets: the DLQ (reason `out_of_order`), or processed as usual."""
     features: FeatureSpec
     batching: BatchingConfig = BatchingConfig()
     topics: TopicsConfig

@@ -17,13 +17,13 @@ from stream_infer.cli.worker_cmd import worker
 from stream_infer.logs import setup_logging
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+# Every option's default is shown in --help (an option with no default, None, shows none).
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100, "show_default": True})
 @click.version_option(__version__, prog_name="stream-infer")
 @click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="warning",
-    show_default=True,
     envvar="STREAM_INFER_LOG_LEVEL",
     help="Log verbosity (env STREAM_INFER_LOG_LEVEL).",
 )
@@ -31,7 +31,6 @@ from stream_infer.logs import setup_logging
     "--log-format",
     type=click.Choice(["text", "json"]),
     default="text",
-    show_default=True,
     envvar="STREAM_INFER_LOG_FORMAT",
     help="text for terminals, json (one object per line) for log shippers.",
 )

@@ -8,6 +8,8 @@ from pathlib import Path
 import click
 import orjson
 
+from stream_infer.cli.options import progress_echo
+
 
 @click.command()
 @click.option("--quick", is_flag=True, help="A short run (about 3 minutes): smaller backlog, shorter windows.")
@@ -17,7 +19,6 @@ import orjson
     "out_dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("bench-results"),
-    show_default=True,
     help="Where bench.json, bench.png and burst.png are written.",
 )
 def bench(quick: bool, as_json: bool, out_dir: Path) -> None:
@@ -30,7 +31,7 @@ def bench(quick: bool, as_json: bool, out_dir: Path) -> None:
     """
     from stream_infer.tools.bench.harness import run_bench
 
-    echo = (lambda line: click.echo(line, err=True)) if as_json else click.echo
+    echo = progress_echo(as_json)
     try:
         results = run_bench(quick=quick, out_dir=out_dir, echo=echo)
     except RuntimeError as err:

@@ -7,6 +7,8 @@ import sys
 import click
 import orjson
 
+from stream_infer.cli.options import progress_echo
+
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print only the summary, as one JSON object on stdout.")
@@ -14,10 +16,9 @@ import orjson
     "--rate",
     type=click.FloatRange(min=0),
     default=1000.0,
-    show_default=True,
     help="Events/s replayed into each input topic; 0 = as fast as possible (a burst: latency then measures the backlog).",
 )
-@click.option("--timeout", type=float, default=150.0, show_default=True, help="Seconds to wait for every input to be processed.")
+@click.option("--timeout", type=float, default=150.0, help="Seconds to wait for every input to be processed.")
 @click.option(
     "--secure",
     is_flag=True,
@@ -32,7 +33,7 @@ def demo(as_json: bool, rate: float, timeout: float, secure: bool) -> None:
     from stream_infer.tools.demo import run_demo
     from stream_infer.tools.devkafka.jars import KafkaSetupError
 
-    echo = (lambda line: click.echo(line, err=True)) if as_json else click.echo
+    echo = progress_echo(as_json)
     try:
         summary = run_demo(echo, rate=rate or None, timeout=timeout, secure=secure)
     except (KafkaSetupError, ConfigError, RuntimeError) as err:

@@ -3,42 +3,35 @@
 from __future__ import annotations
 
 import os
-import random
 import sys
 from pathlib import Path
 
 import click
 import orjson
 
+from stream_infer.cli.options import progress_echo, seed_option, work_dir_option
+
 SCENARIO_ORDER = ("worker_kill", "rolling_restart", "broker_kill", "coordinator_kill")
 
 
 @click.command()
-@click.option("--trials", type=click.IntRange(min=1), default=10, show_default=True, help="Trials per scenario and guarantee.")
-@click.option("--scenario", type=click.Choice(["all", *SCENARIO_ORDER]), default="all", show_default=True)
+@click.option("--trials", type=click.IntRange(min=1), default=10, help="Trials per scenario and guarantee.")
+@click.option("--scenario", type=click.Choice(["all", *SCENARIO_ORDER]), default="all")
 @click.option(
     "--guarantee",
     type=click.Choice(["at_least_once", "exactly_once", "both"]),
     default="at_least_once",
-    show_default=True,
     help="The workers' [worker] processing_guarantee.",
 )
-@click.option("--rate", type=click.FloatRange(min=1), default=1500.0, show_default=True, help="Input events per second.")
+@click.option("--rate", type=click.FloatRange(min=1), default=1500.0, help="Input events per second.")
 @click.option(
     "--duration",
     type=click.FloatRange(min=30),
     default=60.0,
-    show_default=True,
     help="Seconds of stream per trial (the data set is looped with new engine ids).",
 )
-@click.option("--seed", type=int, default=None, help="Seed of the first trial (trial i uses SEED + i). Default: random, printed.")
-@click.option(
-    "--work-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path(".stream-infer/faults"),
-    show_default=True,
-    help="Worker logs and configs per trial, and the cached reference predictions.",
-)
+@seed_option("the first trial (trial i uses SEED + i)")
+@work_dir_option(".stream-infer/faults", "Worker logs and configs per trial, and the cached reference predictions.")
 @click.option(
     "--stable-ids",
     is_flag=True,
@@ -57,7 +50,7 @@ def faults(
     guarantee: str,
     rate: float,
     duration: float,
-    seed: int | None,
+    seed: int,
     work_dir: Path,
     stable_ids: bool,
     as_json: bool,
@@ -92,11 +85,10 @@ def faults(
     from stream_infer.tools.devkafka.jars import KafkaSetupError
     from stream_infer.tools.faults import run_faults, summarize, summary_json, table, trial_line
 
-    seed = random.randrange(1_000_000) if seed is None else seed
     scenarios = SCENARIO_ORDER if scenario == "all" else (scenario,)
     guarantees = ("at_least_once", "exactly_once") if guarantee == "both" else (guarantee,)
     plan = [(s, g) for s in scenarios for g in guarantees]
-    echo = (lambda line: click.echo(line, err=True)) if as_json else click.echo
+    echo = progress_echo(as_json)
     echo(
         f"faults: seed {seed}, {trials} trial(s) each of {', '.join(f'{s}/{g}' for s, g in plan)}, "
         f"{rate:g} events/s for {duration:g} s"

@@ -3,97 +3,68 @@
 from __future__ import annotations
 
 import os
-import random
 import sys
-from pathlib import Path
+from typing import Any
 
 import click
 
+from stream_infer.cli.options import F, seed_option, work_dir_option
+
+# The run's size and its modes, in --help order: (option, type, default, help).
+_SIZES: tuple[tuple[str, click.ParamType, float | None, str], ...] = (
+    ("--hostile", click.IntRange(min=1), 2000, "Hostile records, both pipelines together (each kind as often as the others)."),
+    ("--valid", click.IntRange(min=0), None, "Valid events mixed in, both pipelines together.  [default: as many as --hostile]"),
+    ("--partitions", click.IntRange(min=1, max=64), 3, "Partitions of every topic of the run."),
+    (
+        "--rate",
+        click.FloatRange(min=0),
+        1000.0,
+        "Records produced per second, both pipelines together (0: as fast as possible). Above what the "
+        "machine sustains, canary times measure the backlog rather than the worker.",
+    ),
+    (
+        "--keys",
+        click.IntRange(min=0),
+        0,
+        "Keys mode: after the hostile run, feed this many distinct engine ids (one valid event each) "
+        "to a fresh worker, without and with --max-keys, and report its peak RSS both ways. 0: skip.",
+    ),
+    ("--max-keys", click.IntRange(min=1), 10_000, "Keys mode: the bounded worker's pipelines[].state.max_keys (engines)."),
+    (
+        "--poison-burst",
+        click.IntRange(min=0),
+        0,
+        "Burst mode: after the hostile run, this many 1 MB poison values, lz4-compressed on the wire, as a "
+        "backlog that a fresh worker drains; reports its peak RSS. 0: skip.",
+    ),
+    ("--drain-timeout", click.FloatRange(min=5), 120.0, "Seconds after the last record is produced for every output to arrive."),
+)
+
+
+def _settings_options(command: F) -> F:
+    """An option per FuzzSettings field, in --help order: those of :data:`_SIZES`, then --seed,
+    --work-dir and --header-names. The command passes each on as the field of its name
+    (--drain-timeout: drain_timeout_s)."""
+    options = [click.option(name, type=kind, default=default, help=help_text) for name, kind, default, help_text in _SIZES]
+    options += [
+        seed_option("the order of the feed"),
+        work_dir_option(".stream-infer/fuzz", "The run's configs and worker logs."),
+        click.option(
+            "--header-names",
+            is_flag=True,
+            help="Also produce, first on each pipeline, a valid event whose header name is not UTF-8 (needs kcat: "
+            "the Python client cannot write one). It must get an output, and so must the records fetched with it.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
 
 @click.command()
-@click.option(
-    "--hostile",
-    type=click.IntRange(min=1),
-    default=2000,
-    show_default=True,
-    help="Hostile records, both pipelines together (each kind as often as the others).",
-)
-@click.option(
-    "--valid",
-    type=click.IntRange(min=0),
-    default=None,
-    help="Valid events mixed in, both pipelines together.  [default: as many as --hostile]",
-)
-@click.option(
-    "--partitions", type=click.IntRange(min=1, max=64), default=3, show_default=True, help="Partitions of every topic of the run."
-)
-@click.option(
-    "--rate",
-    type=click.FloatRange(min=0),
-    default=1000.0,
-    show_default=True,
-    help="Records produced per second, both pipelines together (0: as fast as possible). Above what the "
-    "machine sustains, canary times measure the backlog rather than the worker.",
-)
-@click.option(
-    "--keys",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Keys mode: after the hostile run, feed this many distinct engine ids (one valid event each) "
-    "to a fresh worker, without and with --max-keys, and report its peak RSS both ways. 0: skip.",
-)
-@click.option(
-    "--max-keys",
-    type=click.IntRange(min=1),
-    default=10_000,
-    show_default=True,
-    help="Keys mode: the bounded worker's pipelines[].state.max_keys (engines).",
-)
-@click.option(
-    "--poison-burst",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Burst mode: after the hostile run, this many 1 MB poison values, lz4-compressed on the wire, as a "
-    "backlog that a fresh worker drains; reports its peak RSS. 0: skip.",
-)
-@click.option(
-    "--drain-timeout",
-    type=click.FloatRange(min=5),
-    default=120.0,
-    show_default=True,
-    help="Seconds after the last record is produced for every output to arrive.",
-)
-@click.option("--seed", type=int, default=None, help="Seed of the order of the feed. Default: random, printed.")
-@click.option(
-    "--work-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path(".stream-infer/fuzz"),
-    show_default=True,
-    help="The run's configs and worker logs.",
-)
-@click.option(
-    "--header-names",
-    is_flag=True,
-    help="Also produce, first on each pipeline, a valid event whose header name is not UTF-8 (needs kcat: "
-    "the Python client cannot write one). It must get an output, and so must the records fetched with it.",
-)
+@_settings_options
 @click.option("--list-kinds", is_flag=True, help="Print every hostile kind with its expected reason per pipeline, and exit.")
-def fuzz(
-    hostile: int,
-    valid: int | None,
-    partitions: int,
-    rate: float,
-    keys: int,
-    max_keys: int,
-    poison_burst: int,
-    drain_timeout: float,
-    seed: int | None,
-    work_dir: Path,
-    header_names: bool,
-    list_kinds: bool,
-) -> None:
+def fuzz(list_kinds: bool, drain_timeout: float, **options: Any) -> None:
     """Feed one worker (both demo pipelines) valid events mixed with hostile records and check
     what it does with each.
 
@@ -126,21 +97,8 @@ def fuzz(
     if list_kinds:
         click.echo(kinds_table())
         return
-    seed = random.randrange(1_000_000) if seed is None else seed
-    settings = FuzzSettings(
-        hostile=hostile,
-        valid=valid,
-        partitions=partitions,
-        rate=rate,
-        seed=seed,
-        drain_timeout_s=drain_timeout,
-        keys=keys,
-        max_keys=max_keys,
-        work_dir=work_dir,
-        header_names=header_names,
-        poison_burst=poison_burst,
-    )
-    click.echo(f"fuzz: seed {seed}")
+    settings = FuzzSettings(drain_timeout_s=drain_timeout, **options)
+    click.echo(f"fuzz: seed {settings.seed}")
     result = run_fuzz(settings, bootstrap=os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or None, echo=click.echo)
     click.echo(result.line())
     for line in result.report():

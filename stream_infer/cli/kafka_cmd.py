@@ -36,25 +36,16 @@ def kafka() -> None:
 
 @kafka.command()
 @click.option(
-    "--port",
-    type=int,
-    default=local.DEFAULT_PORT,
-    show_default=True,
-    help="Client port of node 1 (node i gets port+i-1). 0 picks free ports.",
+    "--port", type=int, default=local.DEFAULT_PORT, help="Client port of node 1 (node i gets port+i-1). 0 picks free ports."
 )
 @click.option(
     "--nodes",
     type=click.IntRange(1, 9),
     default=1,
-    show_default=True,
     help="Number of combined broker+controller nodes; 3 allows replication factor 3.",
 )
 @click.option(
-    "--timeout",
-    type=float,
-    default=local.READY_TIMEOUT_S,
-    show_default=True,
-    help="Seconds to wait for the cluster to answer before giving up.",
+    "--timeout", type=float, default=local.READY_TIMEOUT_S, help="Seconds to wait for the cluster to answer before giving up."
 )
 @click.option(
     "--secure",
@@ -100,7 +91,7 @@ def up(port: int, nodes: int, timeout: float, secure: bool, state_dir: Path | No
 
 @kafka.command()
 @click.option("--wipe", is_flag=True, help="Also delete the state directory (topics, offsets, logs).")
-@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait after SIGTERM before SIGKILL.")
+@click.option("--timeout", type=float, default=30.0, help="Seconds to wait after SIGTERM before SIGKILL.")
 @state_dir_option
 def down(wipe: bool, timeout: float, state_dir: Path | None) -> None:
     """Stop the cluster cleanly (SIGTERM, then SIGKILL after --timeout). Data is kept unless --wipe."""

@@ -1,8 +1,10 @@
-"""Options shared by the commands that talk to Kafka, and the one way they build a connection."""
+"""Options shared by the commands: those of the commands that talk to Kafka and the one way they
+build a connection, a run's seed and work folder; and where progress lines go."""
 
 from __future__ import annotations
 
 import os
+import random
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -47,3 +49,23 @@ def connection_from(bootstrap_servers: str | None, kafka_properties: Path | None
     except ConnectionSettingsError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(2)
+
+
+def seed_option(of: str) -> Callable[[F], F]:
+    """`--seed N` as `seed`: the seed of `of`. Without it the command gets a random one (and prints it,
+    so the run can be repeated)."""
+    return click.option("--seed", type=int, default=None, callback=_random_seed, help=f"Seed of {of}. Default: random, printed.")
+
+
+def _random_seed(ctx: click.Context, param: click.Parameter, value: int | None) -> int:
+    return random.randrange(1_000_000) if value is None else value
+
+
+def work_dir_option(default: str, holds: str) -> Callable[[F], F]:
+    """`--work-dir DIR` as `work_dir` (a Path, default `default`): where the run keeps `holds`."""
+    return click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(default), help=holds)
+
+
+def progress_echo(as_json: bool) -> Callable[[str], None]:
+    """The echo for a command's progress lines: to stderr when stdout carries its JSON, else stdout."""
+    return (lambda line: click.echo(line, err=True)) if as_json else click.echo

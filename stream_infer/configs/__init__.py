@@ -29,11 +29,6 @@ def demo_config_data() -> dict[str, Any]:
     return data
 
 
-def demo_config_text() -> str:
-    """:func:`demo_config_data` as TOML text."""
-    return tomli_w.dumps(demo_config_data())
-
-
 def pipeline_table(data: dict[str, Any], name: str) -> dict[str, Any]:
     """The [[pipelines]] table named `name` (KeyError naming the ones there are)."""
     for pipeline in data["pipelines"]:

@@ -132,9 +132,14 @@ def test_a_stalled_worker_is_unhealthy_until_it_progresses_again(unique, tmp_pat
         group = unique("stall")
         topic = f"{group}.in"
         create_topics(bootstrap, [topic], partitions=1)
-        path = engines_config(tmp_path / "c.toml", group=group, input_topic=topic, output_prefix=group, guarantee="exactly_once")
-        text = path.read_text().replace("[worker]\n", "[worker]\nstall_timeout_s = 3\n", 1)
-        path.write_text(text.replace("checkpoint_interval_ms = 500", "checkpoint_interval_ms = 4000"))
+        path = engines_config(
+            tmp_path / "c.toml",
+            group=group,
+            input_topic=topic,
+            output_prefix=group,
+            guarantee="exactly_once",
+            worker={"stall_timeout_s": 3, "checkpoint_interval_ms": 4000},
+        )
         worker = WorkerProcess(path, bootstrap, tmp_path / "w").start()
         worker.wait_ready()
         time.sleep(5)  # past the first checkpoint: the next one is up to 4 s away

@@ -34,9 +34,9 @@ def test_min_insync_above_the_replication_factor_is_a_config_error() -> None:
 
 
 def _config(tmp_path: Path, group: str, topic: str, replication: int = 1) -> Path:
-    path = engines_config(tmp_path / f"{group}.toml", group=group, input_topic=topic, output_prefix=group)
-    path.write_text(path.read_text().replace("replication_factor = 1\n", f"replication_factor = {replication}\n", 1))
-    return path
+    return engines_config(
+        tmp_path / f"{group}.toml", group=group, input_topic=topic, output_prefix=group, replication=replication
+    )
 
 
 def _check(path: Path, bootstrap: str) -> subprocess.CompletedProcess:

@@ -475,8 +475,9 @@ def _compare(result: Result, out: np.ndarray, reference: np.ndarray | None, cpu_
     result.outputs_agree = bool(diff / scale <= REL_TOLERANCE)
 
 
-def _plain_run(session: ort.InferenceSession, output: str, name: str, batch: np.ndarray) -> Callable[[], np.ndarray]:
-    """One plain run of `session` on `batch` (input `name`), returning `output`: the step timed."""
+def _plain_run(session: ort.InferenceSession, batch: np.ndarray) -> Callable[[], np.ndarray]:
+    """One plain run of `session` on `batch` (its first input), returning its first output: the step timed."""
+    name, output = session.get_inputs()[0].name, session.get_outputs()[0].name
     return lambda: session.run([output], {name: batch})[0]
 
 
@@ -657,20 +658,12 @@ def run_bench(
                 try:
                     if mode == "cpu":
                         assert cpu_session is not None, "created above when modes include cpu"
-                        name = cpu_session.get_inputs()[0].name
-                        out_name = cpu_session.get_outputs()[0].name
-                        result, out = _timed_result(
-                            model, batch_size, mode, _plain_run(cpu_session, out_name, name, batch), seconds
-                        )
+                        result, out = _timed_result(model, batch_size, mode, _plain_run(cpu_session, batch), seconds)
                         reference, cpu_rate = out.astype(np.float64), result.rows_per_s
                         result.speedup_vs_cpu = 1.0
                     elif mode == "cuda":
                         assert cuda_session is not None, "CUDA modes without a session are skipped above"
-                        name = cuda_session.get_inputs()[0].name
-                        out_name = cuda_session.get_outputs()[0].name
-                        result, out = _timed_result(
-                            model, batch_size, mode, _plain_run(cuda_session, out_name, name, batch), seconds
-                        )
+                        result, out = _timed_result(model, batch_size, mode, _plain_run(cuda_session, batch), seconds)
                         _compare(result, out, reference, cpu_rate)
                     else:
                         others = np.ascontiguousarray(inputs[::-1][:batch_size])  # other rows, for the self-check

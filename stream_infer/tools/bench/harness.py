@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from stream_infer.config import load_config
-from stream_infer.configs import demo_config_text
+from stream_infer.configs import demo_config_data, keep_pipelines, write_config
 from stream_infer.kafka.admin import create_topics, topic_partitions
 from stream_infer.tools.bench.jvm import JitWatch, stat_cpu_ticks
 from stream_infer.tools.devkafka import local
@@ -81,53 +80,49 @@ class Plan:
 
     @classmethod
     def make(cls, quick: bool) -> Plan:
-        if quick:
-            # 300k: at 25-45k events/s the middle 60% of a smaller drain lasts only a few commit
-            # intervals (0.5 s), and the ratio between two such windows swung by +-15%.
-            return cls(
-                backlog=300_000,
-                ceiling_backlog=300_000,
-                per_event_seconds=5,
-                latency_seconds=6,
-                rss_backlog=300_000,
-                burst_events=60_000,
-                warmup_max_seconds=25,
-            )
+        """The quick run's sizes or the full run's, field by field."""
+        # Quick: a 300k backlog. At 25-45k events/s the middle 60% of a smaller drain lasts only a
+        # few commit intervals (0.5 s), and the ratio between two such windows swung by +-15%.
+        backlog = 300_000 if quick else 1_000_000
         return cls(
-            backlog=1_000_000,
-            ceiling_backlog=1_000_000,
-            per_event_seconds=20,
-            latency_seconds=20,
-            rss_backlog=5_000_000,
-            burst_events=500_000,
-            warmup_max_seconds=90,
+            backlog=backlog,
+            ceiling_backlog=backlog,
+            per_event_seconds=5 if quick else 20,
+            latency_seconds=6 if quick else 20,
+            rss_backlog=backlog if quick else 5_000_000,
+            burst_events=60_000 if quick else 500_000,
+            warmup_max_seconds=25 if quick else 90,
         )
 
 
 def engines_config(
-    path: Path, *, group: str, input_topic: str, output_prefix: str, batching: dict | None = None, guarantee: str | None = None
+    path: Path,
+    *,
+    group: str,
+    input_topic: str,
+    output_prefix: str,
+    batching: dict | None = None,
+    guarantee: str | None = None,
+    replication: int | None = None,
+    worker: dict | None = None,
 ) -> Path:
     """Write the demo config's engines pipeline alone, on the given topics and group, with
-    [pipelines.batching] keys overridden and the processing guarantee set (None: the default);
-    paths made absolute. Returns `path`."""
-    text = demo_config_text()
-    text = text[: text.index("# AI4I 2020")]  # engines only
-    text = text.replace('group_id = "stream-infer-demo"', f'group_id = "{group}"')
-    text = text.replace('input_topic = "engines.telemetry"', f'input_topic = "{input_topic}"')
-    for name in ("predictions", "alerts", "telemetry.dlq"):
-        text = text.replace(f'"engines.{name}"', f'"{output_prefix}.{name}"')
-    block = re.search(r"\[pipelines\.batching\]\n((?:\w+ = .*\n)+)", text)
-    if block is None:
-        raise RuntimeError("the demo config has no [pipelines.batching] block")
-    # The demo's own, as written.
-    settings = {k: v for k, _, v in (line.partition(" = ") for line in block.group(1).splitlines())}
-    settings.update({k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in (batching or {}).items()})
-    lines = "".join(f"{k} = {v}\n" for k, v in settings.items())
-    text = text[: block.start(1)] + lines + text[block.end(1) :]
+    [pipelines.batching] and [worker] keys overridden, the processing guarantee and the
+    replication factor set (None: the default); paths made absolute. Returns `path`."""
+    data = keep_pipelines(demo_config_data(), "engines")
+    data["kafka"]["group_id"] = group
+    if replication is not None:
+        data["kafka"]["replication_factor"] = replication
+    engines = data["pipelines"][0]
+    engines["input_topic"] = input_topic
+    topics = engines["topics"]
+    for role, topic in topics.items():  # engines.predictions -> <output_prefix>.predictions, ...
+        topics[role] = f"{output_prefix}.{topic.removeprefix('engines.')}"
+    engines["batching"].update(batching or {})
+    data["worker"].update(worker or {})
     if guarantee is not None:
-        text = text.replace("[worker]\n", f'[worker]\nprocessing_guarantee = "{guarantee}"\n', 1)
-    path.write_text(text)
-    return path
+        data["worker"]["processing_guarantee"] = guarantee
+    return write_config(data, path)
 
 
 # --- events ----------------------------------------------------------------------------------
@@ -262,18 +257,21 @@ class Progress:
 # --- the run ---------------------------------------------------------------------------------
 
 
+@dataclass
 class Bench:
-    def __init__(
-        self, bootstrap: str, workdir: Path, plan: Plan, echo: Callable[[str], None], broker_pid: int | None = None
-    ) -> None:
-        self.bootstrap = bootstrap
-        self.broker_pid = broker_pid  # the local broker this run started; None for one given by KAFKA_BOOTSTRAP_SERVERS
-        self.workdir = workdir
-        self.plan = plan
-        self.echo = echo
-        self.run_id = f"bench{int(time.time())}"
-        self.input = f"{self.run_id}.engines"
-        self.results: dict = {"plan": plan.__dict__, "throughput_eps": {}, "process": {}, "latency_ms": {}}
+    """One run on one broker: its topics, groups and configs (named after `run_id`), the phases in
+    order, and `results`, which each phase adds its figures to."""
+
+    bootstrap: str
+    workdir: Path
+    plan: Plan
+    echo: Callable[[str], None]
+    broker_pid: int | None = None  # the local broker this run started; None for one given by KAFKA_BOOTSTRAP_SERVERS
+    run_id: str = field(default_factory=lambda: f"bench{int(time.time())}")
+
+    def __post_init__(self) -> None:
+        self.input = f"{self.run_id}.engines"  # the backlog the throughput phases drain
+        self.results: dict = {"plan": self.plan.__dict__, "throughput_eps": {}, "process": {}, "latency_ms": {}}
 
     def config(
         self, mode: str, *, input_topic: str | None = None, batch: int | None = None, batching: dict | None = None
@@ -301,7 +299,7 @@ class Bench:
         self._drain("service", plan.backlog, total=plan.rss_backlog)
         self._drain("service_eos", plan.backlog)
         self._per_event()
-        self._latency()
+        LatencyPhases(self).run()
         self._burst()
         return self.results
 
@@ -336,10 +334,7 @@ class Bench:
         self.results["process"][mode] = {**stats, "events": progress.samples[-1][1]}
         if mode == "service":
             self.results["service_rss_mb"] = [(round(t - progress.samples[0][0], 2), c, r) for t, c, r in progress.samples]
-        self.echo(
-            f"{mode:<9} {eps:>9,.0f} events/s   cpu {stats.get('cpu_s', 0):.1f} s   peak RSS {stats.get('peak_rss_mb', 0):.0f} MB"
-            + (f" (drained {total:,})" if total != measure else "")
-        )
+        self.echo(_throughput_line(mode, eps, stats) + (f" (drained {total:,})" if total != measure else ""))
 
     def _per_event(self) -> None:
         group = f"{self.run_id}-per_event"
@@ -358,115 +353,7 @@ class Bench:
         eps = progress.rate_window(skip=min(2.0, self.plan.per_event_seconds / 3))
         self.results["throughput_eps"]["per_event"] = round(eps)
         self.results["process"]["per_event"] = stats
-        self.echo(
-            f"per_event {eps:>9,.0f} events/s   cpu {stats.get('cpu_s', 0):.1f} s   peak RSS {stats.get('peak_rss_mb', 0):.0f} MB"
-        )
-
-    def _latency(self) -> None:
-        topic = f"{self.run_id}.latency"
-        predictions = f"{self.run_id}-latency.predictions"
-        # Broker append times on both sides: the input's is when it became consumable, the
-        # prediction's when it was acknowledged. The load generator's own queueing is not counted.
-        create_topics(
-            self.bootstrap, [topic, predictions], partitions=PARTITIONS, config={"message.timestamp.type": "LogAppendTime"}
-        )
-        worker = WorkerProcess(self.config("latency", input_topic=topic), self.bootstrap, self.workdir / "latency").start()
-        worker.wait_ready()
-        service = self.results["throughput_eps"]["service"]
-        loads = {"10eps": 10.0, "10pct": 0.1 * service, "50pct": 0.5 * service, "80pct": 0.8 * service}
-        # Latency comes from broker timestamps, so when the reader sees a record does not matter.
-        reader = TopicReader(self.bootstrap, [predictions], fetch_min_bytes=1_000_000)
-        events = engine_events(int(max(loads.values()) * self.plan.latency_seconds) + 1000)
-        try:
-            # Warm-up, not measured: a fresh worker on fresh topics pays one-off costs in its first
-            # seconds (connections, the first checkpoint of each partition, the broker's first
-            # index entries of each new partition: 30-60 ms stalls that were 2-3 of the 200 events
-            # at 10 events/s), and the broker's JIT compiles its paths for a live stream of small
-            # produce and fetch requests (the drains before did not use them): on this machine its
-            # C2 thread took 0.35-0.47 of a core for more than a minute of such traffic, and its
-            # request threads 0.5-0.7 instead of 0.24 warm. The phases measure the steady state,
-            # as a running service sees it; the warm-up's own latency is reported beside them.
-            self.results["latency_warmup"] = self._warm_up(worker, topic, predictions, reader, events, rate=loads["50pct"])
-            for name, rate in loads.items():
-                duration = self.plan.latency_seconds if rate > 100 else self.plan.low_rate_seconds
-                count = max(int(rate * duration), 20)
-                before = len(reader.records[predictions])
-                _paced(self.bootstrap, topic, events[:count], rate)
-
-                def arrived(before: int = before, count: int = count) -> bool:
-                    return len(reader.records[predictions]) - before >= count
-
-                reader.until(arrived, 120)
-                lat, inside = _latencies(reader.records[predictions][before:])
-                pct = {f"p{q}": round(float(np.percentile(lat, q)), 1) for q in (50, 95, 99)}
-                self.results["latency_ms"][name] = {
-                    "offered_eps": round(rate, 1),
-                    "events": int(len(lat)),
-                    **pct,
-                    "in_worker_p50": round(float(np.percentile(inside, 50)), 1),
-                    "in_worker_p99": round(float(np.percentile(inside, 99)), 1),
-                }
-                self.echo(
-                    f"latency at {name:<6} ({rate:>8,.0f} ev/s): p50 {pct['p50']:.1f} ms  p95 {pct['p95']:.1f} ms  p99 {pct['p99']:.1f} ms"
-                    f"  (in worker p50 {np.percentile(inside, 50):.1f}, p99 {np.percentile(inside, 99):.1f})"
-                )
-        finally:
-            reader.close()
-            worker.stop()
-
-    def _warm_up(
-        self,
-        worker: WorkerProcess,
-        topic: str,
-        predictions: str,
-        reader: TopicReader,
-        events: list[tuple[bytes, bytes]],
-        rate: float,
-    ) -> dict:
-        """The latency worker's unmeasured warm-up at `rate`: at least plan.warmup_seconds, then
-        until the broker's JIT compilers have gone quiet (see bench/jvm.py), at most
-        plan.warmup_max_seconds. With a broker this run did not start (no PID to watch): the
-        minimum only. Returns what it did, with the warm-up's own latency (first and last 5 s)."""
-        plan = self.plan
-        watch = JitWatch(self.broker_pid) if self.broker_pid else None
-
-        def done(elapsed: float) -> bool:
-            if watch is not None:
-                watch.sample()
-            if elapsed < plan.warmup_seconds:
-                return False
-            return elapsed >= plan.warmup_max_seconds or watch is None or watch.settled()
-
-        before = len(reader.records[predictions])
-        started = time.monotonic()
-        sent = _paced(self.bootstrap, topic, events, rate=rate, stop=done)
-        seconds = time.monotonic() - started
-        reader.until(lambda: len(reader.records[predictions]) - before >= sent, 120)
-        # A warm-up backlog may have switched the controller to throughput mode: each phase
-        # starts from the steady state of its own load, so wait until it is back.
-        _wait_for_latency_mode(worker, timeout=30)
-        lat, _ = _latencies(reader.records[predictions][before:])
-        edge = max(1, int(rate * 5))
-        jit_cores = None if watch is None else watch.cores()
-        summary = {
-            "events": sent,
-            "rate_eps": round(rate, 1),
-            "seconds": round(seconds, 1),
-            "broker_jit_settled": bool(watch and watch.settled()),
-            "broker_jit_cores": None if jit_cores is None else round(jit_cores, 3),
-            "p99_first_5s": round(float(np.percentile(lat[:edge], 99)), 1),
-            "p99_last_5s": round(float(np.percentile(lat[-edge:], 99)), 1),
-        }
-        jit = (
-            "broker PID unknown: minimum only"
-            if watch is None
-            else f"broker JIT {'settled' if summary['broker_jit_settled'] else 'still compiling'}, {summary['broker_jit_cores']} cores"
-        )
-        self.echo(
-            f"warm-up   {sent:,} events at {rate:,.0f} ev/s for {seconds:.0f} s ({jit}); p99 first 5 s "
-            f"{summary['p99_first_5s']:.0f} ms, last 5 s {summary['p99_last_5s']:.0f} ms (not measured)"
-        )
-        return summary
+        self.echo(_throughput_line("per_event", eps, stats))
 
     def _burst(self) -> None:
         """A backlog produced at once into a worker idling in latency mode (see bench/burst.py),
@@ -499,6 +386,119 @@ class Bench:
             f"{result['peak_lag_seconds']:.1f} s; controller batch size up to {result['peak_controller_batch_size']:.0f} "
             f"(throughput mode {result['throughput_mode_seconds']:.1f} s); paused {result['pauses']:.0f} times"
         )
+
+
+def _throughput_line(mode: str, eps: float, stats: dict) -> str:
+    return f"{mode:<9} {eps:>9,.0f} events/s   cpu {stats.get('cpu_s', 0):.1f} s   peak RSS {stats.get('peak_rss_mb', 0):.0f} MB"
+
+
+class LatencyPhases:
+    """The latency phases of a run: one worker on a topic of its own, an unmeasured warm-up at the
+    50% load, then each offered load in turn (see the module docstring); figures go to the run's
+    results under `latency_warmup` and `latency_ms`."""
+
+    def __init__(self, bench: Bench) -> None:
+        self.bench = bench
+        self.topic = f"{bench.run_id}.latency"
+        self.predictions = f"{bench.run_id}-latency.predictions"
+
+    def run(self) -> None:
+        bench, topic, predictions = self.bench, self.topic, self.predictions
+        # Broker append times on both sides: the input's is when it became consumable, the
+        # prediction's when it was acknowledged. The load generator's own queueing is not counted.
+        create_topics(
+            bench.bootstrap, [topic, predictions], partitions=PARTITIONS, config={"message.timestamp.type": "LogAppendTime"}
+        )
+        worker = WorkerProcess(bench.config("latency", input_topic=topic), bench.bootstrap, bench.workdir / "latency").start()
+        worker.wait_ready()
+        service = bench.results["throughput_eps"]["service"]
+        loads = {"10eps": 10.0, "10pct": 0.1 * service, "50pct": 0.5 * service, "80pct": 0.8 * service}
+        # Latency comes from broker timestamps, so when the reader sees a record does not matter.
+        reader = TopicReader(bench.bootstrap, [predictions], fetch_min_bytes=1_000_000)
+        events = engine_events(int(max(loads.values()) * bench.plan.latency_seconds) + 1000)
+        try:
+            # Warm-up, not measured: a fresh worker on fresh topics pays one-off costs in its first
+            # seconds (connections, the first checkpoint of each partition, the broker's first
+            # index entries of each new partition: 30-60 ms stalls that were 2-3 of the 200 events
+            # at 10 events/s), and the broker's JIT compiles its paths for a live stream of small
+            # produce and fetch requests (the drains before did not use them): on this machine its
+            # C2 thread took 0.35-0.47 of a core for more than a minute of such traffic, and its
+            # request threads 0.5-0.7 instead of 0.24 warm. The phases measure the steady state,
+            # as a running service sees it; the warm-up's own latency is reported beside them.
+            bench.results["latency_warmup"] = self._warm_up(worker, reader, events, rate=loads["50pct"])
+            for name, rate in loads.items():
+                duration = bench.plan.latency_seconds if rate > 100 else bench.plan.low_rate_seconds
+                count = max(int(rate * duration), 20)
+                before = len(reader.records[predictions])
+                _paced(bench.bootstrap, topic, events[:count], rate)
+
+                def arrived(before: int = before, count: int = count) -> bool:
+                    return len(reader.records[predictions]) - before >= count
+
+                reader.until(arrived, 120)
+                lat, inside = _latencies(reader.records[predictions][before:])
+                pct = {f"p{q}": round(float(np.percentile(lat, q)), 1) for q in (50, 95, 99)}
+                bench.results["latency_ms"][name] = {
+                    "offered_eps": round(rate, 1),
+                    "events": int(len(lat)),
+                    **pct,
+                    "in_worker_p50": round(float(np.percentile(inside, 50)), 1),
+                    "in_worker_p99": round(float(np.percentile(inside, 99)), 1),
+                }
+                bench.echo(
+                    f"latency at {name:<6} ({rate:>8,.0f} ev/s): p50 {pct['p50']:.1f} ms  p95 {pct['p95']:.1f} ms  p99 {pct['p99']:.1f} ms"
+                    f"  (in worker p50 {np.percentile(inside, 50):.1f}, p99 {np.percentile(inside, 99):.1f})"
+                )
+        finally:
+            reader.close()
+            worker.stop()
+
+    def _warm_up(self, worker: WorkerProcess, reader: TopicReader, events: list[tuple[bytes, bytes]], rate: float) -> dict:
+        """The latency worker's unmeasured warm-up at `rate`: at least plan.warmup_seconds, then
+        until the broker's JIT compilers have gone quiet (see bench/jvm.py), at most
+        plan.warmup_max_seconds. With a broker this run did not start (no PID to watch): the
+        minimum only. Returns what it did, with the warm-up's own latency (first and last 5 s)."""
+        bench, predictions = self.bench, self.predictions
+        plan = bench.plan
+        watch = JitWatch(bench.broker_pid) if bench.broker_pid else None
+
+        def done(elapsed: float) -> bool:
+            if watch is not None:
+                watch.sample()
+            if elapsed < plan.warmup_seconds:
+                return False
+            return elapsed >= plan.warmup_max_seconds or watch is None or watch.settled()
+
+        before = len(reader.records[predictions])
+        started = time.monotonic()
+        sent = _paced(bench.bootstrap, self.topic, events, rate=rate, stop=done)
+        seconds = time.monotonic() - started
+        reader.until(lambda: len(reader.records[predictions]) - before >= sent, 120)
+        # A warm-up backlog may have switched the controller to throughput mode: each phase
+        # starts from the steady state of its own load, so wait until it is back.
+        _wait_for_latency_mode(worker, timeout=30)
+        lat, _ = _latencies(reader.records[predictions][before:])
+        edge = max(1, int(rate * 5))
+        jit_cores = None if watch is None else watch.cores()
+        summary = {
+            "events": sent,
+            "rate_eps": round(rate, 1),
+            "seconds": round(seconds, 1),
+            "broker_jit_settled": bool(watch and watch.settled()),
+            "broker_jit_cores": None if jit_cores is None else round(jit_cores, 3),
+            "p99_first_5s": round(float(np.percentile(lat[:edge], 99)), 1),
+            "p99_last_5s": round(float(np.percentile(lat[-edge:], 99)), 1),
+        }
+        jit = (
+            "broker PID unknown: minimum only"
+            if watch is None
+            else f"broker JIT {'settled' if summary['broker_jit_settled'] else 'still compiling'}, {summary['broker_jit_cores']} cores"
+        )
+        bench.echo(
+            f"warm-up   {sent:,} events at {rate:,.0f} ev/s for {seconds:.0f} s ({jit}); p99 first 5 s "
+            f"{summary['p99_first_5s']:.0f} ms, last 5 s {summary['p99_last_5s']:.0f} ms (not measured)"
+        )
+        return summary
 
 
 def _wait_for_latency_mode(worker: WorkerProcess, timeout: float) -> None:

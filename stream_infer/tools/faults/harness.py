@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Callable
 from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 from stream_infer.config import ConfigError, PipelineConfig, load_config
@@ -28,7 +29,16 @@ from stream_infer.kafka.retrying import retry_kafka
 from stream_infer.tools.bench.harness import engines_config
 from stream_infer.tools.devkafka import local
 from stream_infer.tools.faults.reference import EventStream, Reference
-from stream_infer.tools.faults.report import TrialResult, WorkerExit, account, latency_max, predictions_seen, recovery_seconds
+from stream_infer.tools.faults.report import (
+    Source,
+    TrialResult,
+    UnitCycle,
+    WorkerExit,
+    account,
+    latency_max,
+    predictions_seen,
+    recovery_seconds,
+)
 from stream_infer.tools.faults.traffic import DELIVERY_TIMEOUT_MS, Feeder, PredictionWatcher
 from stream_infer.tools.faults.workers import WorkerPool
 
@@ -54,12 +64,18 @@ def write_config(path: Path, prefix: str, *, guarantee: str | None, replication:
 
     A worker that does not know the key rejects the config; at-least-once is then its only
     mode, so for "at_least_once" the key is left out (with a note), and "exactly_once" raises."""
-    engines_config(path, group=prefix, input_topic=f"{prefix}.engines.telemetry", output_prefix=f"{prefix}.engines")
-    text = path.read_text().replace("replication_factor = 1\n", f"replication_factor = {replication}\n", 1)
-    plain = text
-    if guarantee is not None:
-        text = text.replace("[worker]\n", f'[worker]\nprocessing_guarantee = "{guarantee}"\n', 1)
-    path.write_text(text)
+
+    def write(guarantee: str | None) -> None:
+        engines_config(
+            path,
+            group=prefix,
+            input_topic=f"{prefix}.engines.telemetry",
+            output_prefix=f"{prefix}.engines",
+            guarantee=guarantee,
+            replication=replication,
+        )
+
+    write(guarantee)
     try:
         load_config(path)
     except ConfigError as err:
@@ -67,83 +83,49 @@ def write_config(path: Path, prefix: str, *, guarantee: str | None, replication:
             raise
         if guarantee != "at_least_once":
             raise RuntimeError(f"this worker has no processing_guarantee setting ({err})") from None
-        path.write_text(plain)
+        write(None)
         return path, ["processing_guarantee left out: this worker does not know the key (at-least-once is its only mode)"]
     return path, []
 
 
-class Trial:
-    """The state of one trial; scenarios drive it through the methods below."""
+@dataclass(frozen=True)
+class TrialSettings:
+    """Where and how a trial runs: the same for every trial of a run but the cluster."""
 
-    config_path: Path  # set by setup()
-    pipeline: PipelineConfig  # the trial config's engines pipeline, set by setup()
-    pool: WorkerPool  # set by setup()
-    session_timeout_s: float  # the group's: how long a killed worker keeps its partitions; set by setup()
+    bootstrap: str
+    work_dir: Path  # the trial's logs, config and result.json go to work_dir/trials/<prefix>
+    stream: EventStream
+    reference: Reference  # the uninterrupted run's predictions and alerts for `stream`
+    rate: float  # input events per second
+    duration: float  # seconds of stream
+    replication: int = 1  # of the trial's topics
+    cluster_dir: Path | None = None  # the local cluster's state folder: where broker PIDs are found
+    stable_ids: bool = False  # each worker gets a stable STREAM_INFER_INSTANCE_ID (see .workers)
 
-    def __init__(
-        self,
-        scenario: str,
-        guarantee: str | None,
-        seed: int,
-        *,
-        bootstrap: str,
-        work_dir: Path,
-        stream: EventStream,
-        reference: Reference,
-        rate: float,
-        duration: float,
-        replication: int = 1,
-        cluster_dir: Path | None = None,
-        stable_ids: bool = False,
-    ) -> None:
-        self.bootstrap = bootstrap
-        self.stable_ids = stable_ids
-        self.stream = stream
-        self.reference = reference
-        self.rate = rate
-        self.duration = duration
-        self.replication = replication
-        self.cluster_dir = cluster_dir
-        self.rng = random.Random(seed)
-        self.prefix = f"faults-{scenario.replace('_', '-')}-{seed}-{uuid.uuid4().hex[:6]}"
-        self.dir = work_dir / "trials" / self.prefix
-        self.group = self.prefix  # the input topic's consumer group
-        self.result = TrialResult(scenario, guarantee, seed)
-        self.feeder: Feeder | None = None
-        self.watcher: PredictionWatcher | None = None
-        self._probes: list[tuple[str, float, set[int]]] = []
+
+class TrialKafka:
+    """A trial's view of the cluster, through one admin client: its topics (names starting with
+    `prefix`), its consumer group (`prefix` too) and, on a local cluster, the brokers' processes.
+    The reads marked "retried" are retried while a loaded cluster is slow to answer: the trial's
+    own read must not fail the trial."""
+
+    input_topic: str  # set by create_topics()
+
+    def __init__(self, bootstrap: str, prefix: str, cluster_dir: Path | None) -> None:
+        self.bootstrap, self.prefix, self.cluster_dir = bootstrap, prefix, cluster_dir
+        self.group = prefix  # the input topic's consumer group
         self._admin = admin_client(bootstrap)
 
-    # --- set-up ---------------------------------------------------------------------------------
-
-    def setup(self) -> None:
-        """Config and topics: the input and outputs with the input's partition count; with
-        replication 3 every one of them gets min.insync.replicas 2, so acks=all means two copies."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        path, notes = write_config(
-            self.dir / "config.toml", self.prefix, guarantee=self.result.guarantee, replication=self.replication
-        )
-        self.result.notes += notes
-        self.config_path = path
-        config = load_config(path)
-        self.pipeline = config.pipelines[0]
-        self.session_timeout_s = config.kafka.session_timeout_ms / 1000
-        self.pool = WorkerPool(
-            path,
-            self.bootstrap,
-            self.dir,
-            self.prefix if self.stable_ids else None,
-            on_event=self.mark,
-            stop_timeout=STOP_TIMEOUT_S,
-        )
-        topics = self.pipeline.topics
-        extra = {"min.insync.replicas": "2"} if self.replication >= 3 else {}
-        names = [t for t in (self.pipeline.input_topic, topics.predictions, topics.alerts, topics.dead_letters) if t is not None]
-        create_topics(self.bootstrap, names, partitions=PARTITIONS, replication=self.replication, config=extra)
+    def create_topics(self, pipeline: PipelineConfig, replication: int) -> None:
+        """The pipeline's input and outputs with the input's partition count; with replication 3
+        every one of them gets min.insync.replicas 2, so acks=all means two copies. Returns once the
+        metadata lists them all."""
+        topics = pipeline.topics
+        extra = {"min.insync.replicas": "2"} if replication >= 3 else {}
+        names = [t for t in (pipeline.input_topic, topics.predictions, topics.alerts, topics.dead_letters) if t is not None]
+        create_topics(self.bootstrap, names, partitions=PARTITIONS, replication=replication, config=extra)
+        self.input_topic = pipeline.input_topic
         self._wait_for_topics(names)
-        self.watcher = PredictionWatcher(
-            self.bootstrap, topics.predictions, self.pipeline.outputs.score_name, alerts_topic=topics.alerts
-        )
 
     def _wait_for_topics(self, names: list[str], timeout: float = 15.0) -> None:
         """Until metadata lists every topic with all its partitions: a created topic reaches the
@@ -158,7 +140,114 @@ class Trial:
                 raise RuntimeError(f"topics {names} not in the cluster's metadata {timeout:.0f} s after creation")
             time.sleep(0.2)
 
-    # --- workers (see stream_infer.tools.faults.workers) -----------------------------------------------
+    def input_leaders(self) -> dict[int, int]:
+        """Input partition -> id of the broker leading it now (retried)."""
+        topic = self.input_topic
+        meta = retry_kafka(
+            lambda: self._admin.list_topics(topic, timeout=10), timeout=60, what="reading the input topic's leaders"
+        ).topics[topic]
+        return {p: info.leader for p, info in meta.partitions.items()}
+
+    def broker_pid(self, node_id: int) -> int:
+        """PID of the running broker process of `node_id`, from the local cluster's state."""
+        if self.cluster_dir is None:
+            raise RuntimeError("killing a broker needs a local cluster started by the harness")
+        cluster = local.Cluster.load(self.cluster_dir)
+        if cluster is None:
+            raise RuntimeError(f"no cluster state in {self.cluster_dir}")
+        node = next(n for n in cluster.nodes if n.node_id == node_id)
+        pid = node.pid
+        if pid is None or not local.pid_alive(pid):
+            raise RuntimeError(f"broker {node_id} (pid {pid}) is not running")
+        return pid
+
+    def group_members(self) -> dict[str, set[int]]:
+        """Member id -> input partitions assigned, as the group coordinator describes the group."""
+        description = self._admin.describe_consumer_groups([self.group], request_timeout=10)[self.group].result(10)
+        return {
+            m.member_id: {tp.partition for tp in m.assignment.topic_partitions if tp.topic == self.input_topic}
+            for m in description.members
+        }
+
+    def group_coordinator(self) -> int:
+        """Id of the broker coordinating the consumer group (retried)."""
+        description = retry_kafka(
+            lambda: self._admin.describe_consumer_groups([self.group], request_timeout=10)[self.group].result(10),
+            timeout=60,
+            what="describing the consumer group",
+        )
+        return description.coordinator.id
+
+    def final_lag(self) -> int | None:
+        """Input events the group has not committed, once it has had FINAL_COMMIT_S to commit."""
+        deadline = time.monotonic() + FINAL_COMMIT_S
+        lag = None
+        while time.monotonic() < deadline:
+            with suppress(Exception):
+                parts = group_lag(self.bootstrap, self.group, [self.input_topic], admin=self._admin)
+                lag = sum(p.log_end if p.lag is None else p.lag for p in parts)
+                if lag == 0:
+                    break
+            time.sleep(0.5)
+        return lag
+
+    def delete_topics(self) -> None:
+        """The trial's topics, as far as the cluster lets it (best effort)."""
+        with suppress(Exception):
+            mine = [t for t in self._admin.list_topics(timeout=10).topics if t.startswith(self.prefix)]
+            if mine:
+                for future in self._admin.delete_topics(mine, operation_timeout=30).values():
+                    future.result(30)
+
+
+class Trial:
+    """The state of one trial; scenarios drive it through the methods below and its `kafka`."""
+
+    config_path: Path  # set by setup()
+    pipeline: PipelineConfig  # the trial config's engines pipeline, set by setup()
+    pool: WorkerPool  # set by setup()
+    session_timeout_s: float  # the group's: how long a killed worker keeps its partitions; set by setup()
+
+    def __init__(self, scenario: str, guarantee: str | None, seed: int, settings: TrialSettings) -> None:
+        self.settings = settings
+        self.rng = random.Random(seed)
+        self.prefix = f"faults-{scenario.replace('_', '-')}-{seed}-{uuid.uuid4().hex[:6]}"
+        self.dir = settings.work_dir / "trials" / self.prefix
+        self.result = TrialResult(scenario, guarantee, seed)
+        self.kafka = TrialKafka(settings.bootstrap, self.prefix, settings.cluster_dir)
+        self.feeder: Feeder | None = None
+        self.watcher: PredictionWatcher | None = None
+        self._probes: list[tuple[str, float, set[int]]] = []
+
+    # --- set-up ---------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Config, topics (see TrialKafka.create_topics) and the worker pool."""
+        settings = self.settings
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path, notes = write_config(
+            self.dir / "config.toml", self.prefix, guarantee=self.result.guarantee, replication=settings.replication
+        )
+        self.result.notes += notes
+        self.config_path = path
+        config = load_config(path)
+        self.pipeline = config.pipelines[0]
+        self.session_timeout_s = config.kafka.session_timeout_ms / 1000
+        self.pool = WorkerPool(
+            path,
+            settings.bootstrap,
+            self.dir,
+            self.prefix if settings.stable_ids else None,
+            on_event=self.mark,
+            stop_timeout=STOP_TIMEOUT_S,
+        )
+        self.kafka.create_topics(self.pipeline, settings.replication)
+        topics = self.pipeline.topics
+        self.watcher = PredictionWatcher(
+            settings.bootstrap, topics.predictions, self.pipeline.outputs.score_name, alerts_topic=topics.alerts
+        )
+
+    # --- the faults: workers (see stream_infer.tools.faults.workers) and brokers --------------------
 
     def start_workers(self, *names: str) -> None:
         """Start workers and wait until each is ready; the name is the instance id's suffix."""
@@ -173,28 +262,9 @@ class Trial:
         self.pool.kill(name)
         return at
 
-    # --- the broker -----------------------------------------------------------------------------
-
-    def input_leaders(self) -> dict[int, int]:
-        """Input partition -> id of the broker leading it now (retried while a loaded cluster is
-        slow to answer: the trial's own read must not fail the trial)."""
-        topic = self.pipeline.input_topic
-        meta = retry_kafka(
-            lambda: self._admin.list_topics(topic, timeout=10), timeout=60, what="reading the input topic's leaders"
-        ).topics[topic]
-        return {p: info.leader for p, info in meta.partitions.items()}
-
     def kill_broker(self, node_id: int) -> float:
         """SIGKILL the broker process of `node_id` (PID from the cluster's state); returns the moment."""
-        if self.cluster_dir is None:
-            raise RuntimeError("killing a broker needs a local cluster started by the harness")
-        cluster = local.Cluster.load(self.cluster_dir)
-        if cluster is None:
-            raise RuntimeError(f"no cluster state in {self.cluster_dir}")
-        node = next(n for n in cluster.nodes if n.node_id == node_id)
-        pid = node.pid
-        if pid is None or not local.pid_alive(pid):
-            raise RuntimeError(f"broker {node_id} (pid {pid}) is not running")
+        pid = self.kafka.broker_pid(node_id)
         at = self.mark(f"SIGKILL broker {node_id}", pid=pid)
         os.kill(pid, signal.SIGKILL)
         with suppress(ChildProcessError, OSError):  # started by this process: reap it
@@ -207,7 +277,10 @@ class Trial:
         if self.watcher is None:
             raise RuntimeError("setup() must run before start_stream()")
         self.watcher.start()
-        self.feeder = Feeder(self.bootstrap, self.pipeline.input_topic, self.stream, rate=self.rate, duration=self.duration)
+        settings = self.settings
+        self.feeder = Feeder(
+            settings.bootstrap, self.pipeline.input_topic, settings.stream, rate=settings.rate, duration=settings.duration
+        )
         self.feeder.start()
 
     def elapsed(self) -> float:
@@ -233,25 +306,6 @@ class Trial:
         """Measure, once the trial ends, each partition's recovery after this fault."""
         self._probes.append((label, fault_at, set(partitions)))
 
-    # --- the consumer group ---------------------------------------------------------------------
-
-    def group_members(self) -> dict[str, set[int]]:
-        """Member id -> input partitions assigned, as the group coordinator describes the group."""
-        description = self._admin.describe_consumer_groups([self.group], request_timeout=10)[self.group].result(10)
-        return {
-            m.member_id: {tp.partition for tp in m.assignment.topic_partitions if tp.topic == self.pipeline.input_topic}
-            for m in description.members
-        }
-
-    def group_coordinator(self) -> int:
-        """Id of the broker coordinating the consumer group (retried as input_leaders is)."""
-        description = retry_kafka(
-            lambda: self._admin.describe_consumer_groups([self.group], request_timeout=10)[self.group].result(10),
-            timeout=60,
-            what="describing the consumer group",
-        )
-        return description.coordinator.id
-
     def wait_group(self, members: int, timeout: float) -> dict[str, set[int]]:
         """The group's members once there are `members` of them and all partitions are assigned
         (or whatever it is after `timeout`, with a note)."""
@@ -259,7 +313,7 @@ class Trial:
         current: dict[str, set[int]] = {}
         while time.monotonic() < deadline:
             with suppress(Exception):  # a coordinator moving answers with an error for a moment
-                current = self.group_members()
+                current = self.kafka.group_members()
                 assigned = set().union(*current.values()) if current else set()
                 if len(current) == members and len(assigned) == PARTITIONS:
                     return current
@@ -274,55 +328,38 @@ class Trial:
         feeder, watcher = self.feeder, self.watcher
         if feeder is None or watcher is None:
             raise RuntimeError("finish() needs a started stream (setup() and start_stream())")
-        if not feeder.join(self.duration + DELIVERY_TIMEOUT_MS / 1000 + 60):
+        if not feeder.join(self.settings.duration + DELIVERY_TIMEOUT_MS / 1000 + 60):
             raise RuntimeError("the feeder did not finish")
         if feeder.error is not None:
             raise RuntimeError(f"the feeder failed: {feeder.error}")
         self.result.feed_errors = feeder.failed
         if feeder.failed:
             self.result.notes.append(f"{feeder.failed} input(s) not acknowledged to the feeder: {feeder.last_error}")
-        inputs = {source: self.stream.identity(index) for source, index in feeder.delivered.items()}
-        wanted = set(inputs)
-        deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        while watcher.missing(wanted) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        settle_deadline = time.monotonic() + 5 * SETTLE_S
-        while time.time() - watcher.last_arrival < SETTLE_S and time.monotonic() < settle_deadline:
-            time.sleep(0.2)
-        self.result.final_lag = self._final_lag()
+        inputs = {source: self.settings.stream.identity(index) for source, index in feeder.delivered.items()}
+        watcher.wait_drained(set(inputs), timeout=DRAIN_TIMEOUT_S, settle=SETTLE_S)
+        self.result.final_lag = self.kafka.final_lag()
         with suppress(Exception):
-            self.result.final_assignment = sorted(sorted(p) for p in self.group_members().values())
+            self.result.final_assignment = sorted(sorted(p) for p in self.kafka.group_members().values())
         self.pool.stop_supervising()
         for name in self.pool.names():
             self.stop_worker(name)
         self.result.exits, self.result.restarts = self.pool.exits, self.pool.restarts
         watcher.stop()
+        self._account(inputs, watcher, feeder)
+
+    def _account(self, inputs: dict[Source, UnitCycle], watcher: PredictionWatcher, feeder: Feeder) -> None:
+        """Fill `result` from what the watcher saw of the fed `inputs`: the accounting against the
+        reference, the longest latency, and the recovery after each probed fault."""
+        reference = self.settings.reference
         observations = watcher.snapshot()
         self.result.accounting = account(
-            inputs,
-            observations,
-            self.reference.predictions,
-            alerts=watcher.alerts_snapshot(),
-            reference_alerts=self.reference.alerts,
+            inputs, observations, reference.predictions, alerts=watcher.alerts_snapshot(), reference_alerts=reference.alerts
         )
         self.result.latency_max_s = latency_max(observations)
         seen = predictions_seen(observations)
         for label, fault_at, partitions in self._probes:
             self.result.recovery[label] = recovery_seconds(fault_at, partitions, seen)
             self.result.feed_recovery[label] = recovery_seconds(fault_at, partitions, feeder.acknowledged)
-
-    def _final_lag(self) -> int | None:
-        """Input events the group has not committed, once it has had FINAL_COMMIT_S to commit."""
-        deadline = time.monotonic() + FINAL_COMMIT_S
-        lag = None
-        while time.monotonic() < deadline:
-            with suppress(Exception):
-                parts = group_lag(self.bootstrap, self.group, [self.pipeline.input_topic], admin=self._admin)
-                lag = sum(p.log_end if p.lag is None else p.lag for p in parts)
-                if lag == 0:
-                    break
-            time.sleep(0.5)
-        return lag
 
     def close(self, *, delete_topics: bool = False) -> None:
         """Whatever happened: no worker or thread of this trial outlives it."""
@@ -335,21 +372,19 @@ class Trial:
         if self.watcher is not None:
             self.watcher.stop()
         if delete_topics:
-            with suppress(Exception):
-                mine = [t for t in self._admin.list_topics(timeout=10).topics if t.startswith(self.prefix)]
-                if mine:
-                    for future in self._admin.delete_topics(mine, operation_timeout=30).values():
-                        future.result(30)
+            self.kafka.delete_topics()
 
 
 Scenario = Callable[[Trial], None]
 
 
 def run_trial(scenario: str, play: Scenario, guarantee: str | None, seed: int, **trial_args) -> TrialResult:
-    """Set up, play the scenario, finish and account; any failure ends the trial with `error` set."""
+    """Set up, play the scenario, finish and account; any failure ends the trial with `error` set.
+    `trial_args` are TrialSettings' fields, and `delete_topics` (default False): delete the trial's
+    topics afterwards (on a cluster the run did not start)."""
     started = time.monotonic()
     delete_topics = trial_args.pop("delete_topics", False)
-    trial = Trial(scenario, guarantee, seed, **trial_args)
+    trial = Trial(scenario, guarantee, seed, TrialSettings(**trial_args))
     try:
         trial.setup()
         play(trial)

@@ -73,13 +73,15 @@ class AlertObservation:
 
 @dataclass
 class Accounting:
-    inputs: int = 0
-    predicted: int = 0
-    lost: int = 0
-    duplicates: int = 0
-    mismatched: int = 0
+    """What :func:`account` counted; the module docstring defines each count."""
+
+    inputs: int = 0  # fed: acknowledged to the feeder
+    predicted: int = 0  # inputs with at least one prediction
+    lost: int = 0  # inputs with none when the trial ended
+    duplicates: int = 0  # predictions beyond the first per input
+    mismatched: int = 0  # predictions whose score is not the reference's
     unexpected: int = 0  # predictions naming an input that was never fed
-    max_abs_error: float = 0.0
+    max_abs_error: float = 0.0  # over the mismatched scores (inf: an input without a reference score)
     alerts_expected: int = 0  # see the module docstring
     alerts_seen: int = 0
     alerts_missing: int = 0

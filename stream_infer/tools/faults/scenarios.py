@@ -21,7 +21,7 @@ def worker_kill(trial: Trial) -> None:
     """Two workers; a third joins mid-stream; then one of the three, at random, is killed with
     SIGKILL and not restarted. Recovery: each partition the victim owned (from the group's
     assignment just before the kill), until data flows again."""
-    rng, duration = trial.rng, trial.duration
+    rng, duration = trial.rng, trial.settings.duration
     join_at = rng.uniform(0.15, 0.3) * duration
     kill_at = rng.uniform(0.4, 0.6) * duration
     victim = rng.choice(["w1", "w2", "w3"])
@@ -33,7 +33,7 @@ def worker_kill(trial: Trial) -> None:
     trial.mark("worker w3 ready")
     trial.wait_group(3, timeout=30)
     trial.wait_until(min(kill_at, duration - trial.session_timeout_s - RECOVERY_ROOM_S))
-    before = trial.group_members()
+    before = trial.kafka.group_members()
     killed_at = trial.kill_worker(victim)
     after = trial.wait_group(2, timeout=trial.session_timeout_s + 30)
     gone = set(before) - set(after)
@@ -50,7 +50,7 @@ def rolling_restart(trial: Trial) -> None:
     """Two workers, A and B; mid-stream A is stopped with SIGTERM (it must exit with status 0
     within 10 s), started again and waited for until ready; then the same for B. Recovery: every
     partition, after each stop."""
-    rng, duration = trial.rng, trial.duration
+    rng, duration = trial.rng, trial.settings.duration
     moments = {"a": rng.uniform(0.2, 0.3) * duration, "b": rng.uniform(0.5, 0.65) * duration}
     trial.start_workers("a", "b")
     trial.start_stream()
@@ -82,17 +82,17 @@ def broker_kill(trial: Trial) -> None:
 def coordinator_kill(trial: Trial) -> None:
     """As broker_kill, but the broker killed is the consumer group's coordinator (which also
     coordinates the group's transactional offset commits). Recovery: every input partition."""
-    _kill_a_broker(trial, lambda leaders: trial.group_coordinator())
+    _kill_a_broker(trial, lambda leaders: trial.kafka.group_coordinator())
 
 
 def _kill_a_broker(trial: Trial, choose: Callable[[dict[int, int]], int]) -> None:
     """Two workers on the 3-node cluster; mid-stream the broker `choose` picks (given each input
     partition's leader) is killed with SIGKILL and stays dead."""
-    kill_at = trial.rng.uniform(0.3, 0.5) * trial.duration
+    kill_at = trial.rng.uniform(0.3, 0.5) * trial.settings.duration
     trial.start_workers("w1", "w2")
     trial.start_stream()
-    trial.wait_until(min(kill_at, trial.duration - trial.session_timeout_s - RECOVERY_ROOM_S))
-    leaders = trial.input_leaders()
+    trial.wait_until(min(kill_at, trial.settings.duration - trial.session_timeout_s - RECOVERY_ROOM_S))
+    leaders = trial.kafka.input_leaders()
     victim = choose(leaders)
     killed_at = trial.kill_broker(victim)
     trial.result.faults[-1]["led_partitions"] = sorted(p for p, b in leaders.items() if b == victim)

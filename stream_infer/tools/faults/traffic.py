@@ -181,6 +181,17 @@ class PredictionWatcher:
         with self._lock:
             return len(inputs - self._seen)
 
+    def wait_drained(self, inputs: set[Source], timeout: float, settle: float) -> None:
+        """Until every one of `inputs` has a prediction or `timeout` passes; then until nothing has
+        arrived for `settle` seconds (late duplicates of a replay arrive in that window), at most
+        5 x `settle`."""
+        deadline = time.monotonic() + timeout
+        while self.missing(inputs) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        settle_deadline = time.monotonic() + 5 * settle
+        while time.time() - self.last_arrival < settle and time.monotonic() < settle_deadline:
+            time.sleep(0.2)
+
     def snapshot(self) -> list[Observation]:
         with self._lock:
             return list(self.observations)

@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 
 from stream_infer.tools.faults.report import WorkerExit
@@ -26,25 +27,22 @@ log = logging.getLogger(__name__)
 SUPERVISE_EVERY_S = 0.5
 
 
+@dataclass(eq=False)
 class WorkerPool:
-    def __init__(
-        self,
-        config: Path,
-        bootstrap: str,
-        directory: Path,
-        instance_prefix: str | None,
-        *,
-        on_event: Callable[[str], object],
-        stop_timeout: float,
-    ) -> None:
-        self.config = config
-        self.bootstrap = bootstrap
-        self.directory = directory
-        self.instance_prefix = instance_prefix
-        self.on_event = on_event  # records a line in the trial's timeline
-        self.stop_timeout = stop_timeout
-        self.exits: list[WorkerExit] = []
-        self.restarts = 0
+    """A trial's workers by name, and their supervisor (see the module docstring); each worker's
+    folder is `directory`/<name>. `exits` and `restarts` record what happened to them."""
+
+    config: Path
+    bootstrap: str
+    directory: Path
+    instance_prefix: str | None
+    _: KW_ONLY
+    on_event: Callable[[str], object]  # records a line in the trial's timeline
+    stop_timeout: float
+    exits: list[WorkerExit] = field(default_factory=list, init=False)
+    restarts: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
         self._workers: dict[str, WorkerProcess] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()

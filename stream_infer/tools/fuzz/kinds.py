@@ -199,6 +199,12 @@ def _per(engines: str | None, machines: str | None) -> dict[str, str]:
     return {p: r for p, r in (("engines", engines), ("machines", machines)) if r is not None}
 
 
+def _non_finite(name: str, description: str, text: bytes) -> Kind:
+    """The kind whose numeric feature is written as the raw JSON `text`: NaN, an infinity, or a
+    number beyond a double (both pipelines: `non_finite_number`)."""
+    return Kind(name, description, _both("non_finite_number"), lambda b: Hostile(b.key, _raw_number(b, b.shape.feature, text)))
+
+
 # --- the kinds ------------------------------------------------------------------------------------
 
 _KINDS: list[Kind] = [
@@ -352,36 +358,11 @@ _KINDS: list[Kind] = [
         lambda b: Hostile(b.key, _truncated(b), SPOOFED_HEADERS),
     ),
     # Numbers.
-    Kind(
-        "nan",
-        "a feature written NaN",
-        _both("non_finite_number"),
-        lambda b: Hostile(b.key, _raw_number(b, b.shape.feature, b"NaN")),
-    ),
-    Kind(
-        "infinity",
-        "a feature written Infinity",
-        _both("non_finite_number"),
-        lambda b: Hostile(b.key, _raw_number(b, b.shape.feature, b"Infinity")),
-    ),
-    Kind(
-        "negative_infinity",
-        "a feature written -Infinity",
-        _both("non_finite_number"),
-        lambda b: Hostile(b.key, _raw_number(b, b.shape.feature, b"-Infinity")),
-    ),
-    Kind(
-        "number_1e400",
-        "a feature 1e400 (beyond a double)",
-        _both("non_finite_number"),
-        lambda b: Hostile(b.key, _raw_number(b, b.shape.feature, b"1e400")),
-    ),
-    Kind(
-        "integer_400_digits",
-        "a feature written as a 400-digit integer",
-        _both("non_finite_number"),
-        lambda b: Hostile(b.key, _raw_number(b, b.shape.feature, b"9" * 400)),
-    ),
+    _non_finite("nan", "a feature written NaN", b"NaN"),
+    _non_finite("infinity", "a feature written Infinity", b"Infinity"),
+    _non_finite("negative_infinity", "a feature written -Infinity", b"-Infinity"),
+    _non_finite("number_1e400", "a feature 1e400 (beyond a double)", b"1e400"),
+    _non_finite("integer_400_digits", "a feature written as a 400-digit integer", b"9" * 400),
     Kind(
         "beyond_float32",
         "a feature 1e39 (a double, beyond float32; machines: above the schema's maximum)",

@@ -31,7 +31,6 @@ import itertools
 import logging
 import os
 import random
-import re
 import shutil
 import subprocess
 import tempfile
@@ -40,6 +39,7 @@ import uuid
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -47,8 +47,9 @@ from pathlib import Path
 import orjson
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from stream_infer.config import Config, ConfigError, PipelineConfig, load_config
-from stream_infer.configs import DEMO_CONFIG, demo_config_text
+from stream_infer import configs
+from stream_infer.config import Config, PipelineConfig, load_config
+from stream_infer.configs import demo_config_data, pipeline_table, rename_under
 from stream_infer.kafka.admin import admin_client, create_topics
 from stream_infer.records import InputRecord
 from stream_infer.tools.devkafka import local
@@ -88,18 +89,18 @@ HEADER_NAME_PROBE = b"\xfe\xff-trace=1"
 class FuzzSettings:
     """How big a run is (see `stream-infer fuzz --help`)."""
 
-    hostile: int = 2000
-    valid: int | None = None  # None: as many as hostile
-    partitions: int = 3
+    hostile: int = 2000  # hostile records, both pipelines together (each kind as often as the others)
+    valid: int | None = None  # valid events mixed in, both pipelines together; None: as many as hostile
+    partitions: int = 3  # of every topic of the run
     # Records/s produced, both pipelines together (0: as fast as possible). The default is one a
     # 2-core machine sustains with the broker and the feeder on it, so canary times measure the
     # worker rather than a backlog.
     rate: float = 1000.0
-    seed: int = 0
-    drain_timeout_s: float = 120.0
-    keys: int = 0
-    max_keys: int = 10_000
-    work_dir: Path = Path(".stream-infer/fuzz")
+    seed: int = 0  # of the order of the feed
+    drain_timeout_s: float = 120.0  # after the last record is produced, for every output to arrive
+    keys: int = 0  # keys mode (see the module docstring): distinct engine ids fed; 0: skip
+    max_keys: int = 10_000  # keys mode: the bounded worker's pipelines[].state.max_keys
+    work_dir: Path = Path(".stream-infer/fuzz")  # the run's configs and worker logs
     # Also produce, first on each pipeline, a valid event whose header name is not UTF-8 (with
     # kcat: the Python client cannot write one); it must get an output, and so must the events
     # fetched with it.
@@ -248,42 +249,12 @@ def write_config(path: Path, prefix: str, *, engines_state: dict[str, int] | Non
     made absolute, and SEQUENCE_FIELDS set; with `engines_state` (e.g. {"max_keys": 0}) that
     table replaces the engines pipeline's [pipelines.state] (whatever the demo sets there).
     Raises ConfigError if the worker's config does not accept the result."""
-    text = demo_config_text()
+    data = rename_under(demo_config_data(), prefix)
     for name, sequence_field in SEQUENCE_FIELDS.items():
-        text = _set_in_pipeline(text, name, f'sequence_field = "{sequence_field}"')
-    for name in ("engines.", "machines."):
-        text = text.replace(f'"{name}', f'"{prefix}.{name}')
-    text = text.replace('group_id = "stream-infer-demo"', f'group_id = "{prefix}"')
+        pipeline_table(data, name)["sequence_field"] = sequence_field
     if engines_state is not None:
-        text = _replace_state_table(text, "engines", engines_state)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return load_config(path)
-
-
-def _set_in_pipeline(text: str, pipeline: str, line: str) -> str:
-    """`text` with `line` added to `pipeline`'s [[pipelines]] entry, right after its name."""
-    marker = f'[[pipelines]]\nname = "{pipeline}"\n'
-    if marker not in text:
-        raise ConfigError(f"{DEMO_CONFIG} has no pipeline named {pipeline!r}")
-    return text.replace(marker, marker + line + "\n", 1)
-
-
-def _replace_state_table(text: str, pipeline: str, values: dict[str, int]) -> str:
-    """`text` (a config of [[pipelines]] entries) with `pipeline`'s [pipelines.state] table,
-    if any, removed and `values` appended to that entry as its [pipelines.state]."""
-    head, *entries = text.split("[[pipelines]]\n")
-    table = "[pipelines.state]\n" + "".join(f"{k} = {v}\n" for k, v in values.items())
-    for i, entry in enumerate(entries):
-        if re.search(rf'^name = "{re.escape(pipeline)}"$', entry, re.MULTILINE):
-            # The table runs from its header to the next table header (or the entry's end).
-            existing = re.compile(r"^\[pipelines\.state\]\n(?:(?!\[)[^\n]*\n)*", re.MULTILINE)
-            if existing.search(entry):
-                entries[i] = existing.sub(lambda _: table + "\n", entry, count=1)
-            else:
-                entries[i] = entry.rstrip("\n") + "\n\n" + table + "\n"
-            return "[[pipelines]]\n".join([head, *entries])
-    raise ConfigError(f"{DEMO_CONFIG} has no pipeline named {pipeline!r}")
+        pipeline_table(data, "engines")["state"] = dict(engines_state)
+    return load_config(configs.write_config(data, path))
 
 
 def _output_topics(p: PipelineConfig) -> list[str]:
@@ -807,27 +778,9 @@ def burst_phase(settings: FuzzSettings, bootstrap: str) -> BurstResult:
     if producer.flush(120):
         out.error = "the broker did not acknowledge every poison value within 120 s"
         return out
-    worker = WorkerProcess(directory / "config.toml", bootstrap, directory).start()
-    watcher = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{prefix}-watch", "logger": _client_log})
-    try:
-        worker.wait_ready()
+    with _phase_worker(out, directory, bootstrap, engines, settings.partitions) as phase:
         started = time.monotonic()
-        _drain(
-            out,
-            worker,
-            watcher,
-            engines,
-            settings.partitions,
-            settings.poison_burst,
-            started,
-            started + settings.drain_timeout_s,
-            every=0.2,
-        )
-    except Exception as err:
-        out.error = _first_line(err)
-    finally:
-        watcher.close()
-        _stopped(out, worker)
+        phase.drain(settings.poison_burst, started, started + settings.drain_timeout_s, every=0.2)
     return out
 
 
@@ -857,11 +810,8 @@ def keys_phase(settings: FuzzSettings, bootstrap: str, max_keys: int) -> KeysRes
     # before finishing either (see Pipeline._submit_overlapped), so up to two batches' keys.
     out.batch_slack = 2 * engines.batching.max_batch_size
     _create_topics(bootstrap, config, settings.partitions)
-    worker = WorkerProcess(directory / "config.toml", bootstrap, directory).start()
-    watcher = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{prefix}-watch", "logger": _client_log})
     failures: list[str] = []
-    try:
-        worker.wait_ready()
+    with _phase_worker(out, directory, bootstrap, engines, settings.partitions) as phase:
         started = time.monotonic()
         producer = Producer(
             {
@@ -889,26 +839,11 @@ def keys_phase(settings: FuzzSettings, bootstrap: str, max_keys: int) -> KeysRes
             raise RuntimeError("keys mode: the broker did not acknowledge every input within 120 s")
         if failures:
             raise RuntimeError(f"keys mode: {len(failures)} input(s) not delivered, first: {failures[0]}")
-        _drain(
-            out,
-            worker,
-            watcher,
-            engines,
-            settings.partitions,
-            settings.keys,
-            started,
-            time.monotonic() + settings.drain_timeout_s + settings.keys / 2000,
-            every=0.5,
-        )
+        phase.drain(settings.keys, started, time.monotonic() + settings.drain_timeout_s + settings.keys / 2000, every=0.5)
         if not out.exited:
-            text = worker.metrics_text()
+            text = phase.worker.metrics_text()
             out.state_keys = _metric(text, 'stream_infer_state_keys{pipeline="engines"}')
             out.evictions = _metric(text, 'stream_infer_state_evictions_total{pipeline="engines",reason="max_keys"}')
-    except Exception as err:
-        out.error = _first_line(err)
-    finally:
-        watcher.close()
-        _stopped(out, worker)
     return out
 
 
@@ -937,30 +872,51 @@ def _check_keys(keys: KeysResult, result: FuzzResult) -> None:
         )
 
 
-def _drain(
-    out: BurstResult | KeysResult,
-    worker: WorkerProcess,
-    watcher: Consumer,
-    engines: PipelineConfig,
-    partitions: int,
-    expected: int,
-    started: float,
-    deadline: float,
-    *,
-    every: float,
-) -> None:
-    """Wait until the engines pipeline has `expected` outputs (predictions and dead letters), the
-    deadline passes or the worker exits; then fill in `out`'s counts, seconds since `started`,
-    whether the worker exited, and its peak RSS."""
-    while time.monotonic() < deadline and worker.process.poll() is None:
-        out.predicted = _watermarks(watcher, engines.topics.predictions, partitions)
-        out.dead_letters = _watermarks(watcher, engines.topics.dead_letters, partitions)
-        if out.predicted + out.dead_letters >= expected:
-            break
-        time.sleep(every)
-    out.seconds = time.monotonic() - started
-    out.exited = worker.process.poll() is not None
-    out.peak_rss_mb = 0.0 if out.exited else peak_rss_mb(worker.process.pid)
+@dataclass
+class _PhaseWorker:
+    """A burst or keys phase's worker, ready, and a consumer that reads the engines outputs'
+    watermarks; `out` gets what the phase measures."""
+
+    out: BurstResult | KeysResult
+    worker: WorkerProcess
+    watcher: Consumer
+    engines: PipelineConfig
+    partitions: int
+
+    def drain(self, expected: int, started: float, deadline: float, *, every: float) -> None:
+        """Wait until the engines pipeline has `expected` outputs (predictions and dead letters), the
+        deadline passes or the worker exits; then fill in `out`'s counts, seconds since `started`,
+        whether the worker exited, and its peak RSS."""
+        out, process, topics = self.out, self.worker.process, self.engines.topics
+        while time.monotonic() < deadline and process.poll() is None:
+            out.predicted = _watermarks(self.watcher, topics.predictions, self.partitions)
+            out.dead_letters = _watermarks(self.watcher, topics.dead_letters, self.partitions)
+            if out.predicted + out.dead_letters >= expected:
+                break
+            time.sleep(every)
+        out.seconds = time.monotonic() - started
+        out.exited = process.poll() is not None
+        out.peak_rss_mb = 0.0 if out.exited else peak_rss_mb(process.pid)
+
+
+@contextmanager
+def _phase_worker(
+    out: BurstResult | KeysResult, directory: Path, bootstrap: str, engines: PipelineConfig, partitions: int
+) -> Iterator[_PhaseWorker]:
+    """Start a worker on the phase's config (`directory`/config.toml) and its watcher (a group named
+    after the folder); the block runs once the worker is ready. An exception in it ends the phase with its first line in
+    `out.error` (not raised); either way the watcher is closed and the worker stopped (see
+    :func:`_stopped`)."""
+    worker = WorkerProcess(directory / "config.toml", bootstrap, directory).start()
+    watcher = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{directory.name}-watch", "logger": _client_log})
+    try:
+        worker.wait_ready()
+        yield _PhaseWorker(out, worker, watcher, engines, partitions)
+    except Exception as err:
+        out.error = _first_line(err)
+    finally:
+        watcher.close()
+        _stopped(out, worker)
 
 
 def _first_line(err: Exception) -> str:

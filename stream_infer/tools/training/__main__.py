@@ -5,28 +5,22 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-from stream_infer.models import MODELS_DIR
+from stream_infer.tools.training.args import model_parser
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line (see ``--help``)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m stream_infer.tools.training",
-        description="Train the bundled models on the bundled data sets, export them to ONNX and "
+    parser = model_parser(
+        "python -m stream_infer.tools.training",
+        "Train the bundled models on the bundled data sets, export them to ONNX and "
         "write their metadata JSON (metrics computed with onnxruntime).",
+        "<model>.onnx and <model>.json",
     )
     parser.add_argument(
         "target",
         choices=["engines", "machines", "all"],
         help="which model to rebuild: engines (C-MAPSS RUL), machines (AI4I failure) or all",
-    )
-    parser.add_argument(
-        "--out-dir",
-        type=Path,
-        default=MODELS_DIR,
-        help="folder for <model>.onnx and <model>.json (default: the package's models/ folder)",
     )
     return parser.parse_args(argv)
 

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from stream_infer.models import MODELS_DIR
+from stream_infer.tools.training.args import model_parser
 
 from . import data
 
@@ -255,15 +255,10 @@ def metadata(model_bytes: bytes) -> dict:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line (see ``--help``)."""
-    parser = argparse.ArgumentParser(
-        prog=f"python -m {__name__}",
-        description="Build engines_cnn_large.onnx (random weights, timing only) and its metadata JSON.",
-    )
-    parser.add_argument(
-        "--out-dir",
-        type=Path,
-        default=MODELS_DIR,
-        help="folder for engines_cnn_large.onnx/.json (default: the package's models/ folder)",
+    parser = model_parser(
+        f"python -m {__name__}",
+        "Build engines_cnn_large.onnx (random weights, timing only) and its metadata JSON.",
+        "engines_cnn_large.onnx/.json",
     )
     return parser.parse_args(argv)
 
