@@ -86,6 +86,7 @@ class InferenceEngine:
         self._check_signature(model_path, width, outputs)
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = outputs
+        self.width = width  # columns of the input matrix, checked against the model above
 
     def _check_signature(self, path: Path, width: int, outputs: list[str]) -> None:
         inputs = self.session.get_inputs()
@@ -111,9 +112,8 @@ class InferenceEngine:
     def warm_up(self, batch_sizes: tuple[int, ...]) -> float:
         """Run zero batches of the given sizes so the first real batch pays no allocation cost."""
         started = time.perf_counter()
-        width = self.session.get_inputs()[0].shape[1]
         for size in batch_sizes:
-            self.run(np.zeros((size, width), dtype=np.float32))
+            self.run(np.zeros((size, self.width), dtype=np.float32))
         return time.perf_counter() - started
 
 
@@ -122,10 +122,9 @@ def calibrate(engine: InferenceEngine, sizes: list[int], profile: CostProfile, w
     to which every size ran within `within_s` seconds (0: none did). Each size runs once untimed
     (its first run allocates) and then 5 times (2 above 64 rows) for the mean. Stops early past
     `max_seconds`, so a slow model costs a bounded start-up; live batches refine the profile."""
-    width = engine.session.get_inputs()[0].shape[1]
     limit, previous, started_all = 0, 0, time.perf_counter()
     for rows in sizes:
-        matrix = np.zeros((rows, width), dtype=np.float32)
+        matrix = np.zeros((rows, engine.width), dtype=np.float32)
         engine.run(matrix)
         repeats = 5 if rows <= 64 else 2
         started = time.perf_counter()

@@ -73,12 +73,12 @@ class OwnedPartitions:
         if not self.resume_at:
             return records, 0
         resume_at = self.resume_at
-        keep = [r for r in records if r.offset >= resume_at.get(r.partition, -1)]
-        skipped = len(records) - len(keep)
+        done = [r.offset < resume_at.get(r.partition, -1) for r in records]
+        skipped = sum(done)
         if not skipped:
             return records, 0
-        self.advance(r for r in records if r.offset < resume_at.get(r.partition, -1))
-        return keep, skipped
+        self.advance(r for r, d in zip(records, done) if d)
+        return [r for r, d in zip(records, done) if not d], skipped
 
     def advance(self, records: Iterable[InputRecord]) -> None:
         """Records whose outputs are acknowledged: the frontier moves past each."""

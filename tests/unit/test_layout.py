@@ -34,7 +34,7 @@ def _layer(module: str) -> str | None:
     parts = module.split(".")
     if parts[0] != "stream_infer" or len(parts) < 2:
         return None
-    return parts[1].removesuffix(".py")
+    return parts[1]
 
 
 def _imports(path: Path) -> set[str]:
