@@ -11,6 +11,7 @@ so a config works from any working directory. ``KAFKA_BOOTSTRAP_SERVERS`` overri
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -94,29 +95,121 @@ class WorkerConfig(_Strict):
     """/healthz turns 503 when a pipeline has lag and made no progress for this long."""
 
 
+AggregateOp = Literal["count", "sum", "mean", "std", "min", "max", "last", "seconds_since_last", "ratio_to_mean", "seen_before"]
+#: Ops that read no field (`of` must be absent); `seen_before` reads a categorical field, the rest a numeric one.
+OPS_WITHOUT_FIELD = ("count", "seconds_since_last")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def duration_ms(text: str) -> int:
+    """`"90s"`, `"15m"`, `"1h"`, `"30d"`, `"250ms"` in milliseconds; ValueError otherwise."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration: a number and a unit (ms, s, m, h, d), e.g. '1h' or '30d'")
+    ms = int(round(float(match.group(1)) * _UNIT_MS[match.group(2)]))
+    if ms <= 0:
+        raise ValueError(f"duration {text!r} must be positive")
+    return ms
+
+
+class AggregateFeature(_Strict):
+    """One column: an aggregate over the key's recent events in an event-time window.
+
+    The window of an event at time t (its `timestamp_field`) holds the event itself and the
+    key's earlier events (in input order, at most `history_events` of them) whose time lies in
+    (t - window, t]. count, sum, mean, std (population), min, max: over the window, the event
+    included. last: `of` of the latest earlier event in the window (this event's own value when
+    there is none). seconds_since_last: seconds since the latest earlier event in the window
+    (the window's length when there is none). ratio_to_mean: this event's `of` over the mean of
+    the earlier events' (1 when there are none or their mean is 0). seen_before: 1 when an
+    earlier event in the window had the same `of` value (a categorical field), else 0.
+    See docs/features.md."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+    op: AggregateOp
+    of: str | None = None
+    """The event field aggregated; none for count and seconds_since_last."""
+    window: str
+    """Event-time window: a number and a unit (ms, s, m, h, d), e.g. "1h", "30d"."""
+
+    @field_validator("window")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        duration_ms(value)
+        return value
+
+    @model_validator(mode="after")
+    def _field_matches_op(self) -> AggregateFeature:
+        if self.op in OPS_WITHOUT_FIELD and self.of is not None:
+            raise ValueError(f"op {self.op!r} reads no field: remove of = {self.of!r}")
+        if self.op not in OPS_WITHOUT_FIELD and self.of is None:
+            raise ValueError(f"op {self.op!r} needs `of`, the event field it aggregates")
+        return self
+
+    @property
+    def window_ms(self) -> int:
+        return duration_ms(self.window)
+
+
 class FeatureSpec(_Strict):
     """How an event becomes one row of the model's input matrix.
 
     Row layout: one-hot columns first (in `one_hot` order, categories in listed order), then the
-    numeric `fields` in order. With `window` > 1 the row is the key's last `window` rows of the
-    numeric fields, oldest first, flattened; a key with fewer rows so far is left-padded with its
-    first row.
+    numeric `fields` in order, then the `aggregates` in order. With `window` > 1 the row is the
+    key's last `window` rows of the numeric fields, oldest first, flattened; a key with fewer
+    rows so far is left-padded with its first row.
     """
 
-    fields: list[str] = Field(min_length=1)
+    fields: list[str] = Field(default_factory=list)
     one_hot: dict[str, list[str]] = Field(default_factory=dict)
     window: int = Field(1, ge=1, le=10_000)
+    timestamp_field: str | None = None
+    """The event's time, an integer of epoch milliseconds: the clock of the aggregates' windows."""
+    aggregates: list[AggregateFeature] = Field(default_factory=list)
+    """Per-key event-time aggregates (see AggregateFeature), kept in the key's state."""
+    history_events: int = Field(128, ge=1, le=4096)
+    """Events of each key kept for the aggregates: each sees at most this many of the key's
+    earlier events (exact while a key has no more than this in its longest window)."""
 
     @model_validator(mode="after")
-    def _window_has_no_categoricals(self) -> FeatureSpec:
+    def _consistent(self) -> FeatureSpec:
         if self.window > 1 and self.one_hot:
             raise ValueError("one_hot features are not supported together with window > 1")
+        if not self.fields and not self.aggregates:
+            raise ValueError("features need at least one of `fields` or `aggregates`")
+        if self.aggregates:
+            if self.timestamp_field is None:
+                raise ValueError("aggregates need timestamp_field, the event's time in epoch milliseconds")
+            if self.window > 1:
+                raise ValueError("aggregates are not supported together with window > 1")
+            names = [a.name for a in self.aggregates]
+            if len(set(names)) != len(names):
+                raise ValueError(f"aggregate names must be unique; repeated: {sorted({n for n in names if names.count(n) > 1})}")
         return self
 
     @property
     def width(self) -> int:
         """Number of columns of the model input."""
-        return self.window * len(self.fields) + sum(len(c) for c in self.one_hot.values())
+        return self.window * len(self.fields) + sum(len(c) for c in self.one_hot.values()) + len(self.aggregates)
+
+    @property
+    def numeric_of(self) -> list[str]:
+        """The numeric fields the aggregates read, each once, in first-use order."""
+        return list(dict.fromkeys(a.of for a in self.aggregates if a.of is not None and a.op != "seen_before"))
+
+    @property
+    def categorical_of(self) -> list[str]:
+        """The categorical fields `seen_before` reads, each once, in first-use order."""
+        return list(dict.fromkeys(a.of for a in self.aggregates if a.of is not None and a.op == "seen_before"))
+
+    @property
+    def required_fields(self) -> list[str]:
+        """Every event field the featurizer reads (the schema must require each)."""
+        one_hot = list(self.one_hot)
+        stamp = [self.timestamp_field] if self.timestamp_field else []
+        return list(dict.fromkeys([*one_hot, *self.fields, *stamp, *self.numeric_of, *self.categorical_of]))
 
 
 class BatchingConfig(_Strict):
@@ -172,7 +265,9 @@ class StateConfig(_Strict):
 
     key_ttl_ms: int = Field(0, ge=0)
     """0: off. A key whose newest event is this much older than the newest event of its input
-    partition (event time: the records' Kafka timestamps, capped at the worker's clock) expires."""
+    partition (event time: the features' timestamp_field where aggregates read one, else the
+    records' Kafka timestamps; capped at the worker's clock) expires. With aggregates, keep it
+    above the longest window plus the lateness to expect, so an expiry changes no feature."""
     max_keys: int = Field(0, ge=0)
     """0: off. The most keys one worker holds for this pipeline (all its partitions together): past
     it the least recently seen keys are evicted after each batch. Keys in use by the batches being
@@ -216,6 +311,9 @@ class OutputSpec(_Strict):
     positive_class: int = Field(1, ge=0)
     threshold: float | None = None
     review_low: float | None = None
+    echo: list[str] = Field(default_factory=list)
+    """Input fields copied into each prediction and alert under `input` (null where an event
+    lacks one), so a consumer can join a decision to its event without Kafka offsets."""
 
     @model_validator(mode="after")
     def _classification_needs_threshold(self) -> OutputSpec:
@@ -277,7 +375,9 @@ class PipelineConfig(_Strict):
     @property
     def stateful(self) -> bool:
         """Whether the pipeline keeps per-key state (windows or alert debounce) across events."""
-        return self.features.window > 1 or (self.alert is not None and self.alert.consecutive > 1)
+        return (
+            self.features.window > 1 or bool(self.features.aggregates) or (self.alert is not None and self.alert.consecutive > 1)
+        )
 
 
 class Config(_Strict):
@@ -353,7 +453,19 @@ def load_config(path: str | Path, *, kafka_properties: str | Path | None = None)
             if not file.is_file():
                 raise ConfigError(f"{path}: pipelines[{i}].{label}: file {file} does not exist")
         try:
-            fastjsonschema.compile(orjson.loads(p.schema_file.read_bytes()))
+            schema = orjson.loads(p.schema_file.read_bytes())
+            fastjsonschema.compile(schema)
         except (orjson.JSONDecodeError, fastjsonschema.JsonSchemaDefinitionException, TypeError, ValueError) as err:
             raise ConfigError(f"{path}: pipelines[{i}].schema: file {p.schema_file} is not a valid JSON Schema: {err}") from None
+        features = p.features
+        required = set(schema.get("required", ())) if isinstance(schema, dict) else set()
+        read_by_aggregates = (
+            [features.timestamp_field, *features.numeric_of, *features.categorical_of] if features.aggregates else []
+        )
+        missing = [f for f in read_by_aggregates if f not in required]
+        if missing:
+            raise ConfigError(
+                f"{path}: pipelines[{i}].features: the aggregates read {missing}, which the schema {p.schema_file.name} "
+                "does not require: add them to its `required` list"
+            )
     return config.model_copy(update={"pipelines": pipelines, "kafka": kafka})

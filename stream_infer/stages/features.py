@@ -1,4 +1,5 @@
-"""Featurize: validated events in, a float32 matrix out (one row per event), with per-key windows.
+"""Featurize: validated events in, a float32 matrix out (one row per event), with per-key windows
+and per-key event-time aggregates (:mod:`stream_infer.stages.aggregates`).
 
 No Kafka and no model code here. The layout is the one :class:`stream_infer.config.FeatureSpec`
 documents; training (`stream_infer.tools.training`) builds the same layout, and the tests check that the
@@ -7,12 +8,13 @@ served predictions equal the offline ones.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from operator import itemgetter
 
 import numpy as np
 
 from stream_infer.config import FeatureSpec
+from stream_infer.stages.aggregates import AggregateFeaturizer, AggregateInputs
 from stream_infer.state import StateStore
 
 # Batches up to this many events build their windows event by event (see _windowed_each): on the
@@ -26,7 +28,16 @@ class Featurizer:
         self.spec = spec
         fields = spec.fields
         # itemgetter pulls all fields of an event in one C call; for one field it returns a scalar.
-        self._numeric = itemgetter(*fields) if len(fields) > 1 else (lambda e, _f=fields[0]: (e[_f],))
+        self._numeric: Callable[[dict], tuple]
+        if len(fields) > 1:
+            self._numeric = itemgetter(*fields)
+        elif fields:
+            only = fields[0]
+            self._numeric = lambda e: (e[only],)
+        else:
+            self._numeric = lambda e: ()
+        #: The per-key event-time aggregates, when the spec declares any.
+        self.aggregates = AggregateFeaturizer(spec) if spec.aggregates else None
         # Category -> column, looked up by whatever value an event holds (None when it has none).
         self._categories: dict[str, dict[object, int]] = {
             name: {c: i for i, c in enumerate(cats)} for name, cats in spec.one_hot.items()
@@ -37,6 +48,31 @@ class Featurizer:
         which the caller's finite check sends to the dead-letter topic."""
         with np.errstate(over="ignore"):
             return np.array(list(map(self._numeric, events)), dtype=np.float32).reshape(len(events), len(self.spec.fields))
+
+    def matrix(
+        self,
+        events: Sequence[dict],
+        keys: Sequence[str],
+        partitions: Sequence[int],
+        store: StateStore,
+        rows: np.ndarray | None = None,
+        aggregate_inputs: AggregateInputs | None = None,
+    ) -> np.ndarray:
+        """The model's input rows for valid `events` of the given keys (in input order per key),
+        updating their keys' state in `store`: the one entry point the worker (through
+        :class:`~stream_infer.stages.prepare.BatchPreparer`), `stream-infer score` and training
+        share. `rows` and `aggregate_inputs`, when the caller has read them already (to check
+        them), are :meth:`numeric_rows` and ``aggregates.inputs`` of `events`."""
+        if rows is None:
+            rows = self.numeric_rows(events)
+        if self.spec.window > 1:
+            return self.windowed(keys, partitions, rows, store)
+        matrix = self.stateless(events, rows)
+        if self.aggregates is None:
+            return matrix
+        if aggregate_inputs is None:
+            aggregate_inputs = self.aggregates.inputs(events)
+        return np.hstack([matrix, self.aggregates.compute(keys, partitions, aggregate_inputs, store)])
 
     def stateless(self, events: Sequence[dict], rows: np.ndarray) -> np.ndarray:
         """One-hot columns followed by the numeric rows."""

@@ -75,7 +75,7 @@ class BatchFinisher:
                 alerts = self.alerts.apply(
                     batch.keys, batch.records, scores[self.config.outputs.score_name], self.store, self.model
                 )
-            self.outputs.predictions(batch.records, batch.keys, scores, alerts, arrival, messages, sources)
+            self.outputs.predictions(batch.records, batch.keys, scores, alerts, arrival, messages, sources, batch.echo)
             result.predictions, result.alerts = len(batch.records), len(alerts)
             if "review" in scores:
                 result.reviews = int(scores["review"].sum())

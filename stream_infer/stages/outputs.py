@@ -69,8 +69,10 @@ class OutputWriter:
         arrival: float,
         messages: list[OutMessage],
         sources: list[Source],
+        echo: Sequence[dict] | None = None,
     ) -> None:
-        """Append each record's prediction (and review copy), then the batch's alerts."""
+        """Append each record's prediction (and review copy), then the batch's alerts. `echo`:
+        per record, the input fields `outputs.echo` copies into its prediction and alerts as `input`."""
         topics = self.config.topics
         latency_ms = round((time.monotonic() - arrival) * 1000, 3)
         columns = {name: values.tolist() for name, values in fields.items()}
@@ -86,6 +88,8 @@ class OutputWriter:
                 "source": record.source,
                 "latency_ms": latency_ms,
             }
+            if echo is not None:
+                prediction["input"] = echo[i]
             value = orjson.dumps(prediction)
             append((topics.predictions, record.key, value, None))
             source(record)
@@ -93,6 +97,8 @@ class OutputWriter:
                 append((topics.review, record.key, value, None))  # type: ignore[arg-type]
                 source(record)
         for i, alert in alerts:
+            if echo is not None:
+                alert["input"] = echo[i]
             append((topics.alerts, records[i].key, orjson.dumps(alert), None))  # type: ignore[arg-type]
             source(records[i])
 

@@ -33,6 +33,7 @@ class PreparedBatch:
     skipped: int = 0  # replays below a restored checkpoint
     stale: list[InputRecord] = field(default_factory=list)  # skipped by the staleness policy
     timestamps_ms: np.ndarray | None = None  # of every record processed (valid or dead), for e2e latency
+    echo: list[dict] | None = None  # per valid event, its `outputs.echo` fields (None: nothing echoed)
 
 
 class BatchPreparer:
@@ -54,7 +55,13 @@ class BatchPreparer:
         # The store's clock when the last prepare() began using keys: keys used since then stay
         # through the next eviction (see _bound_state).
         self._state_clock = 0
-        self._uses_store = config.features.window > 1 or config.alert is not None or config.sequence_field is not None
+        self._uses_store = (
+            config.features.window > 1
+            or bool(config.features.aggregates)
+            or config.alert is not None
+            or config.sequence_field is not None
+        )
+        self._echo = config.outputs.echo
         self._events = metrics.EVENTS.labels(self.name)
         self._state_keys = metrics.STATE_KEYS.labels(self.name)
         self._evictions = {reason: metrics.STATE_EVICTIONS.labels(self.name, reason) for reason in ("ttl", "max_keys")}
@@ -79,35 +86,56 @@ class BatchPreparer:
         if not decoded.events:
             return batch
         rows = self.featurizer.numeric_rows(decoded.events)
-        finite = np.isfinite(rows).all(axis=1)
-        if not finite.all():
-            for i in np.nonzero(~finite)[0]:
-                batch.dead.append(
-                    DeadLetter(decoded.records[i], "non_finite_number", "a feature is NaN/Infinity or beyond float32 range")
-                )
-            rows = _keep_rows(decoded, rows, np.nonzero(finite)[0].tolist())
+        aggregates = self.featurizer.aggregates
+        inputs = aggregates.inputs(decoded.events) if aggregates is not None else None
+        non_finite = ~np.isfinite(rows).all(axis=1)
+        bad_time = None
+        if inputs is not None and aggregates is not None:
+            agg_non_finite, bad_time = aggregates.invalid(inputs)
+            non_finite |= agg_non_finite
+            bad_time &= ~non_finite
+        unusable = non_finite if bad_time is None else non_finite | bad_time
+        if unusable.any():
+            for i in np.nonzero(unusable)[0].tolist():
+                if non_finite[i]:
+                    letter = DeadLetter(
+                        decoded.records[i], "non_finite_number", "a feature is NaN/Infinity or beyond float32 range"
+                    )
+                else:
+                    field_name = self.config.features.timestamp_field
+                    letter = DeadLetter(
+                        decoded.records[i],
+                        "schema_violation",
+                        f"{field_name} {decoded.events[i].get(field_name)!r} is not epoch milliseconds in [0, 2**53)",
+                    )
+                batch.dead.append(letter)
+            kept = np.nonzero(~unusable)[0].tolist()
+            rows = _keep_rows(decoded, rows, kept)
+            inputs = inputs.take(kept) if inputs is not None else None
             if not decoded.events:
                 return batch
         store = self.store
         if store.key_ttl_ms:
-            # Event time for the TTL, capped at this worker's clock (see StateStore.advance).
-            store.advance(
-                [r.partition for r in decoded.records],
-                [r.timestamp_ms for r in decoded.records],
-                ceiling_ms=int(time.time() * 1000),
+            # Event time for the TTL, capped at this worker's clock (see StateStore.advance): the
+            # events' timestamp_field where the aggregates read one (so a key expires by the same
+            # clock its windows use, online and offline), else the records' Kafka timestamps.
+            event_times = (
+                inputs.times.astype(np.int64).tolist() if inputs is not None else [r.timestamp_ms for r in decoded.records]
             )
+            store.advance([r.partition for r in decoded.records], event_times, ceiling_ms=int(time.time() * 1000))
         keep_from, self._state_clock = self._state_clock, store.clock + 1  # this batch's first get() ticks to clock + 1
         if self.config.sequence_field is not None:
             in_order = self._in_sequence(decoded, batch.dead)
             if in_order is not None:
-                rows = _keep_rows(decoded, rows, np.nonzero(in_order)[0].tolist())
+                kept = np.nonzero(in_order)[0].tolist()
+                rows = _keep_rows(decoded, rows, kept)
+                inputs = inputs.take(kept) if inputs is not None else None
         if decoded.events:
             batch.records, batch.keys = decoded.records, decoded.keys
-            if self.config.features.window > 1:
-                partitions = [r.partition for r in decoded.records]
-                batch.matrix = self.featurizer.windowed(batch.keys, partitions, rows, store)
-            else:
-                batch.matrix = self.featurizer.stateless(decoded.events, rows)
+            partitions = [r.partition for r in decoded.records]
+            batch.matrix = self.featurizer.matrix(decoded.events, batch.keys, partitions, store, rows, inputs)
+            if self._echo:
+                batch.echo = [{name: event.get(name) for name in self._echo} for event in decoded.events]
         if self._uses_store:
             self._bound_state(keep_from)
         return batch

@@ -1,4 +1,4 @@
-"""Per-key state of a pipeline (sliding windows, alert debounce), grouped by input partition.
+"""Per-key state of a pipeline (sliding windows, event histories, alert debounce), grouped by input partition.
 
 No Kafka here: :mod:`stream_infer.state.changelog` persists snapshots of dirty keys and restores
 them. Grouping by partition matters because state moves with partitions on a rebalance: a revoked
@@ -42,9 +42,13 @@ class AlertState:
 # of the event loop twice a second at 9,000 events/s, which was the worker's p99 latency.
 # Snapshots in the first format (they begin with "{") are still read.
 # Format 3 adds the key's last sequence number (int64; INT64_MIN for none) after the header.
+# Format 4 (written only for keys with an event history, so pipelines without aggregates keep
+# writing format 3) appends the history: its shape (two int32) and its 8-byte words, little-endian.
 _HEADER = struct.Struct("<Biii")
 _SEQUENCE = struct.Struct("<q")
+_HISTORY = struct.Struct("<ii")
 _FORMAT = 3
+_FORMAT_HISTORY = 4
 _NO_SEQUENCE = -(2**63)
 _NEUTRAL_ALERT = orjson.dumps(AlertState().__dict__)
 
@@ -54,6 +58,9 @@ class KeyState:
     rows: np.ndarray | None = None  # the key's last window-1 feature rows, oldest first
     alert: AlertState = field(default_factory=AlertState)
     last_sequence: int | None = None  # the highest `sequence_field` value accepted (see Pipeline)
+    # The key's last events for the aggregates, oldest first: uint64 (n, 1 + fields + categories),
+    # the layout of stream_infer.stages.aggregates.EventHistory.
+    events: np.ndarray | None = None
 
     # Recency, kept only by a bounded StateStore and never persisted. Class attributes, not
     # fields: an unbounded store's states (and restored ones until touched) carry no per-instance
@@ -69,10 +76,21 @@ class KeyState:
         )
         rows = self.rows
         sequence = _SEQUENCE.pack(_NO_SEQUENCE if self.last_sequence is None else self.last_sequence)
+        events = self.events
+        version = _FORMAT if events is None else _FORMAT_HISTORY
         if rows is None:
-            return _HEADER.pack(_FORMAT, -1, 0, len(alert_json)) + sequence + alert_json
-        n, width = rows.shape
-        return _HEADER.pack(_FORMAT, n, width, len(alert_json)) + sequence + alert_json + rows.astype("<f4", copy=False).tobytes()
+            data = _HEADER.pack(version, -1, 0, len(alert_json)) + sequence + alert_json
+        else:
+            n, width = rows.shape
+            data = (
+                _HEADER.pack(version, n, width, len(alert_json))
+                + sequence
+                + alert_json
+                + rows.astype("<f4", copy=False).tobytes()
+            )
+        if events is None:
+            return data
+        return data + _HISTORY.pack(*events.shape) + events.astype("<u8", copy=False).tobytes()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> KeyState:
@@ -81,10 +99,10 @@ class KeyState:
             rows = None if raw["rows"] is None else np.asarray(raw["rows"], dtype=np.float32)
             return cls(rows=rows, alert=AlertState(**raw["alert"]))
         version, n, width, alert_len = _HEADER.unpack_from(data)
-        if version not in (2, _FORMAT):
+        if version not in (2, _FORMAT, _FORMAT_HISTORY):
             raise ValueError(f"unknown key state format {version}: written by a newer stream-infer?")
         last_sequence, alert_at = None, _HEADER.size
-        if version == _FORMAT:
+        if version >= _FORMAT:
             (sequence,) = _SEQUENCE.unpack_from(data, _HEADER.size)
             last_sequence = None if sequence == _NO_SEQUENCE else sequence
             alert_at += _SEQUENCE.size
@@ -96,11 +114,17 @@ class KeyState:
             if n < 0
             else np.frombuffer(data, dtype="<f4", count=n * width, offset=start).astype(np.float32, copy=False).reshape(n, width)
         )
-        return cls(rows=rows, alert=alert, last_sequence=last_sequence)
+        events = None
+        if version == _FORMAT_HISTORY:
+            at = start + 4 * max(n, 0) * width
+            count, words = _HISTORY.unpack_from(data, at)
+            events = np.frombuffer(data, dtype="<u8", count=count * words, offset=at + _HISTORY.size)
+            events = events.astype(np.uint64, copy=False).reshape(count, words)
+        return cls(rows=rows, alert=alert, last_sequence=last_sequence, events=events)
 
     @property
     def empty(self) -> bool:
-        return self.rows is None and self.alert.neutral and self.last_sequence is None
+        return self.rows is None and self.alert.neutral and self.last_sequence is None and self.events is None
 
 
 class StateStore:
