@@ -13,6 +13,7 @@ from stream_infer.cli.fuzz_cmd import fuzz
 from stream_infer.cli.kafka_cmd import kafka
 from stream_infer.cli.lag_cmd import lag
 from stream_infer.cli.replay_cmd import replay
+from stream_infer.cli.score_cmd import score
 from stream_infer.cli.worker_cmd import worker
 from stream_infer.logs import setup_logging
 
@@ -46,6 +47,7 @@ main.add_command(kafka)
 main.add_command(demo)
 main.add_command(worker)
 main.add_command(replay)
+main.add_command(score)
 main.add_command(bench)
 main.add_command(lag)
 main.add_command(faults)
