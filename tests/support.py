@@ -38,11 +38,13 @@ def write_config(
     kafka: dict[str, Any] | None = None,
     worker: dict[str, Any] | None = None,
     pipelines: dict[str, dict[str, Any]] | None = None,
+    only: tuple[str, ...] = ("engines", "machines"),
 ) -> E2EConfig:
     """The demo config with every topic and the group renamed under `prefix`, paths made absolute;
     `kafka` and `worker` set keys of those tables, `pipelines` adds or replaces tables of the named
-    pipelines (e.g. {"machines": {"staleness": {...}}})."""
-    data = rename_under(demo_config_data(), prefix)
+    pipelines (e.g. {"machines": {"staleness": {...}}}); `only`: the pipelines kept (default the
+    two sensor pipelines, which most tests were written for)."""
+    data = rename_under(configs.keep_pipelines(demo_config_data(), *only), prefix)
     data["worker"]["checkpoint_interval_ms"] = checkpoint_ms
     data["kafka"].update(kafka or {})
     data["worker"].update(worker or {})

@@ -25,7 +25,7 @@ from stream_infer.cli.options import progress_echo
     help="On a secured cluster (kafka up --secure): the worker as User:svc over SASL_SSL (SCRAM-SHA-512) with only its ACLs.",
 )
 def demo(as_json: bool, rate: float, timeout: float, secure: bool) -> None:
-    """Start Kafka and a worker, replay C-MAPSS and AI4I plus bad events, show alerts, summarise.
+    """Start Kafka and a worker, replay C-MAPSS, AI4I and simulated card payments plus bad events, show alerts, summarise.
 
     Needs Java 17+ and Maven (the first run fetches the Kafka jars). Everything it starts is stopped.
     """
@@ -54,5 +54,12 @@ def demo(as_json: bool, rate: float, timeout: float, secure: bool) -> None:
     for name, p in summary["pipelines"].items():
         click.echo(
             f"  {name:<14} in {p['events_in']}, predictions {p['predictions']}, alerts {p['alerts']}, dlq {p['dlq']} {p['dlq_reasons']}"
+        )
+    if payments := summary["pipelines"].get("transactions", {}).get("payments"):
+        pipeline = summary["pipelines"]["transactions"]
+        click.echo(
+            f"  payments       {payments['predicted']} of {payments['transactions']} transactions predicted (by tx_id), "
+            f"{pipeline['alerts']} card alerts, {pipeline['review']} for review; "
+            f"average precision {payments['average_precision']:.3f} on {payments['frauds']} simulated frauds"
         )
     click.echo(f"  took           {summary['seconds']} s")

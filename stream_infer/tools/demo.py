@@ -1,9 +1,11 @@
 """The demo: everything end to end on a local Kafka that it starts and stops itself.
 
-Starts Kafka (own state dir), creates the topics, starts a worker, replays C-MAPSS test_FD001 and
-AI4I 2020 plus one event of every dead-letter class, shows alerts as they come, waits until every
-input is accounted for, and summarises: counts, end-to-end latency, and the RUL RMSE computed from
-the served predictions (which must equal the offline figure in the model's metadata).
+Starts Kafka (own state dir), creates the topics, starts a worker, replays C-MAPSS test_FD001,
+AI4I 2020 and 30 days of simulated card payments, each followed by one event of every dead-letter
+class, shows alerts as they come, waits until every input is accounted for, and summarises:
+counts, end-to-end latency, the RUL RMSE computed from the served predictions (which must equal
+the offline figure in the model's metadata), and the payments reconciled by tx_id against the
+simulator's record of them, with the served fraud scores' average precision.
 
 With `secure`, the cluster is `kafka up --secure`'s: the worker connects as the service principal
 svc (SCRAM-SHA-512 over TLS, only the ACLs `stream-infer acls` lists for the demo config), the
@@ -17,7 +19,7 @@ import logging
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,18 +28,30 @@ from confluent_kafka import Producer
 from stream_infer.config import load_config
 from stream_infer.configs import DEMO_CONFIG
 from stream_infer.datasets import load_rul
+from stream_infer.datasets.transactions import SimulatorSettings, simulate, transaction_events
 from stream_infer.kafka.admin import create_topics
 from stream_infer.kafka.connection import KafkaConnection, as_connection, resolve
 from stream_infer.models import MODELS_DIR
 from stream_infer.records import InputRecord
 from stream_infer.tools.devkafka import local
 from stream_infer.tools.reader import TopicReader
-from stream_infer.tools.replay import bad_events, dataset_events, replay
+from stream_infer.tools.replay import KeyedEvent, bad_events, dataset_events, replay
 from stream_infer.tools.workerproc import WorkerProcess
 
 _client_log = logging.getLogger("stream_infer.kafka.client")
 INPUT_PARTITIONS = 6
-FEEDS = {"engines": "cmapss-test", "machines": "ai4i"}
+#: The data set each pipeline is fed with (and whose bad events follow it).
+FEEDS = {"engines": "cmapss-test", "machines": "ai4i", "transactions": "transactions"}
+#: The simulated payments the demo replays: a seed training never saw (its model was trained on
+#: stream_infer.tools.training.transactions.SETTINGS), 30 days of 200 cards.
+DEMO_TRANSACTIONS = SimulatorSettings(seed=2026, customers=200, days=30)
+
+
+def feed_events(dataset: str) -> Iterator[KeyedEvent]:
+    """The events the demo replays for `dataset`."""
+    if dataset == "transactions":
+        return transaction_events(DEMO_TRANSACTIONS)
+    return dataset_events(dataset)
 
 
 def served_rul_rmse(predictions: list[dict]) -> float:
@@ -59,6 +73,38 @@ def served_rul_rmse(predictions: list[dict]) -> float:
     return float(np.sqrt(np.mean((served - truth) ** 2)))
 
 
+def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Average precision (the area under the precision-recall steps, as scikit-learn computes
+    it: one step per distinct score, highest first)."""
+    order = np.argsort(-scores, kind="stable")
+    labels, scores = labels[order], scores[order]
+    last_of_score = np.r_[np.nonzero(np.diff(scores))[0], len(scores) - 1]
+    true_positives = np.cumsum(labels)[last_of_score]
+    precision = true_positives / (last_of_score + 1)
+    recall = true_positives / max(int(labels.sum()), 1)
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def payments_summary(predictions: list[dict]) -> dict:
+    """The transactions pipeline reconciled against the simulator's own record of the stream:
+    whether every transaction has a prediction (by input.tx_id), and the quality of the served
+    fraud probabilities against the simulator's labels."""
+    truth = {e["tx_id"]: e["is_fraud"] for e in simulate(DEMO_TRANSACTIONS)}
+    served: dict[str, float] = {}
+    for p in predictions:
+        served[p["input"]["tx_id"]] = p["outputs"]["fraud_probability"]
+    ids = sorted(truth)
+    labels = np.array([truth[i] for i in ids], dtype=np.int64)
+    scores = np.array([served.get(i, -1.0) for i in ids], dtype=np.float64)
+    return {
+        "transactions": len(truth),
+        "predicted": len(set(served) & set(truth)),
+        "unknown": len(set(served) - set(truth)),
+        "frauds": int(labels.sum()),
+        "average_precision": round(average_precision(labels, scores), 4),
+    }
+
+
 def _dlq_reason(record: InputRecord) -> str:
     reason = record.header("x-dlq-reason")
     if reason is None:
@@ -76,7 +122,7 @@ def _feed(bootstrap: KafkaConnection | str, topics: dict[str, str], rate: float 
                 **{"acks": "all", "enable.idempotence": True, "linger.ms": 5, "logger": _client_log}
             )
         )
-        sent = replay(producer, topics[name], dataset_events(FEEDS[name]), rate=rate)
+        sent = replay(producer, topics[name], feed_events(FEEDS[name]), rate=rate)
         bad = bad_events(FEEDS[name])
         for _, key, value in bad:
             producer.produce(topics[name], key=key, value=value)
@@ -122,15 +168,17 @@ def run_demo(
             events_in = _feed(admin, {name: pipelines[name].input_topic for name in FEEDS}, rate, echo)
 
             topics = {name: p.topics for name, p in pipelines.items()}
+            alert_topics = {t.alerts for t in topics.values() if t.alerts}
             reader = TopicReader(
                 admin, [t for ts in topics.values() for t in (ts.predictions, ts.alerts, ts.dead_letters, ts.review) if t]
             )
 
             def show(record: InputRecord) -> None:
-                if record.topic in (topics["engines"].alerts, topics["machines"].alerts):
+                if record.topic in alert_topics:
                     a = record.json()
+                    tx = f" tx={a['input']['tx_id']}" if "input" in a else ""
                     echo(
-                        f"  ALERT {a['pipeline']:<8} key={a['key']:<7} {a['rule']} score={a['score']:.3f} after {a['count']} event(s)"
+                        f"  ALERT {a['pipeline']:<12} key={a['key']:<7} {a['rule']} score={a['score']:.3f} after {a['count']} event(s){tx}"
                     )
 
             def accounted(name: str) -> int:
@@ -147,6 +195,9 @@ def run_demo(
             while reader.poll(1.0, show):
                 pass
             summary = _summary(reader, topics, events_in, time.monotonic() - started)
+            payments = summary["pipelines"]["transactions"]["payments"]
+            if payments["predicted"] != payments["transactions"] or payments["unknown"]:
+                raise RuntimeError(f"the transactions do not reconcile by tx_id: {payments}")
             reader.close()
         finally:
             if worker is not None:
@@ -171,6 +222,8 @@ def _summary(reader: TopicReader, topics: dict, events_in: dict, seconds: float)
         latencies += [r.timestamp_ms - p["source"]["timestamp_ms"] for r, p in preds]
         if name == "engines":
             predictions = [p for _, p in preds]
+        if name == "transactions":
+            per_pipeline[name]["payments"] = payments_summary([p for _, p in preds])
     offline = json.loads((MODELS_DIR / "engines_rul.json").read_text())["metrics"]["rmse_test"]  # from training
     lat = np.asarray(latencies, dtype=np.float64)
     return {

@@ -207,7 +207,7 @@ def _describe(run: Run) -> str:
 def test_unbroken_demo_text_is_a_valid_config(tmp: Path) -> None:
     """Premise: the text every case starts from is valid, so each case breaks exactly one thing."""
     config = load_config(_write(tmp, "valid", demo_text(tmp)))
-    assert [p.name for p in config.pipelines] == ["engines", "machines"]
+    assert [p.name for p in config.pipelines] == ["engines", "machines", "transactions"]
     assert all(p.model.is_file() and p.schema_file.is_file() for p in config.pipelines)
 
 

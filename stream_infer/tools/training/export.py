@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from skl2onnx import convert_sklearn
+from skl2onnx.common import tree_ensemble
 from skl2onnx.common.data_types import FloatTensorType
 
 from stream_infer.models import MODELS_DIR
@@ -44,19 +47,38 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+@contextmanager
+def _integer_missing_flags() -> Iterator[None]:
+    """skl2onnx 1.20 writes a HistGradientBoosting leaf's `nodes_missing_value_tracks_true` as
+    the Python bool False beside the branches' numpy integers, and onnx 1.23 refuses a bool in an
+    ints attribute, so every such conversion fails. Within this block the flag is passed on as
+    an int (its value unchanged)."""
+    original = tree_ensemble.add_node
+
+    def add_node(*args: Any, nodes_missing_value_tracks_true: Any = 0, **kwargs: Any) -> Any:
+        return original(*args, nodes_missing_value_tracks_true=int(nodes_missing_value_tracks_true), **kwargs)
+
+    tree_ensemble.add_node = add_node
+    try:
+        yield
+    finally:
+        tree_ensemble.add_node = original
+
+
 def to_onnx(model: Any, n_features: int, name: str, options: dict | None = None) -> onnx.ModelProto:
     """Convert a fitted sklearn estimator whose input is float32 (N, n_features) to ONNX.
 
     The graph is named ``name``: skl2onnx otherwise names it with a random UUID, the only thing
     that kept two identical training runs from writing byte-identical files.
     """
-    onnx_model = convert_sklearn(
-        model,
-        name=name,
-        initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))],
-        target_opset=TARGET_OPSET,
-        options=options,
-    )
+    with _integer_missing_flags():
+        onnx_model = convert_sklearn(
+            model,
+            name=name,
+            initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))],
+            target_opset=TARGET_OPSET,
+            options=options,
+        )
     onnx_model.graph.name = name
     onnx_model.doc_string = ""
     return onnx_model
