@@ -21,7 +21,18 @@ from stream_infer.cli.options import progress_echo
     default=Path("bench-results"),
     help="Where bench.json, bench.png and burst.png are written.",
 )
-def bench(quick: bool, as_json: bool, out_dir: Path) -> None:
+@click.option(
+    "--transactions",
+    is_flag=True,
+    help="Instead: the transactions pipeline's decision latency (input append -> prediction append) at --rate tx/s.",
+)
+@click.option(
+    "--rate", type=click.FloatRange(min=1), default=2000.0, help="With --transactions: offered transactions per second."
+)
+@click.option(
+    "--seconds", type=click.FloatRange(min=1), default=30.0, help="With --transactions: measured seconds (after 10 s of warm-up)."
+)
+def bench(quick: bool, as_json: bool, out_dir: Path, transactions: bool, rate: float, seconds: float) -> None:
     """Measure the worker (service), the same with processing_guarantee = exactly_once
     (service_eos), the worker at max_batch_size=1 (per_event) and a no-framework loop (ceiling)
     on a local Kafka; latency at 10 events/s and 10/50/80% of the service's maximum;
@@ -32,6 +43,19 @@ def bench(quick: bool, as_json: bool, out_dir: Path) -> None:
     from stream_infer.tools.bench.harness import run_bench
 
     echo = progress_echo(as_json)
+    if transactions:
+        from stream_infer.tools.bench.decisions import run_decision_bench
+
+        try:
+            figures = run_decision_bench(rate=rate, seconds=seconds, out_dir=out_dir, echo=echo)
+        except RuntimeError as err:
+            click.echo(f"error: {err}", err=True)
+            sys.exit(1)
+        if as_json:
+            click.echo(orjson.dumps(figures).decode())
+        else:
+            click.echo(f"wrote {out_dir / 'decisions.json'} in {figures['seconds']} s")
+        return
     try:
         results = run_bench(quick=quick, out_dir=out_dir, echo=echo)
     except RuntimeError as err:

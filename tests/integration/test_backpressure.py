@@ -12,7 +12,7 @@ from pathlib import Path
 
 from stream_infer.kafka.admin import create_topics, group_lag
 from stream_infer.tools.bench.burst import run_burst
-from stream_infer.tools.bench.harness import _paced, engine_events, engines_config, preload
+from stream_infer.tools.bench.harness import engine_events, engines_config, paced, preload
 from stream_infer.tools.reader import TopicReader
 from stream_infer.tools.workerproc import WorkerProcess
 
@@ -37,7 +37,7 @@ def test_burst_moves_controller_and_pauses_then_recovers(kafka_bootstrap: str, t
         result = run_burst(
             worker,
             "engines",
-            trickle=lambda: _paced(kafka_bootstrap, topic, trickle, rate=20),
+            trickle=lambda: paced(kafka_bootstrap, topic, trickle, rate=20),
             produce_burst=lambda: preload(kafka_bootstrap, topic, BURST),
             expected_predictions=TRICKLE + BURST,
             drain_timeout=240,

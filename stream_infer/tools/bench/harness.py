@@ -372,7 +372,7 @@ class Bench:
             result = run_burst(
                 worker,
                 "engines",
-                trickle=lambda: _paced(self.bootstrap, topic, trickle, rate=20),
+                trickle=lambda: paced(self.bootstrap, topic, trickle, rate=20),
                 produce_burst=lambda: preload(self.bootstrap, topic, count),
                 expected_predictions=len(trickle) + count,
             )
@@ -430,13 +430,13 @@ class LatencyPhases:
                 duration = bench.plan.latency_seconds if rate > 100 else bench.plan.low_rate_seconds
                 count = max(int(rate * duration), 20)
                 before = len(reader.records[predictions])
-                _paced(bench.bootstrap, topic, events[:count], rate)
+                paced(bench.bootstrap, topic, events[:count], rate)
 
                 def arrived(before: int = before, count: int = count) -> bool:
                     return len(reader.records[predictions]) - before >= count
 
                 reader.until(arrived, 120)
-                lat, inside = _latencies(reader.records[predictions][before:])
+                lat, inside = latencies(reader.records[predictions][before:])
                 pct = {f"p{q}": round(float(np.percentile(lat, q)), 1) for q in (50, 95, 99)}
                 bench.results["latency_ms"][name] = {
                     "offered_eps": round(rate, 1),
@@ -471,13 +471,13 @@ class LatencyPhases:
 
         before = len(reader.records[predictions])
         started = time.monotonic()
-        sent = _paced(bench.bootstrap, self.topic, events, rate=rate, stop=done)
+        sent = paced(bench.bootstrap, self.topic, events, rate=rate, stop=done)
         seconds = time.monotonic() - started
         reader.until(lambda: len(reader.records[predictions]) - before >= sent, 120)
         # A warm-up backlog may have switched the controller to throughput mode: each phase
         # starts from the steady state of its own load, so wait until it is back.
         _wait_for_latency_mode(worker, timeout=30)
-        lat, _ = _latencies(reader.records[predictions][before:])
+        lat, _ = latencies(reader.records[predictions][before:])
         edge = max(1, int(rate * 5))
         jit_cores = None if watch is None else watch.cores()
         summary = {
@@ -510,7 +510,7 @@ def _wait_for_latency_mode(worker: WorkerProcess, timeout: float) -> None:
     log.warning("the controller did not return to latency mode within %.0f s of the warm-up", timeout)
 
 
-def _latencies(records: list) -> tuple[np.ndarray, np.ndarray]:
+def latencies(records: list) -> tuple[np.ndarray, np.ndarray]:
     """End-to-end ms (prediction append time minus input append time) and in-worker ms (from
     fetching the batch to handing its outputs to the producer) of prediction records."""
     values = [r.json() for r in records]
@@ -519,7 +519,7 @@ def _latencies(records: list) -> tuple[np.ndarray, np.ndarray]:
     return lat, inside
 
 
-def _paced(
+def paced(
     bootstrap: str, topic: str, events: list[tuple[bytes, bytes]], rate: float, stop: Callable[[float], bool] | None = None
 ) -> int:
     """Produce at `rate` events/s against a schedule, in 5 ms steps (a sleep per event would cost
