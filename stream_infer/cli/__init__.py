@@ -7,6 +7,7 @@ import click
 from stream_infer import __version__
 from stream_infer.cli.acls_cmd import acls_cmd
 from stream_infer.cli.bench_cmd import bench
+from stream_infer.cli.datasets_cmd import datasets
 from stream_infer.cli.demo_cmd import demo
 from stream_infer.cli.faults_cmd import faults
 from stream_infer.cli.fuzz_cmd import fuzz
@@ -48,6 +49,7 @@ main.add_command(demo)
 main.add_command(worker)
 main.add_command(replay)
 main.add_command(score)
+main.add_command(datasets)
 main.add_command(bench)
 main.add_command(lag)
 main.add_command(faults)
