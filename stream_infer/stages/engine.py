@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from stream_infer.config import PipelineConfig
 from stream_infer.controller import CostProfile
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,18 @@ class InferenceEngine:
         for size in batch_sizes:
             self.run(np.zeros((size, self.width), dtype=np.float32))
         return time.perf_counter() - started
+
+
+def engine_for(config: PipelineConfig) -> InferenceEngine:
+    """The pipeline's engine, with the session settings its config names (the worker and
+    `stream-infer score` build theirs here, so both run the same session)."""
+    return InferenceEngine(
+        config.model,
+        width=config.features.width,
+        outputs=[config.outputs.output],
+        device=config.engine.device,
+        intra_op_threads=config.engine.intra_op_threads,
+    )
 
 
 def calibrate(engine: InferenceEngine, sizes: list[int], profile: CostProfile, within_s: float, max_seconds: float = 3.0) -> int:

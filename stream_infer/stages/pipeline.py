@@ -33,7 +33,7 @@ from stream_infer.config import PipelineConfig
 from stream_infer.controller import CostProfile, batch_sizes
 from stream_infer.kafka.producer import AsyncProducer, OutMessage
 from stream_infer.records import InputRecord
-from stream_infer.stages.engine import InferenceEngine, calibrate
+from stream_infer.stages.engine import calibrate, engine_for
 from stream_infer.stages.finish import BatchFinisher, BatchResult
 from stream_infer.stages.outputs import Source
 from stream_infer.stages.prepare import BatchPreparer, PreparedBatch
@@ -65,13 +65,7 @@ class Pipeline:
     def __init__(self, config: PipelineConfig, producer: AsyncProducer | None, changelog: Changelog | None) -> None:
         self.config = config
         self.name = config.name
-        self.engine = InferenceEngine(
-            config.model,
-            width=config.features.width,
-            outputs=[config.outputs.output],
-            device=config.engine.device,
-            intra_op_threads=config.engine.intra_op_threads,
-        )
+        self.engine = engine_for(config)
         self.store = StateStore(key_ttl_ms=config.state.key_ttl_ms, max_keys=config.state.max_keys)
         self.preparer = BatchPreparer(config, self.store)
         self.finisher = BatchFinisher(config, {"name": self.engine.name, "version": self.engine.version}, self.store)

@@ -17,6 +17,7 @@ import tarfile
 import zipfile
 from pathlib import Path
 
+import fastjsonschema
 import numpy as np
 import onnxruntime as ort
 import orjson
@@ -220,6 +221,19 @@ def test_load_and_events(tmp_path: Path) -> None:
     assert all(type(e["V7"]) is float and e["schema_version"] == 1 for e in events)
     labelled = list(ulb.ulb_events(loaded, labels=True, rows=[4, 2]))
     assert [(e["tx_id"], e["is_fraud"]) for e in labelled] == [("ulb000004", 0), ("ulb000002", 1)]
+
+
+def test_events_follow_the_schema(tmp_path: Path) -> None:
+    (pipeline,) = load_config(CONFIG).pipelines
+    validate = fastjsonschema.compile(json.loads(pipeline.schema_file.read_text(encoding="utf-8")))
+    csv = tmp_path / "fake.csv"
+    csv.write_bytes(FAKE_CSV)
+    for event in ulb.ulb_events(csv, labels=True):
+        validate(orjson.loads(orjson.dumps(event)))
+    event = next(ulb.ulb_events(csv))
+    for broken in ({**event, "amount": -1.0}, {**event, "schema_version": 2}, {k: v for k, v in event.items() if k != "V28"}):
+        with pytest.raises(fastjsonschema.JsonSchemaException):
+            validate(broken)
 
 
 def test_bad_files_are_clear_errors(tmp_path: Path) -> None:

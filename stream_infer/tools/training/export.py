@@ -84,6 +84,29 @@ def to_onnx(model: Any, n_features: int, name: str, options: dict | None = None)
     return onnx_model
 
 
+#: The two outputs of every exported classifier: argmax class and the class probabilities.
+LABEL_OUTPUT = "label"
+PROBA_OUTPUT = "probabilities"
+
+
+def classifier_to_onnx(model: Any, n_features: int, name: str) -> onnx.ModelProto:
+    """A fitted binary classifier as ONNX without ZipMap, with outputs ``label`` (int64) and
+    ``probabilities`` (float32 [N, 2]), whatever skl2onnx names them."""
+    onnx_model = to_onnx(model, n_features, name, options={"zipmap": False})
+    names = [o.name for o in onnx_model.graph.output]
+    if names != [LABEL_OUTPUT, PROBA_OUTPUT]:  # skl2onnx's defaults today; rename if they move
+        for old, new in zip(names, [LABEL_OUTPUT, PROBA_OUTPUT]):
+            rename_output(onnx_model, old, new)
+    check_io(onnx_model, {LABEL_OUTPUT: TensorProto.INT64, PROBA_OUTPUT: TensorProto.FLOAT})
+    return onnx_model
+
+
+def positive_probability(model: onnx.ModelProto | bytes, X: np.ndarray) -> np.ndarray:
+    """Column 1 of ``probabilities`` (float32 (N,)), computed by onnxruntime on an exported classifier."""
+    (proba,) = session(model).run([PROBA_OUTPUT], {INPUT_NAME: X})
+    return proba[:, 1]
+
+
 def rename_output(model: onnx.ModelProto, old: str, new: str) -> None:
     """Rename graph output ``old`` to ``new`` in place, fixing every node that reads or writes it."""
     for node in model.graph.node:

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from onnx import TensorProto
 from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
 from sklearn.metrics import average_precision_score
 from sklearn.pipeline import Pipeline
@@ -99,20 +98,13 @@ CANDIDATES: list[Candidate] = [
 
 
 def export_onnx(model: Any) -> Any:
-    """Convert a fitted classifier: no ZipMap, outputs ``label`` and ``probabilities``."""
-    onnx_model = export.to_onnx(model, len(data.MACHINE_FEATURES), MODEL_NAME, options={"zipmap": False})
-    names = [o.name for o in onnx_model.graph.output]
-    if names != [LABEL_OUTPUT, PROBA_OUTPUT]:  # skl2onnx's defaults today; rename if they move
-        for old, new in zip(names, [LABEL_OUTPUT, PROBA_OUTPUT]):
-            export.rename_output(onnx_model, old, new)
-    export.check_io(onnx_model, {LABEL_OUTPUT: TensorProto.INT64, PROBA_OUTPUT: TensorProto.FLOAT})
-    return onnx_model
+    """Convert a fitted classifier (see export.classifier_to_onnx)."""
+    return export.classifier_to_onnx(model, len(data.MACHINE_FEATURES), MODEL_NAME)
 
 
 def onnx_failure_probability(onnx_model: Any, X: np.ndarray) -> np.ndarray:
-    """P(failure) as float32 (N,), computed by onnxruntime on the exported model."""
-    (proba,) = export.session(onnx_model).run([PROBA_OUTPUT], {export.INPUT_NAME: X})
-    return proba[:, 1]
+    """P(positive class) by onnxruntime on the exported model."""
+    return export.positive_probability(onnx_model, X)
 
 
 def binary_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict:

@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import orjson
-from onnx import TensorProto
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import average_precision_score, roc_auc_score
 
@@ -95,18 +94,13 @@ def _candidates() -> list[tuple[str, dict]]:
 
 
 def export_onnx(model: Any, width: int) -> Any:
-    onnx_model = export.to_onnx(model, width, MODEL_NAME, options={"zipmap": False})
-    names = [o.name for o in onnx_model.graph.output]
-    if names != [LABEL_OUTPUT, PROBA_OUTPUT]:
-        for old, new in zip(names, [LABEL_OUTPUT, PROBA_OUTPUT]):
-            export.rename_output(onnx_model, old, new)
-    export.check_io(onnx_model, {LABEL_OUTPUT: TensorProto.INT64, PROBA_OUTPUT: TensorProto.FLOAT})
-    return onnx_model
+    """Convert a fitted classifier (see export.classifier_to_onnx)."""
+    return export.classifier_to_onnx(model, width, MODEL_NAME)
 
 
 def fraud_probability(model: Any, X: np.ndarray) -> np.ndarray:
-    (proba,) = export.session(model).run([PROBA_OUTPUT], {export.INPUT_NAME: X})
-    return proba[:, 1]
+    """P(positive class) by onnxruntime on the exported model."""
+    return export.positive_probability(model, X)
 
 
 def card_precision_at_k(scores: np.ndarray, cards: np.ndarray, frauds: np.ndarray, days: np.ndarray, k: int = TOP_CARDS) -> float:

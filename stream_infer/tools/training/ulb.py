@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from onnx import TensorProto
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import average_precision_score, roc_auc_score
 
@@ -124,20 +123,13 @@ def first_occurrences(rows: np.ndarray) -> np.ndarray:
 
 
 def export_onnx(model: Any) -> Any:
-    """Convert a fitted classifier: no ZipMap, outputs ``label`` and ``probabilities``."""
-    onnx_model = export.to_onnx(model, len(FEATURES), MODEL_NAME, options={"zipmap": False})
-    names = [o.name for o in onnx_model.graph.output]
-    if names != [LABEL_OUTPUT, PROBA_OUTPUT]:  # skl2onnx's defaults today; rename if they move
-        for old, new in zip(names, [LABEL_OUTPUT, PROBA_OUTPUT]):
-            export.rename_output(onnx_model, old, new)
-    export.check_io(onnx_model, {LABEL_OUTPUT: TensorProto.INT64, PROBA_OUTPUT: TensorProto.FLOAT})
-    return onnx_model
+    """Convert a fitted classifier (see export.classifier_to_onnx)."""
+    return export.classifier_to_onnx(model, len(FEATURES), MODEL_NAME)
 
 
 def fraud_probability(onnx_model: Any, X: np.ndarray) -> np.ndarray:
-    """P(fraud) as float32 (N,), computed by onnxruntime on the exported model."""
-    (proba,) = export.session(onnx_model).run([PROBA_OUTPUT], {export.INPUT_NAME: X})
-    return proba[:, 1]
+    """P(positive class) by onnxruntime on the exported model."""
+    return export.positive_probability(onnx_model, X)
 
 
 def choose_thresholds(scores: np.ndarray, labels: np.ndarray, review_budget: float = REVIEW_BUDGET) -> tuple[float, float]:
