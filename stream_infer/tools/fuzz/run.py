@@ -49,7 +49,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from stream_infer import configs
 from stream_infer.config import Config, PipelineConfig, load_config
-from stream_infer.configs import demo_config_data, pipeline_table, rename_under
+from stream_infer.configs import demo_config_data, keep_pipelines, pipeline_table, rename_under
 from stream_infer.kafka.admin import admin_client, create_topics
 from stream_infer.records import InputRecord
 from stream_infer.tools.devkafka import local
@@ -245,11 +245,11 @@ SEQUENCE_FIELDS = {"engines": "cycle"}
 
 
 def write_config(path: Path, prefix: str, *, engines_state: dict[str, int] | None = None) -> Config:
-    """The demo config (both pipelines) with every topic and the group under `prefix`, paths
+    """The demo config's pipelines the kinds know (PIPELINES) with every topic and the group under `prefix`, paths
     made absolute, and SEQUENCE_FIELDS set; with `engines_state` (e.g. {"max_keys": 0}) that
     table replaces the engines pipeline's [pipelines.state] (whatever the demo sets there).
     Raises ConfigError if the worker's config does not accept the result."""
-    data = rename_under(demo_config_data(), prefix)
+    data = rename_under(keep_pipelines(demo_config_data(), *PIPELINES), prefix)
     for name, sequence_field in SEQUENCE_FIELDS.items():
         pipeline_table(data, name)["sequence_field"] = sequence_field
     if engines_state is not None:
