@@ -112,7 +112,7 @@ def test_installed_it_validates_the_packaged_demo_config_against_a_broker(
     ).stdout.strip()
     assert where.startswith(str(installed)) and not where.startswith(str(ROOT)), where
     packaged = Path(where).parent / "configs" / "demo.toml"
-    create_topics(kafka_bootstrap, ["engines.telemetry", "machines.readings"], partitions=1)
+    create_topics(kafka_bootstrap, ["engines.telemetry", "machines.readings", "payments.transactions"], partitions=1)
     env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap)
     for command in ([str(installed / "bin" / "stream-infer")], [str(python), "-m", "stream_infer"]):
         check = subprocess.run(
