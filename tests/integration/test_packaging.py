@@ -124,7 +124,7 @@ def test_installed_it_validates_the_packaged_demo_config_against_a_broker(
             env=env,
         )
         assert check.returncode == 0, check.stdout + check.stderr
-        assert "ok: 2 pipeline(s) valid: engines, machines" in check.stdout
+        assert "ok: 3 pipeline(s) valid: engines, machines, transactions" in check.stdout
 
 
 def test_a_config_error_is_one_line_not_a_traceback(installed: Path, tmp_path: Path) -> None:
