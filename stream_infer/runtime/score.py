@@ -115,13 +115,12 @@ class BatchScorer:
         config = config.model_copy(update={"staleness": StalenessConfig()})
         self.config = config
         self.name = config.name
-        # The same constructor arguments as Pipeline's: the same model session settings.
-        self.engine = engine_for(config)
+        self.engine = engine_for(config)  # the worker's session settings
         self.store = StateStore(key_ttl_ms=config.state.key_ttl_ms, max_keys=config.state.max_keys)
         self.preparer = BatchPreparer(config, self.store)
         self.finisher = BatchFinisher(config, {"name": self.engine.name, "version": self.engine.version}, self.store)
         # Event time, when the pipeline names an event field for it; else every record's is 0.
-        self._timestamp_field: str | None = getattr(config.features, "timestamp_field", None)
+        self._timestamp_field = config.features.timestamp_field
         self.offset = 0  # the next line's 0-based number
 
     def records(self, values: Sequence[bytes], first_offset: int) -> tuple[list[InputRecord], list[str | None]]:

@@ -87,14 +87,13 @@ class BatchPreparer:
             return batch
         rows = self.featurizer.numeric_rows(decoded.events)
         aggregates = self.featurizer.aggregates
-        inputs = aggregates.inputs(decoded.events) if aggregates is not None else None
-        non_finite = ~np.isfinite(rows).all(axis=1)
-        bad_time = None
-        if inputs is not None and aggregates is not None:
+        inputs = None
+        unusable = non_finite = ~np.isfinite(rows).all(axis=1)
+        if aggregates is not None:
+            inputs = aggregates.inputs(decoded.events)
             agg_non_finite, bad_time = aggregates.invalid(inputs)
-            non_finite |= agg_non_finite
-            bad_time &= ~non_finite
-        unusable = non_finite if bad_time is None else non_finite | bad_time
+            non_finite = non_finite | agg_non_finite
+            unusable = non_finite | bad_time  # a bad time only where every value is finite (the letter says which)
         if unusable.any():
             for i in np.nonzero(unusable)[0].tolist():
                 if non_finite[i]:
