@@ -87,7 +87,19 @@ class AggregateFeaturizer:
         self._time = itemgetter(spec.timestamp_field)
         self._numeric = [itemgetter(f) for f in self.numeric]
         self._categorical = [itemgetter(f) for f in self.categorical]
-        self.windows = sorted({a.window_ms for a in self.aggregates})
+        # The columns grouped by op: for each op, the output columns, their windows (indices
+        # into self.windows) and their fields (indices among the numeric or categorical fields).
+        self.windows = np.array(sorted({agg.window_ms for agg in self.aggregates}), dtype=np.int64)
+        where = {int(w): i for i, w in enumerate(self.windows)}
+        groups: dict[str, list[tuple[int, int, int]]] = {}
+        for c, agg in enumerate(self.aggregates):
+            fields = self.categorical if agg.op == "seen_before" else self.numeric
+            groups.setdefault(agg.op, []).append((c, where[agg.window_ms], -1 if agg.of is None else fields.index(agg.of)))
+        self._groups = {op: tuple(np.array(v, dtype=np.int64) for v in zip(*rows)) for op, rows in groups.items()}
+        summed = sorted({(w, j) for op in ("sum", "mean", "std", "ratio_to_mean") for _, w, j in groups.get(op, [])})
+        self._summed = {pair: i for i, pair in enumerate(summed)}
+        self._summed_w = np.array([w for w, _ in summed], dtype=np.int64)
+        self._summed_j = np.array([j for _, j in summed], dtype=np.int64)
 
     # --- inputs -----------------------------------------------------------------------------
 
@@ -130,8 +142,8 @@ class AggregateFeaturizer:
         inverse = np.fromiter((index.setdefault(k, len(index)) for k in keys), dtype=np.int64, count=n)
         uniq = list(index)
         counts = np.bincount(inverse, minlength=len(uniq))
-        first = np.full(len(uniq), n, dtype=np.int64)
-        np.minimum.at(first, inverse, np.arange(n))
+        order = np.argsort(inverse, kind="stable")  # grouped by key, input order inside a key
+        first = order[np.cumsum(counts) - counts]  # each key's first event in the batch
         states = [store.get(partitions[i], key) for key, i in zip(uniq, first.tolist())]
         held = [s.events if s.events is not None else np.empty((0, words), dtype=np.uint64) for s in states]
         had = np.fromiter((len(h) for h in held), dtype=np.int64, count=len(uniq))
@@ -144,7 +156,6 @@ class AggregateFeaturizer:
             starts = block_start + history - had
             slots = np.repeat(starts, had) + (np.arange(int(had.sum())) - np.repeat(np.cumsum(had) - had, had))
             scratch[slots] = np.concatenate(held)
-        order = np.argsort(inverse, kind="stable")  # grouped by key, input order inside a key
         key_of = inverse[order]
         rank = np.arange(n) - np.repeat(np.cumsum(counts) - counts, counts)
         position = np.empty(n, dtype=np.int64)
@@ -171,66 +182,64 @@ class AggregateFeaturizer:
 
     def _columns(self, earlier: np.ndarray, new: np.ndarray) -> np.ndarray:
         """The aggregates of m events from their earlier events (m, history, words) and their own
-        words (m, words)."""
+        words (m, words). Vectorised over the columns too: one set of array operations per op,
+        whatever the number of columns, on arrays whose last axis is the history (so every sum
+        runs along a contiguous axis, as numpy's pairwise summation of a row does)."""
         n_numeric = len(self.numeric)
-        times = earlier[:, :, 0].view(np.int64)
-        values = earlier[:, :, 1 : 1 + n_numeric].view(np.float64)
-        hashes = earlier[:, :, 1 + n_numeric :]
+        m = len(new)
+        times = earlier[:, :, 0].view(np.int64)  # (m, H)
+        values = earlier[:, :, 1 : 1 + n_numeric].view(np.float64).transpose(0, 2, 1)  # (m, numeric, H)
+        hashes = earlier[:, :, 1 + n_numeric :].transpose(0, 2, 1)  # (m, categorical, H)
         now = new[:, 0].view(np.int64)
         own_values = new[:, 1 : 1 + n_numeric].view(np.float64)
         own_hashes = new[:, 1 + n_numeric :]
-        columns = np.empty((len(new), len(self.aggregates)), dtype=np.float64)
-        in_window: dict[int, np.ndarray] = {}
+        columns = np.empty((m, len(self.aggregates)), dtype=np.float64)
+        rows = np.arange(m)[:, None]
+        groups = self._groups
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            for window in self.windows:
-                in_window[window] = (times > (now - window)[:, None]) & (times <= now[:, None])
-            for c, agg in enumerate(self.aggregates):
-                mask = in_window[agg.window_ms]
-                columns[:, c] = self._one(agg, mask, times, now, values, own_values, hashes, own_hashes)
+            # masks[e, w, h]: slot h holds an earlier event inside window w of event e
+            masks = (times[:, None, :] > (now[:, None] - self.windows)[:, :, None]) & (times <= now[:, None])[:, None, :]
+            prior = masks.sum(axis=2)  # (m, windows)
+            if "count" in groups:
+                c, w, _ = groups["count"]
+                columns[:, c] = prior[:, w] + 1.0
+            if "seen_before" in groups:
+                c, w, j = groups["seen_before"]
+                columns[:, c] = (masks[:, w, :] & (hashes[:, j, :] == own_hashes[:, j, None])).any(axis=2)
+            if "seconds_since_last" in groups or "last" in groups:
+                stamped = np.where(masks, times[:, None, :], _NO_TIME)  # (m, windows, H)
+                latest = stamped.max(axis=2)
+                if "seconds_since_last" in groups:
+                    c, w, _ = groups["seconds_since_last"]
+                    since = (now[:, None] - latest[:, w]) / 1000.0
+                    columns[:, c] = np.where(prior[:, w] > 0, since, self.windows[w] / 1000.0)
+                if "last" in groups:  # the latest earlier event in the window; of equal times, the later in input order
+                    c, w, j = groups["last"]
+                    at = stamped.shape[2] - 1 - np.argmax(stamped[:, w, ::-1] == latest[:, w, None], axis=2)
+                    columns[:, c] = np.where(prior[:, w] > 0, values[rows, j, at], own_values[:, j])
+            for op, fill, reduce, combine in (("min", np.inf, np.min, np.minimum), ("max", -np.inf, np.max, np.maximum)):
+                if op in groups:
+                    c, w, j = groups[op]
+                    columns[:, c] = combine(reduce(np.where(masks[:, w, :], values[:, j, :], fill), axis=2), own_values[:, j])
+            if self._summed:
+                sums = np.where(masks[:, self._summed_w, :], values[:, self._summed_j, :], 0.0).sum(axis=2)
+            for op in ("sum", "ratio_to_mean", "mean", "std"):
+                if op not in groups:
+                    continue
+                c, w, j = groups[op]
+                prior_sum = sums[:, [self._summed[pair] for pair in zip(w.tolist(), j.tolist())]]
+                own, count = own_values[:, j], prior[:, w]
+                if op == "sum":
+                    columns[:, c] = prior_sum + own
+                elif op == "ratio_to_mean":
+                    usual = prior_sum / np.maximum(count, 1)
+                    columns[:, c] = np.where((count > 0) & (usual != 0), own / usual, 1.0)
+                else:
+                    mean = (prior_sum + own) / (count + 1)
+                    if op == "mean":
+                        columns[:, c] = mean
+                    else:  # std (population)
+                        deviations = (values[:, j, :] - mean[:, :, None]) ** 2
+                        squares = np.where(masks[:, w, :], deviations, 0.0).sum(axis=2) + (own - mean) ** 2
+                        columns[:, c] = np.sqrt(squares / (count + 1))
         return columns
-
-    def _one(
-        self,
-        agg: AggregateFeature,
-        mask: np.ndarray,
-        times: np.ndarray,
-        now: np.ndarray,
-        values: np.ndarray,
-        own_values: np.ndarray,
-        hashes: np.ndarray,
-        own_hashes: np.ndarray,
-    ) -> np.ndarray:
-        """One aggregate column (float64) for the gathered events; `mask` is its window's."""
-        prior = mask.sum(axis=1)
-        op = agg.op
-        if op == "count":
-            return prior + 1.0
-        if op == "seen_before":
-            j = self.categorical.index(agg.of)  # type: ignore[arg-type]
-            return (mask & (hashes[:, :, j] == own_hashes[:, j, None])).any(axis=1).astype(np.float64)
-        if op == "seconds_since_last":
-            latest = np.where(mask, times, _NO_TIME).max(axis=1)
-            return np.where(prior > 0, (now - latest) / 1000.0, agg.window_ms / 1000.0)
-        j = self.numeric.index(agg.of)  # type: ignore[arg-type]
-        column, own = values[:, :, j], own_values[:, j]
-        if op in ("sum", "mean", "std", "ratio_to_mean"):
-            prior_sum = np.where(mask, column, 0.0).sum(axis=1)
-            if op == "sum":
-                return prior_sum + own
-            if op == "ratio_to_mean":
-                usual = prior_sum / np.maximum(prior, 1)
-                return np.where((prior > 0) & (usual != 0), own / usual, 1.0)
-            mean = (prior_sum + own) / (prior + 1)
-            if op == "mean":
-                return mean
-            squares = np.where(mask, (column - mean[:, None]) ** 2, 0.0).sum(axis=1) + (own - mean) ** 2
-            return np.sqrt(squares / (prior + 1))
-        if op == "min":
-            return np.minimum(np.where(mask, column, np.inf).min(axis=1), own)
-        if op == "max":
-            return np.maximum(np.where(mask, column, -np.inf).max(axis=1), own)
-        # last: the latest earlier event in the window; of equal times, the later in input order.
-        stamped = np.where(mask, times, _NO_TIME)
-        width = stamped.shape[1]
-        latest = width - 1 - np.argmax(stamped[:, ::-1] == stamped.max(axis=1)[:, None], axis=1)
-        return np.where(prior > 0, column[np.arange(len(column)), latest], own)
