@@ -30,7 +30,10 @@ from stream_infer.cli.options import progress_echo
     "--rate", type=click.FloatRange(min=1), default=2000.0, help="With --transactions: offered transactions per second."
 )
 @click.option(
-    "--seconds", type=click.FloatRange(min=1), default=30.0, help="With --transactions: measured seconds (after 10 s of warm-up)."
+    "--seconds",
+    type=click.FloatRange(min=1),
+    default=30.0,
+    help="With --transactions: measured seconds (after a warm-up of 10-90 s: until the broker has compiled its request paths).",
 )
 def bench(quick: bool, as_json: bool, out_dir: Path, transactions: bool, rate: float, seconds: float) -> None:
     """Measure the worker (service), the same with processing_guarantee = exactly_once

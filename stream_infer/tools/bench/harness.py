@@ -458,53 +458,90 @@ class LatencyPhases:
         until the broker's JIT compilers have gone quiet (see bench/jvm.py), at most
         plan.warmup_max_seconds. With a broker this run did not start (no PID to watch): the
         minimum only. Returns what it did, with the warm-up's own latency (first and last 5 s)."""
-        bench, predictions = self.bench, self.predictions
-        plan = bench.plan
-        watch = JitWatch(bench.broker_pid) if bench.broker_pid else None
-
-        def done(elapsed: float) -> bool:
-            if watch is not None:
-                watch.sample()
-            if elapsed < plan.warmup_seconds:
-                return False
-            return elapsed >= plan.warmup_max_seconds or watch is None or watch.settled()
-
-        before = len(reader.records[predictions])
-        started = time.monotonic()
-        sent = paced(bench.bootstrap, self.topic, events, rate=rate, stop=done)
-        seconds = time.monotonic() - started
-        reader.until(lambda: len(reader.records[predictions]) - before >= sent, 120)
-        # A warm-up backlog may have switched the controller to throughput mode: each phase
-        # starts from the steady state of its own load, so wait until it is back.
-        _wait_for_latency_mode(worker, timeout=30)
-        lat, _ = latencies(reader.records[predictions][before:])
-        edge = max(1, int(rate * 5))
-        jit_cores = None if watch is None else watch.cores()
-        summary = {
-            "events": sent,
-            "rate_eps": round(rate, 1),
-            "seconds": round(seconds, 1),
-            "broker_jit_settled": bool(watch and watch.settled()),
-            "broker_jit_cores": None if jit_cores is None else round(jit_cores, 3),
-            "p99_first_5s": round(float(np.percentile(lat[:edge], 99)), 1),
-            "p99_last_5s": round(float(np.percentile(lat[-edge:], 99)), 1),
-        }
-        jit = (
-            "broker PID unknown: minimum only"
-            if watch is None
-            else f"broker JIT {'settled' if summary['broker_jit_settled'] else 'still compiling'}, {summary['broker_jit_cores']} cores"
+        bench, plan = self.bench, self.bench.plan
+        summary = warm_up(
+            bench.bootstrap,
+            self.topic,
+            events,
+            rate,
+            worker=worker,
+            reader=reader,
+            predictions=self.predictions,
+            pipeline="engines",
+            broker_pid=bench.broker_pid,
+            min_seconds=plan.warmup_seconds,
+            max_seconds=plan.warmup_max_seconds,
         )
-        bench.echo(
-            f"warm-up   {sent:,} events at {rate:,.0f} ev/s for {seconds:.0f} s ({jit}); p99 first 5 s "
-            f"{summary['p99_first_5s']:.0f} ms, last 5 s {summary['p99_last_5s']:.0f} ms (not measured)"
-        )
+        bench.echo(summary.pop("line"))
         return summary
 
 
-def _wait_for_latency_mode(worker: WorkerProcess, timeout: float) -> None:
+def warm_up(
+    bootstrap: str,
+    topic: str,
+    events: list[tuple[bytes, bytes]],
+    rate: float,
+    *,
+    worker: WorkerProcess,
+    reader: TopicReader,
+    predictions: str,
+    pipeline: str,
+    broker_pid: int | None,
+    min_seconds: float,
+    max_seconds: float,
+) -> dict:
+    """An unmeasured warm-up of `pipeline` at `rate` (events cycled from `events`): at least
+    `min_seconds`, then until the broker's JIT compilers have gone quiet (see bench/jvm.py), at
+    most `max_seconds`; with a broker this run did not start (`broker_pid` None) the minimum
+    only. Waits for every warm-up prediction and for the batching controller to be back in
+    latency mode, so the phase that follows starts from its load's steady state. Returns what it
+    did (events sent, whether the JIT settled, the warm-up's own p99 in its first and last 5 s)
+    and, under "line", a sentence saying so."""
+    watch = JitWatch(broker_pid) if broker_pid else None
+
+    def done(elapsed: float) -> bool:
+        if watch is not None:
+            watch.sample()
+        if elapsed < min_seconds:
+            return False
+        return elapsed >= max_seconds or watch is None or watch.settled()
+
+    before = len(reader.records[predictions])
+    started = time.monotonic()
+    sent = paced(bootstrap, topic, events, rate=rate, stop=done)
+    seconds = time.monotonic() - started
+    if not reader.until(lambda: len(reader.records[predictions]) - before >= sent, 120):
+        raise RuntimeError(f"the warm-up's predictions did not all arrive within 120 s\n{worker.log_tail()}")
+    # A warm-up backlog may have switched the controller to throughput mode.
+    _wait_for_latency_mode(worker, pipeline, timeout=30)
+    lat, _ = latencies(reader.records[predictions][before:])
+    edge = max(1, int(rate * 5))
+    jit_cores = None if watch is None else watch.cores()
+    summary: dict = {
+        "events": sent,
+        "rate_eps": round(rate, 1),
+        "seconds": round(seconds, 1),
+        "broker_jit_settled": bool(watch and watch.settled()),
+        "broker_jit_cores": None if jit_cores is None else round(jit_cores, 3),
+        "p99_first_5s": round(float(np.percentile(lat[:edge], 99)), 1),
+        "p99_last_5s": round(float(np.percentile(lat[-edge:], 99)), 1),
+    }
+    jit = (
+        "broker PID unknown: minimum only"
+        if watch is None
+        else f"broker JIT {'settled' if summary['broker_jit_settled'] else 'still compiling'}, {summary['broker_jit_cores']} cores"
+    )
+    summary["line"] = (
+        f"warm-up   {sent:,} events at {rate:,.0f} ev/s for {seconds:.0f} s ({jit}); p99 first 5 s "
+        f"{summary['p99_first_5s']:.0f} ms, last 5 s {summary['p99_last_5s']:.0f} ms (not measured)"
+    )
+    return summary
+
+
+def _wait_for_latency_mode(worker: WorkerProcess, pipeline: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if 'stream_infer_controller_mode{mode="latency",pipeline="engines"} 1.0' in worker.metrics_text():
+        if f'stream_infer_controller_mode{{mode="latency",pipeline="{pipeline}"}} 1.0' in worker.metrics_text():
             return
         time.sleep(0.25)
     log.warning("the controller did not return to latency mode within %.0f s of the warm-up", timeout)
