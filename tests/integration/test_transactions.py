@@ -1,9 +1,11 @@
 """Card payments end to end: served equals offline through a kill -9, and bad transactions go to
 the dead-letter topic with their reasons while the worker keeps going.
 
-A simulated stream (a seed training never used) is fed as a backlog; the worker is killed with
-SIGKILL a third of the way through and restarted. Every valid transaction must then have a
-prediction, and every prediction (duplicates included) must equal what `stream-infer score`
+A simulated stream (a seed training never used) is fed as a backlog. Two ways to lose state:
+one worker killed with SIGKILL a third of the way through and restarted (at-least-once), and a
+scaling group of two where one is killed and the survivor takes its partitions over in the
+rebalance (exactly-once). Every valid transaction must then have a prediction (exactly one under
+exactly-once), and every prediction (duplicates included) must equal what `stream-infer score`
 gives for the same events from a file: the per-card aggregates came back from the changelog
 exactly where the committed offsets were."""
 
@@ -43,12 +45,19 @@ def _served(reader: TopicReader, topic: str) -> dict[str, list[dict]]:
 
 
 @pytest.mark.slow
-def test_served_equals_offline_through_a_kill_9(kafka_bootstrap: str, unique, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("guarantee", "group_size"),
+    [("at_least_once", 1), ("exactly_once", 2)],
+    ids=["kill-9-and-restart", "kill-9-in-a-group-of-two-exactly-once"],
+)
+def test_served_equals_offline_through_a_kill_9(
+    kafka_bootstrap: str, unique, tmp_path: Path, guarantee: str, group_size: int
+) -> None:
     from confluent_kafka import Producer
 
-    cfg = write_config(tmp_path, unique("pay"), only=("transactions",))
+    cfg = write_config(tmp_path, unique("pay"), only=("transactions",), worker={"processing_guarantee": guarantee})
     pipeline = cfg.pipeline("transactions")
-    create_inputs(kafka_bootstrap, cfg, partitions=3)
+    create_inputs(kafka_bootstrap, cfg, partitions=4)
     stream = _stream()
     valid_ids = {orjson.loads(v)["tx_id"] for _, v, reason in stream if reason is None}
     bad = [reason for _, _, reason in stream if reason is not None]
@@ -58,17 +67,21 @@ def test_served_equals_offline_through_a_kill_9(kafka_bootstrap: str, unique, tm
         producer.poll(0)
     assert producer.flush(30) == 0
 
-    worker = WorkerProcess(cfg.path, kafka_bootstrap, tmp_path / "w").start()
-    worker.wait_ready()  # it creates the output topics
+    workers = [WorkerProcess(cfg.path, kafka_bootstrap, tmp_path / f"w{i}").start() for i in range(group_size)]
+    for w in workers:
+        w.wait_ready()  # the first creates the output topics
     reader = TopicReader(kafka_bootstrap, [pipeline.topics.predictions, pipeline.topics.dead_letters])
     try:
-        assert reader.until(lambda: len(reader.records[pipeline.topics.predictions]) >= len(valid_ids) // 3, 120), (
-            worker.log_tail()
-        )
-        worker.kill()
+        assert reader.until(lambda: len(reader.records[pipeline.topics.predictions]) >= len(valid_ids) // 3, 120), workers[
+            0
+        ].log_tail()
+        workers[0].kill()
         assert len(_served(reader, pipeline.topics.predictions)) < len(valid_ids), "finished before the kill: not mid-stream"
-        worker = WorkerProcess(cfg.path, kafka_bootstrap, tmp_path / "w").start()
-        worker.wait_ready()
+        if group_size == 1:  # restarted; in a group the survivor takes the partitions over
+            workers[0] = WorkerProcess(cfg.path, kafka_bootstrap, tmp_path / "w0").start()
+            workers[0].wait_ready()
+        else:
+            workers.pop(0)
         done = reader.until(
             lambda: (
                 set(_served(reader, pipeline.topics.predictions)) >= valid_ids
@@ -76,15 +89,20 @@ def test_served_equals_offline_through_a_kill_9(kafka_bootstrap: str, unique, tm
             ),
             180,
         )
-        assert done, f"{len(_served(reader, pipeline.topics.predictions))} of {len(valid_ids)} predicted\n{worker.log_tail()}"
+        assert done, f"{len(_served(reader, pipeline.topics.predictions))} of {len(valid_ids)} predicted\n{workers[0].log_tail()}"
         while reader.poll(1.0):
             pass
     finally:
-        assert worker.stop() == 0, worker.log_tail()
         reader.close()
+        stopped = [(w.stop(), w) for w in workers]
+    for status, w in stopped:
+        assert status == 0, w.log_tail()
 
     served = _served(reader, pipeline.topics.predictions)
     assert set(served) == valid_ids, "every valid transaction has a prediction, and nothing else has one"
+    if guarantee == "exactly_once":
+        twice = [tx_id for tx_id, predictions in served.items() if len(predictions) > 1]
+        assert not twice, f"{len(twice)} transactions predicted more than once under exactly-once, e.g. {twice[:3]}"
     reasons = sorted(r.header("x-dlq-reason").decode() for r in reader.records[pipeline.topics.dead_letters])  # type: ignore[union-attr]
     assert reasons == sorted(bad)
 
