@@ -42,3 +42,20 @@ def test_bench_harness_smoke(kafka_bootstrap: str, tmp_path: Path, monkeypatch: 
     }
     assert any(line.startswith("service") for line in lines)
     assert os.environ["KAFKA_BOOTSTRAP_SERVERS"] == kafka_bootstrap
+
+
+def test_decision_bench_smoke(kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`bench --transactions` end to end at a low rate: warm-up, measured phase, JSON."""
+    from stream_infer.tools.bench.decisions import run_decision_bench
+
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)
+    lines: list[str] = []
+    results = run_decision_bench(rate=200, seconds=2, warmup_seconds=1, warmup_max_seconds=2, out_dir=tmp_path, echo=lines.append)
+    written = json.loads((tmp_path / "decisions.json").read_text())
+    assert written == results
+    assert written["pipeline"] == "transactions" and written["decisions"] == 400
+    lat = written["latency_ms"]
+    assert lat["p99"] >= lat["p95"] >= lat["p50"] >= 0 and written["in_worker_ms"]["p99"] >= 0
+    warm = written["warm_up"]  # a broker the run did not start: no PID to watch, the minimum only
+    assert warm["events"] >= 200 and warm["broker_jit_cores"] is None and not warm["broker_jit_settled"]
+    assert any(line.startswith("decision latency at 200 tx/s over 400 decisions") for line in lines)
