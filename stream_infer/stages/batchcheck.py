@@ -163,6 +163,18 @@ def compile_batch_check(schema: dict) -> BatchCheck | None:
     return BatchCheck(columns)
 
 
+# An unescaped "$": in Python's re it also matches before a final newline ("M1\n" fits "^M[0-9]$"),
+# in JSON Schema (ECMA-262 without the m flag) only at the end. The validator the check must never
+# be more lenient than (fastjsonschema) rewrites each one to \Z, inside character classes too;
+# the check does the same, so both accept exactly the same strings.
+_DOLLAR = re.compile(r"(?<!\\)\$")
+
+
+def _end_anchored(pattern: str) -> str:
+    """`pattern` with every unescaped "$" as "\\Z" (end of string only), as the validator reads it."""
+    return _DOLLAR.sub(r"\\Z", pattern)
+
+
 def _compile_property(name: str, prop: dict, *, required: bool) -> _Column | None:
     if not isinstance(prop, dict) or set(prop) - _PROPERTY_KEYWORDS:
         return None
@@ -187,7 +199,7 @@ def _compile_property(name: str, prop: dict, *, required: bool) -> _Column | Non
         if column.types != _TYPES["string"]:
             return None
         try:
-            column.pattern = re.compile(prop["pattern"])
+            column.pattern = re.compile(_end_anchored(prop["pattern"]))
         except re.error:
             return None
     return column

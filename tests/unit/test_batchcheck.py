@@ -199,3 +199,19 @@ def test_decoder_gives_the_same_result_with_and_without_the_fast_path(dataset: s
         slow = decoder._decode_each(records)
         assert fast.records == slow.records and fast.events == slow.events
         assert [(d.record, d.reason) for d in fast.dead] == [(d.record, d.reason) for d in slow.dead]
+
+
+def test_a_pattern_end_anchor_does_not_accept_a_trailing_newline() -> None:
+    """Python's "$" also matches before a final newline; the schema's does not (the validator
+    reads it as the end of the string), and the fast path must agree."""
+    schema = {"type": "object", "required": ["s"], "properties": {"s": {"type": "string", "pattern": "^[A-Z][0-9]+$"}}}
+    check = compile_batch_check(schema)
+    validate = fastjsonschema.compile(schema)
+    assert check is not None and check.check([{"s": "M14860"}])
+    assert not check.check([{"s": "M14860\n"}])
+    with pytest.raises(fastjsonschema.JsonSchemaValueException):
+        validate({"s": "M14860\n"})
+    escaped = compile_batch_check(
+        {"type": "object", "required": ["s"], "properties": {"s": {"type": "string", "pattern": r"^a\$$"}}}
+    )
+    assert escaped is not None and escaped.check([{"s": "a$"}]) and not escaped.check([{"s": "a$\n"}])
