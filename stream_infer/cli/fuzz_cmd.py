@@ -12,14 +12,14 @@ from stream_infer.cli.options import F, seed_option, work_dir_option
 
 # The run's size and its modes, in --help order: (option, type, default, help).
 _SIZES: tuple[tuple[str, click.ParamType, float | None, str], ...] = (
-    ("--hostile", click.IntRange(min=1), 2000, "Hostile records, both pipelines together (each kind as often as the others)."),
-    ("--valid", click.IntRange(min=0), None, "Valid events mixed in, both pipelines together.  [default: as many as --hostile]"),
+    ("--hostile", click.IntRange(min=1), 2000, "Hostile records, all pipelines together (each kind as often as the others)."),
+    ("--valid", click.IntRange(min=0), None, "Valid events mixed in, all pipelines together.  [default: as many as --hostile]"),
     ("--partitions", click.IntRange(min=1, max=64), 3, "Partitions of every topic of the run."),
     (
         "--rate",
         click.FloatRange(min=0),
         1000.0,
-        "Records produced per second, both pipelines together (0: as fast as possible). Above what the "
+        "Records produced per second, all pipelines together (0: as fast as possible). Above what the "
         "machine sustains, canary times measure the backlog rather than the worker.",
     ),
     (
@@ -65,8 +65,8 @@ def _settings_options(command: F) -> F:
 @_settings_options
 @click.option("--list-kinds", is_flag=True, help="Print every hostile kind with its expected reason per pipeline, and exit.")
 def fuzz(list_kinds: bool, drain_timeout: float, **options: Any) -> None:
-    """Feed one worker (both demo pipelines) valid events mixed with hostile records and check
-    what it does with each.
+    """Feed one worker (the demo's engines, machines and transactions pipelines) valid events
+    mixed with hostile records and check what it does with each.
 
     \b
     Hostile kinds (see --list-kinds): a 1,030,000-byte value and a 600,000-byte key (poison pills,

@@ -22,7 +22,7 @@ from stream_infer.tools.fuzz import FuzzSettings, all_kinds, kinds_for, kinds_ta
 from stream_infer.tools.fuzz.accounting import dead_letter_problems, expect_dead_letter
 from stream_infer.tools.fuzz.kinds import DATASETS, POISON_KEY_BYTES, POISON_VALUE_BYTES, Hostile, build, first_base
 from stream_infer.tools.fuzz.run import PIPELINES as FUZZ_PIPELINES
-from stream_infer.tools.fuzz.run import SEQUENCE_FIELDS, keys_phase
+from stream_infer.tools.fuzz.run import SEQUENCE_FIELDS, keys_phase, share
 from stream_infer.tools.replay import dataset_events
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,13 +84,16 @@ def test_every_pipeline_has_at_least_30_kinds_and_every_input_reason() -> None:
         assert len(kinds) >= 30
         assert {k.reasons[name] for k in kinds} <= set(REASONS)
     # Every reason a record itself can cause (model_error and output_rejected come later); the
-    # machines pipeline does not check order per key, so out_of_order is the engines' alone.
+    # machines and transactions pipelines do not check order per key, so out_of_order is the
+    # engines' alone.
+    assert set(PIPELINES) == {"engines", "machines", "transactions"}
     assert {k.reasons[p] for p in PIPELINES for k in kinds_for(p)} == set(REASONS) - {"model_error", "output_rejected"}
-    assert {k.reasons["machines"] for k in kinds_for("machines")} == set(REASONS) - {
-        "model_error",
-        "output_rejected",
-        "out_of_order",
-    }
+    for name in ("machines", "transactions"):
+        assert {k.reasons[name] for k in kinds_for(name)} == set(REASONS) - {
+            "model_error",
+            "output_rejected",
+            "out_of_order",
+        }, name
     names = [k.name for k in all_kinds()]
     assert len(names) == len(set(names))
     assert all(f"`{n}`" in kinds_table() for n in names)
@@ -161,8 +164,8 @@ def test_dead_letter_check_catches_a_forged_or_unbounded_dead_letter() -> None:
 
 
 def test_small_fuzz_run_against_a_real_worker(kafka_bootstrap: str, tmp_path: Path) -> None:
-    """About 2,000 hostile records over every kind and as many valid events, both pipelines,
-    one worker: nothing lost, nothing hostile predicted, every reason right, every dead letter
+    """About 2,000 hostile records over every kind and as many valid events, every pipeline
+    (engines, machines, transactions), one worker: nothing lost, nothing hostile predicted, every reason right, every dead letter
     well formed, the worker alive throughout and stopped with status 0, every canary predicted;
     then a small burst of poison values drained by a fresh worker."""
     settings = FuzzSettings(hostile=2000, seed=20240611, work_dir=tmp_path, drain_timeout_s=60, poison_burst=20)
@@ -181,7 +184,8 @@ def test_small_fuzz_run_against_a_real_worker(kafka_bootstrap: str, tmp_path: Pa
         result.exits,
         result.stop_status,
     ) == (0, 0, 0, 0, 0, 0, 0, 0), report
-    assert result.canaries >= 2 * 2 * (2000 // 2 // len(kinds_for("engines"))), report  # two poison kinds per pipeline
+    # Two poison kinds per pipeline, in every full round of its kinds.
+    assert result.canaries >= sum(2 * (share(2000, p) // len(kinds_for(p))) for p in FUZZ_PIPELINES), report
     assert result.canary_max_s is not None and result.peak_rss_mb > 0, report
     assert result.line().startswith("fuzz: hostile=2000 "), report
     # Burst mode: a backlog of 1 MB poison values, all dead-lettered by a fresh worker.
@@ -195,7 +199,7 @@ def test_header_name_that_is_not_utf8_loses_nothing(kafka_bootstrap: str, tmp_pa
     is every event fetched in the same batch."""
     settings = FuzzSettings(hostile=200, seed=7, work_dir=tmp_path, drain_timeout_s=10, header_names=True)
     result = run_fuzz(settings, bootstrap=kafka_bootstrap, echo=lambda line: None)
-    assert result.probes == 2
+    assert result.probes == len(FUZZ_PIPELINES)
     assert not result.failed, "\n".join([result.line(), *result.report()])
 
 

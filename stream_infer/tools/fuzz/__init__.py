@@ -2,7 +2,7 @@
 
 Kinds (:mod:`stream_infer.tools.fuzz.kinds`): how a valid event is broken, and the dead-letter reason
 the worker must give. The run (:mod:`stream_infer.tools.fuzz.run`): one worker process on a real Kafka,
-both demo pipelines, poison pills followed by canaries, and the accounting: every valid event
+the three demo pipelines (engines, machines, transactions), poison pills followed by canaries, and the accounting: every valid event
 predicted once, every hostile record dead-lettered with its reason and a well-formed dead letter
 (:mod:`stream_infer.tools.fuzz.accounting`), the worker alive throughout, its peak RSS; optionally the
 peak RSS with a million distinct keys, with and without a bound on per-key state. The command

@@ -1,9 +1,10 @@
 """A fuzz run: hostile and valid events through one real worker on a real Kafka, and its accounting.
 
-The run writes the demo config (both pipelines) on topics and a group of its own, creates the
-input and output topics, starts one worker process, and produces, on both pipelines, valid events
-of the data sets mixed at random with hostile records of every kind (:mod:`.kinds`), each kind
-as often as the others. Each poison pill (the 1 MB value, the 600 KB key) is followed at once by
+The run writes the demo config (its pipelines the kinds know: `engines`, `machines` and
+`transactions`, see :data:`PIPELINES`) on topics and a group of its own, creates the input and
+output topics, starts one worker process, and produces, on every pipeline, valid events of the
+data sets mixed at random with hostile records of every kind (:mod:`.kinds`), each kind as often
+as the others. Each poison pill (the 1 MB value, the 600 KB key) is followed at once by
 a valid *canary* event on the same partition. Then it reads the prediction and dead-letter topics
 until every record has its output (or the drain timeout passes), waits a moment for late
 duplicates, reads the worker's peak RSS (VmHWM), checks it is still running and stops it.
@@ -72,7 +73,7 @@ from stream_infer.tools.workerproc import WorkerProcess
 log = logging.getLogger(__name__)
 _client_log = logging.getLogger("stream_infer.kafka.client")
 
-PIPELINES = ("engines", "machines")
+PIPELINES = ("engines", "machines", "transactions")
 # The feeder's own limit: above the 1,030,000-byte poison pill plus its key and framing, below
 # the broker's default message.max.bytes (1,048,588) that bounds a record batch.
 FEEDER_MESSAGE_MAX_BYTES = 1_048_000
@@ -89,10 +90,10 @@ HEADER_NAME_PROBE = b"\xfe\xff-trace=1"
 class FuzzSettings:
     """How big a run is (see `stream-infer fuzz --help`)."""
 
-    hostile: int = 2000  # hostile records, both pipelines together (each kind as often as the others)
-    valid: int | None = None  # valid events mixed in, both pipelines together; None: as many as hostile
+    hostile: int = 2000  # hostile records, all pipelines together (each kind as often as the others)
+    valid: int | None = None  # valid events mixed in, all pipelines together; None: as many as hostile
     partitions: int = 3  # of every topic of the run
-    # Records/s produced, both pipelines together (0: as fast as possible). The default is one a
+    # Records/s produced, all pipelines together (0: as fast as possible). The default is one a
     # 2-core machine sustains with the broker and the feeder on it, so canary times measure the
     # worker rather than a backlog.
     rate: float = 1000.0
@@ -150,7 +151,7 @@ class BurstResult:
 class FuzzResult:
     hostile: int = 0
     valid: int = 0
-    kinds: int = 0  # distinct kinds produced (their names; most apply to both pipelines)
+    kinds: int = 0  # distinct kinds produced (their names; most apply to every pipeline)
     lost: int = 0  # valid without prediction, hostile without dead letter
     hostile_predicted: int = 0
     wrong_reason: int = 0
@@ -309,7 +310,11 @@ def peak_rss_mb(pid: int) -> float:
 
 def valid_events(pipeline: str) -> Iterator[tuple[bytes, bytes]]:
     """The pipeline's data set as (key, value), looped without end; loop n > 0 renames every
-    entity (engine unit + n * 1000; product id and udi suffixed) so its windows start empty."""
+    entity so its windows and histories start empty (engines: unit + n * 1000; machines: product
+    id suffixed with n as four digits, udi + n * the data set's size; transactions: card id and
+    tx id suffixed `.n`, so cards are new and tx ids unique)."""
+    if pipeline not in DATASETS:
+        raise ValueError(f"unknown pipeline {pipeline!r}; the fuzz run knows {', '.join(DATASETS)}")
     dataset = DATASETS[pipeline]
     for loop in itertools.count():
         for key, value in dataset_events(dataset):
@@ -320,10 +325,14 @@ def valid_events(pipeline: str) -> Iterator[tuple[bytes, bytes]]:
             if pipeline == "engines":
                 event["unit"] += loop * ENGINE_STRIDE
                 key = str(event["unit"]).encode()
-            else:
+            elif pipeline == "machines":
                 event["product_id"] = f"{event['product_id']}{loop:04d}"
                 event["udi"] += loop * dataset_size(dataset)
                 key = event["product_id"].encode()
+            else:  # transactions
+                event["card_id"] = f"{event['card_id']}.{loop}"
+                event["tx_id"] = f"{event['tx_id']}.{loop}"
+                key = event["card_id"].encode()
             yield key, orjson.dumps(event)
 
 
@@ -366,13 +375,13 @@ class _Entry:
 
 
 def _plan(settings: FuzzSettings, rng: random.Random) -> list[_Entry]:
-    """The order of the feed: per pipeline, half the hostile records (every kind in turn, a
-    shuffled round at a time) and half the valid ones, mixed at random; the two pipelines mixed
-    at random too. Canaries are added while producing, after each poison."""
+    """The order of the feed: per pipeline, an equal share of the hostile records (every kind in
+    turn, a shuffled round at a time) and of the valid ones (see :func:`share`), mixed at random;
+    the pipelines mixed at random too. Canaries are added while producing, after each poison."""
     per_pipeline = []
-    for i, pipeline in enumerate(PIPELINES):
-        hostile = settings.hostile // 2 + (settings.hostile % 2 if i == 0 else 0)
-        valid = settings.valid_count // 2 + (settings.valid_count % 2 if i == 0 else 0)
+    for pipeline in PIPELINES:
+        hostile = share(settings.hostile, pipeline)
+        valid = share(settings.valid_count, pipeline)
         kinds = kinds_for(pipeline)
         chosen: list[Kind] = []
         while len(chosen) < hostile:
@@ -385,6 +394,13 @@ def _plan(settings: FuzzSettings, rng: random.Random) -> list[_Entry]:
     merged = [e for entries in per_pipeline for e in entries]
     rng.shuffle(merged)
     return merged
+
+
+def share(total: int, pipeline: str) -> int:
+    """A pipeline's share of `total` records split over :data:`PIPELINES`: an equal part, the
+    first `total % len(PIPELINES)` pipelines one more."""
+    whole, rest = divmod(total, len(PIPELINES))
+    return whole + (1 if PIPELINES.index(pipeline) < rest else 0)
 
 
 class _Feeder:
@@ -627,9 +643,9 @@ def _hostile_phase(settings: FuzzSettings, bootstrap: str, result: FuzzResult, e
     try:
         worker.wait_ready()
         plan = _plan(settings, rng)
+        pipelines = ", ".join(f"{name} ({len(kinds_for(name))} kinds)" for name in PIPELINES)
         echo(
-            f"fuzz: {settings.hostile:,} hostile and {settings.valid_count:,} valid records on "
-            f"{', '.join(PIPELINES)} ({len(kinds_for('engines'))} and {len(kinds_for('machines'))} kinds), "
+            f"fuzz: {settings.hostile:,} hostile and {settings.valid_count:,} valid records on {pipelines}, "
             f"worker log {worker.log_path}"
         )
         feeder = _Feeder(bootstrap, config, settings.partitions)
