@@ -38,6 +38,8 @@ MAX_TIME_MS = 2**53
 # Gather at most this many slots at once (events x history_events), so the scratch views of a
 # large batch with a long history stay a few megabytes.
 _GATHER_SLOTS = 1 << 18
+# The ops that read a field's sum over their window.
+_SUM_OPS = ("sum", "ratio_to_mean", "mean", "std")
 
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
@@ -96,10 +98,14 @@ class AggregateFeaturizer:
             fields = self.categorical if agg.op == "seen_before" else self.numeric
             groups.setdefault(agg.op, []).append((c, where[agg.window_ms], -1 if agg.of is None else fields.index(agg.of)))
         self._groups = {op: tuple(np.array(v, dtype=np.int64) for v in zip(*rows)) for op, rows in groups.items()}
-        summed = sorted({(w, j) for op in ("sum", "mean", "std", "ratio_to_mean") for _, w, j in groups.get(op, [])})
-        self._summed = {pair: i for i, pair in enumerate(summed)}
+        # The (window, field) sums the sum-based ops read, each computed once a batch; for each
+        # such op, the index of every one of its columns' sum among them.
+        summed = sorted({(w, j) for op in _SUM_OPS for _, w, j in groups.get(op, [])})
         self._summed_w = np.array([w for w, _ in summed], dtype=np.int64)
         self._summed_j = np.array([j for _, j in summed], dtype=np.int64)
+        self._sum_of = {
+            op: np.array([summed.index((w, j)) for _, w, j in groups[op]], dtype=np.int64) for op in _SUM_OPS if op in groups
+        }
 
     # --- inputs -----------------------------------------------------------------------------
 
@@ -221,13 +227,11 @@ class AggregateFeaturizer:
                 if op in groups:
                     c, w, j = groups[op]
                     columns[:, c] = combine(reduce(np.where(masks[:, w, :], values[:, j, :], fill), axis=2), own_values[:, j])
-            if self._summed:
+            if self._sum_of:
                 sums = np.where(masks[:, self._summed_w, :], values[:, self._summed_j, :], 0.0).sum(axis=2)
-            for op in ("sum", "ratio_to_mean", "mean", "std"):
-                if op not in groups:
-                    continue
+            for op, sum_index in self._sum_of.items():
                 c, w, j = groups[op]
-                prior_sum = sums[:, [self._summed[pair] for pair in zip(w.tolist(), j.tolist())]]
+                prior_sum = sums[:, sum_index]
                 own, count = own_values[:, j], prior[:, w]
                 if op == "sum":
                     columns[:, c] = prior_sum + own
