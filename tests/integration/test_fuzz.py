@@ -21,13 +21,13 @@ from stream_infer.stages.pipeline import Pipeline
 from stream_infer.tools.fuzz import FuzzSettings, all_kinds, kinds_for, kinds_table, run_fuzz
 from stream_infer.tools.fuzz.accounting import dead_letter_problems, expect_dead_letter
 from stream_infer.tools.fuzz.kinds import DATASETS, POISON_KEY_BYTES, POISON_VALUE_BYTES, Hostile, build, first_base
-from stream_infer.tools.fuzz.run import PIPELINES as FUZZ_PIPELINES
+from stream_infer.tools.fuzz.kinds import PIPELINES as FUZZ_PIPELINES
 from stream_infer.tools.fuzz.run import SEQUENCE_FIELDS, keys_phase, share
 from stream_infer.tools.replay import dataset_events
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = load_config(ROOT / "stream_infer" / "configs" / "demo.toml")
-# The pipelines the hostile kinds know (stream_infer.tools.fuzz.run.PIPELINES).
+# The pipelines the hostile kinds know (stream_infer.tools.fuzz.kinds.PIPELINES, which the run feeds).
 PIPELINES = {
     p.name: p.model_copy(update={"sequence_field": SEQUENCE_FIELDS.get(p.name)})
     for p in CONFIG.pipelines

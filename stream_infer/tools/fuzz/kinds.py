@@ -226,6 +226,14 @@ def _non_finite(name: str, description: str, text: bytes) -> Kind:
     return Kind(name, description, _every("non_finite_number"), lambda b: Hostile(b.key, _raw_number(b, b.shape.feature, text)))
 
 
+def _transactions_violation(name: str, description: str, **fields: object) -> Kind:
+    """The transactions kind whose event has `fields` set to values its schema rejects
+    (`schema_violation`; the other pipelines have no such fields)."""
+    return Kind(
+        name, description, _per(None, None, transactions="schema_violation"), lambda b: Hostile(b.key, _with(b, **fields))
+    )
+
+
 # --- the kinds ------------------------------------------------------------------------------------
 
 _KINDS: list[Kind] = [
@@ -546,18 +554,8 @@ _KINDS: list[Kind] = [
     ),
     # The transactions schema: amount in (0, 1e6], currency an ISO 4217 code of its list, card_id a
     # pattern, ts_ms in [0, 4102444800000] (a fractional ts_ms is fractional_counter above).
-    Kind(
-        "amount_zero",
-        "transaction amount 0 (the schema's minimum is exclusive)",
-        _per(None, None, transactions="schema_violation"),
-        lambda b: Hostile(b.key, _with(b, amount=0)),
-    ),
-    Kind(
-        "currency_not_in_enum",
-        "currency 'XXX' (not in the schema's list)",
-        _per(None, None, transactions="schema_violation"),
-        lambda b: Hostile(b.key, _with(b, currency="XXX")),
-    ),
+    _transactions_violation("amount_zero", "transaction amount 0 (the schema's minimum is exclusive)", amount=0),
+    _transactions_violation("currency_not_in_enum", "currency 'XXX' (not in the schema's list)", currency="XXX"),
     Kind(
         "key_field_trailing_newline",
         "the (string) key field and the key followed by a newline (a '$' in Python's re matches before it; the schema's does not)",
@@ -570,18 +568,10 @@ _KINDS: list[Kind] = [
         _per(None, None, transactions="schema_violation"),
         lambda b: Hostile(b"card#1", _with(b, card_id="card#1")),
     ),
-    Kind(
-        "ts_ms_beyond_maximum",
-        "ts_ms 4102444800001 (one above the schema's maximum, 2100-01-01)",
-        _per(None, None, transactions="schema_violation"),
-        lambda b: Hostile(b.key, _with(b, ts_ms=4_102_444_800_001)),
+    _transactions_violation(
+        "ts_ms_beyond_maximum", "ts_ms 4102444800001 (one above the schema's maximum, 2100-01-01)", ts_ms=4_102_444_800_001
     ),
-    Kind(
-        "ts_ms_negative",
-        "ts_ms -1 (below the schema's minimum, 0)",
-        _per(None, None, transactions="schema_violation"),
-        lambda b: Hostile(b.key, _with(b, ts_ms=-1)),
-    ),
+    _transactions_violation("ts_ms_negative", "ts_ms -1 (below the schema's minimum, 0)", ts_ms=-1),
     # Order per key (engines: sequence_field = "cycle"); the base is an event already accepted.
     # machines and transactions check no order: a repeated event is a valid one there.
     Kind(

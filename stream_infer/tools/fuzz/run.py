@@ -57,6 +57,7 @@ from stream_infer.tools.devkafka import local
 from stream_infer.tools.fuzz.accounting import Expectation, dead_letter_problems, expect_dead_letter
 from stream_infer.tools.fuzz.kinds import (
     DATASETS,
+    PIPELINES,
     POISON_VALUE_BYTES,
     Base,
     Headers,
@@ -73,7 +74,6 @@ from stream_infer.tools.workerproc import WorkerProcess
 log = logging.getLogger(__name__)
 _client_log = logging.getLogger("stream_infer.kafka.client")
 
-PIPELINES = ("engines", "machines", "transactions")
 # The feeder's own limit: above the 1,030,000-byte poison pill plus its key and framing, below
 # the broker's default message.max.bytes (1,048,588) that bounds a record batch.
 FEEDER_MESSAGE_MAX_BYTES = 1_048_000
