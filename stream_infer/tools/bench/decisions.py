@@ -25,8 +25,7 @@ import numpy as np
 from stream_infer.configs import demo_config_data, keep_pipelines, rename_under, write_config
 from stream_infer.datasets.transactions import SimulatorSettings, transaction_events
 from stream_infer.kafka.admin import create_topics
-from stream_infer.tools.bench.harness import PARTITIONS, latencies, paced, warm_up
-from stream_infer.tools.devkafka import local
+from stream_infer.tools.bench.harness import PARTITIONS, broker, latencies, paced, warm_up
 from stream_infer.tools.reader import TopicReader
 from stream_infer.tools.workerproc import WorkerProcess
 
@@ -56,17 +55,9 @@ def run_decision_bench(
         )
     with tempfile.TemporaryDirectory(prefix="stream-infer-decisions-") as tmp:
         workdir = Path(tmp)
-        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-        broker_pid = None
-        if not bootstrap:
-            cluster, _ = local.up(workdir / "kafka", port=0)
-            bootstrap, broker_pid = cluster.bootstrap, cluster.nodes[0].pid
-        try:
+        with broker(workdir) as (bootstrap, broker_pid):
             warm = (warmup_seconds, warmup_max_seconds)
             results = _measure(bootstrap, broker_pid, workdir, events, rate, seconds, warm, echo)
-        finally:
-            if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-                local.down(workdir / "kafka", wipe=True)
     results["seconds"] = round(time.monotonic() - started, 1)
     results["machine"] = {"cpus": os.cpu_count()}
     (out_dir / "decisions.json").write_text(json.dumps(results, indent=2))

@@ -26,7 +26,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -608,23 +609,30 @@ def targets(results: dict, max_wait_ms: float) -> dict:
     }
 
 
+@contextmanager
+def broker(workdir: Path) -> Iterator[tuple[str, int | None]]:
+    """(bootstrap, PID) of the broker a benchmark runs against: $KAFKA_BOOTSTRAP_SERVERS when set
+    (PID None: not this run's to watch), else a local single broker under workdir/kafka, started
+    here and stopped (its data wiped) on the way out."""
+    given = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if given:
+        yield given, None
+        return
+    cluster, _ = local.up(workdir / "kafka", port=0)
+    try:
+        yield cluster.bootstrap, cluster.nodes[0].pid
+    finally:
+        local.down(workdir / "kafka", wipe=True)
+
+
 def run_bench(*, quick: bool, out_dir: Path, echo: Callable[[str], None] = print, plan: Plan | None = None) -> dict:
     plan = plan or Plan.make(quick)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="stream-infer-bench-") as tmp:
         workdir = Path(tmp)
-        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
         started = time.monotonic()
-        broker_pid = None
-        if not bootstrap:
-            cluster, _ = local.up(workdir / "kafka", port=0)
-            bootstrap, broker_pid = cluster.bootstrap, cluster.nodes[0].pid
-        try:
-            bench = Bench(bootstrap, workdir, plan, echo, broker_pid=broker_pid)
-            results = bench.run()
-        finally:
-            if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-                local.down(workdir / "kafka", wipe=True)
+        with broker(workdir) as (bootstrap, broker_pid):
+            results = Bench(bootstrap, workdir, plan, echo, broker_pid=broker_pid).run()
     results["targets"] = targets(results, max_wait_ms=20.0)
     results["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0], "platform": sys.platform}
     results["seconds"] = round(time.monotonic() - started, 1)
